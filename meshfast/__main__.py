@@ -1,0 +1,3 @@
+from meshfast.cli import main
+
+raise SystemExit(main())

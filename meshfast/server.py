@@ -1,0 +1,180 @@
+"""The ASGI application: a route table, body reading, error rendering. No framework.
+
+granian runs it (``meshfast serve``); each worker builds one :class:`App` from the
+configuration named by the environment (the CLI validates it first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from meshfast import __version__, config, errors
+from meshfast.pipeline import Pipeline
+from meshfast.router import Router, build_providers
+
+log = logging.getLogger("meshfast")
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+Scope = dict[str, Any]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class App:
+    def __init__(self, cfg: config.Config) -> None:
+        self.cfg = cfg
+        self.providers = build_providers(cfg)
+        self.router = Router(self.providers)
+        self.pipeline = Pipeline(self.router)
+        self.max_body = cfg.max_body_bytes
+        self.draining = False
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.started_at = time.time()
+        self.post_routes = {
+            "/v1/chat/completions": self.pipeline.chat,
+            "/v1/embeddings": self.pipeline.embeddings,
+        }
+
+    # -- ASGI entry -----------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def http(self, scope: Scope, receive: Any, send: Any) -> None:
+        self.inflight += 1
+        try:
+            await self.dispatch(scope, receive, send)
+        except errors.MeshError as exc:
+            await self.send_error(send, exc)
+        except ClientGone:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            await self.send_error(send, errors.InternalError("The gateway failed to handle the request."))
+        finally:
+            self.inflight -= 1
+            if self.draining and not self.inflight:
+                self.idle.set()
+
+    async def dispatch(self, scope: Scope, receive: Any, send: Any) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        handler = self.post_routes.get(path)
+        if handler is not None:
+            if method != "POST":
+                raise errors.MethodNotAllowed(f"{method} is not allowed on {path}; use POST.")
+            if self.draining:
+                raise errors.ServerDraining("The server is shutting down; retry on another instance.")
+            body = await self.read_body(scope, receive)
+            await handler(scope, body, send, receive)
+            return
+        if method != "GET":
+            if path in ("/v1/models", "/health") or path.startswith("/v1/models/"):
+                raise errors.MethodNotAllowed(f"{method} is not allowed on {path}; use GET.")
+            raise errors.RouteNotFound(f"Unknown path {path}.")
+        if path == "/v1/models":
+            await self.send_json(send, 200, self.router.models_body)
+        elif path.startswith("/v1/models/"):
+            await self.send_json(send, 200, self.router.model_body(path[len("/v1/models/") :]))
+        elif path == "/health":
+            status = 503 if self.draining else 200
+            body = {"status": "draining" if self.draining else "ok", "version": __version__, "inflight": self.inflight}
+            await self.send_json(send, status, orjson.dumps(body))
+        else:
+            raise errors.RouteNotFound(f"Unknown path {path}.")
+
+    async def read_body(self, scope: Scope, receive: Any) -> bytes:
+        limit = self.max_body
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    raise errors.InvalidRequest("Content-Length is not a number.") from None
+                if declared > limit:
+                    raise errors.BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} bytes.")
+                break
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        body = msg.get("body", b"")
+        if not msg.get("more_body"):
+            if len(body) > limit:
+                raise errors.BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+            return body
+        parts = [body]
+        size = len(body)
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise errors.BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+            parts.append(chunk)
+            if not msg.get("more_body"):
+                return b"".join(parts)
+
+    @staticmethod
+    async def send_json(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if extra:
+            headers.extend(extra)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def send_error(self, send: Any, exc: errors.MeshError) -> None:
+        await self.send_json(send, exc.status, exc.body(), exc.headers)
+
+    # -- lifespan -------------------------------------------------------------
+    async def lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # pragma: no cover - reported to granian
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        for p in self.providers:
+            await p.start()
+
+    async def shutdown(self) -> None:
+        """Drain: refuse new calls, let in-flight ones finish (bounded by the grace period)."""
+        self.draining = True
+        if self.inflight:
+            try:
+                await asyncio.wait_for(self.idle.wait(), self.cfg.grace_seconds)
+            except TimeoutError:
+                log.warning("grace period over with %d calls in flight", self.inflight)
+        for p in self.providers:
+            await p.close()
+
+
+def create_app() -> App:
+    """granian's factory: the configuration comes from MESHFAST_CONFIG and MESHFAST_* variables."""
+    cfg = config.load()
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return App(cfg)

@@ -1,0 +1,53 @@
+"""Build the Cython extensions of meshfast_core.
+
+Each compiled module has a pure-Python twin of the same behaviour:
+
+* ``meshfast_core/_sse.pyx``      twin ``sse_py.py``     selector ``sse.py``
+* ``meshfast_core/_http_c.py``    twin ``http_py.py``    selector ``http.py``
+  (``_http_c.py`` is a symlink to ``http_py.py``: one source compiled by Cython in
+  pure-Python mode, typed by ``_http_c.pxd``, so the two cannot drift)
+
+``MESHFAST_DEBUG_BUILD=1`` builds with line tracing and writes annotated HTML.
+"""
+
+import os
+
+from setuptools import Extension, setup
+
+try:
+    from Cython.Build import cythonize
+except ImportError as exc:  # pragma: no cover - build requirement
+    raise SystemExit("Cython>=3 is required to build meshfast_core") from exc
+
+DEBUG = os.environ.get("MESHFAST_DEBUG_BUILD") == "1"
+
+MODULES = {
+    "meshfast_core._sse": "meshfast_core/_sse.pyx",
+    "meshfast_core._http_c": "meshfast_core/_http_c.py",
+}
+
+extensions = [
+    Extension(
+        name,
+        [src],
+        define_macros=[("CYTHON_TRACE_NOGIL", "1")] if DEBUG else [],
+        extra_compile_args=["-O2"] if not DEBUG else ["-O0", "-g"],
+    )
+    for name, src in MODULES.items()
+    if os.path.exists(src)
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        annotate=DEBUG,
+        compiler_directives={
+            "linetrace": DEBUG,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+    ),
+)

@@ -1,0 +1,107 @@
+"""Helpers to run meshfast as a real server process in tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_provider_toml(base_url: str, *, first_byte_timeout: float = 1.0, name: str = "local") -> str:
+    models = ["echo", "stream", "slow-stream", "break", "err-429", "err-500", "err-400", "hang"]
+    out = [
+        "[[providers]]",
+        f'name = "{name}"',
+        'kind = "openai"',
+        f'base_url = "{base_url}"',
+        'api_key_env = "FAKE_UPSTREAM_KEY"',
+        f"first_byte_timeout = {first_byte_timeout}",
+        "read_timeout = 2.0",
+    ]
+    for m in models:
+        out += ["", "[[providers.models]]", f'id = "up-{m}"', f'upstream = "{m}"', "input_usd_per_mtok = 0.15", "output_usd_per_mtok = 0.60"]
+    out += ["", "[[providers.models]]", 'id = "up-embed"', 'upstream = "embed"', 'kind = "embedding"', "input_usd_per_mtok = 0.02"]
+    return "\n".join(out) + "\n"
+
+
+class MeshServer:
+    """``meshfast serve`` in a subprocess on a free port, with a config written to ``tmp``."""
+
+    def __init__(self, tmp: Path, config_text: str = "", *, env: dict[str, str] | None = None, workers: int = 1) -> None:
+        self.port = free_port()
+        self.config = tmp / f"meshfast-{self.port}.toml"
+        self.config.write_text(config_text)
+        self.log = tmp / f"meshfast-{self.port}.log"
+        self.env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-fake-upstream", **(env or {})}
+        self.workers = workers
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def start(self, timeout: float = 30.0) -> MeshServer:
+        self._logfh = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "meshfast", "serve", "--config", str(self.config), "--port", str(self.port), "--workers", str(self.workers)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._logfh,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"meshfast exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"meshfast did not become healthy:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def terminate(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._logfh.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> MeshServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
