@@ -37,7 +37,7 @@ bench: compile
 	$(BIN)/python -m benchmarks.load
 
 bench-micro: compile
-	$(BIN)/python -m pytest benchmarks -p no:timeout --benchmark-only --benchmark-group-by=group
+	$(BIN)/python -m pytest benchmarks --timeout=0 --benchmark-only --benchmark-group-by=group
 
 clean:
 	rm -rf build *.egg-info meshfast_core/*.so meshfast_core/_sse.c meshfast_core/_http_c.c .pytest_cache .benchmarks

@@ -206,9 +206,8 @@ class Pipeline:
         """Actual cost, receipt, ledger. Pass-through until the money core lands."""
 
     def response_headers(self, call: Call) -> list[tuple[bytes, bytes]]:
-        ep = call.endpoint
-        assert ep is not None
-        return [(b"x-mesh-provider", ep.provider.name.encode()), (b"x-mesh-model", ep.id.encode())]
+        assert call.endpoint is not None
+        return list(call.endpoint.headers)
 
     # -- endpoints ------------------------------------------------------------
     async def chat(self, scope: dict[str, Any], body: bytes, send: Send, receive: Any) -> None:
@@ -229,7 +228,7 @@ class Pipeline:
 
     async def call_chat(self, call: Call, endpoint: Endpoint, req: dict[str, Any], scope: dict[str, Any], send: Send) -> None:
         stream = call.stream
-        reply = await endpoint.provider.chat(endpoint, req, stream, dict(scope["headers"]))
+        reply = await endpoint.provider.chat(endpoint, req, stream, scope["headers"])
         try:
             if reply.status >= 400:
                 raise await _upstream_error(reply)
@@ -251,7 +250,7 @@ class Pipeline:
             )
         await self.check_limits(call, req)
         await self.place_hold(call, req)
-        reply = await endpoint.provider.embeddings(endpoint, req, dict(scope["headers"]))
+        reply = await endpoint.provider.embeddings(endpoint, req, scope["headers"])
         try:
             if reply.status >= 400:
                 raise await _upstream_error(reply)

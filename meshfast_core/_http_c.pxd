@@ -1,5 +1,9 @@
 # Types for _http_c.py (a symlink to http_py.py), compiled by Cython in pure-Python mode.
 # Keep in step with the classes in http_py.py: every attribute they set is declared here.
+# Locals of def/async def methods cannot be typed from here, so code touching another
+# object's C attributes lives in cdef methods (typed arguments or @cython.locals).
+
+cimport cython
 
 cdef Py_ssize_t HIGH_WATER
 cdef int _IN_USE, _IDLE, _DROPPED
@@ -21,6 +25,7 @@ cdef class Response:
     cdef bint _done
     cdef object _exc
     cdef object _waiter
+    cdef bint _stale
 
     cdef _drained(self)
     cdef _wake(self)
@@ -57,7 +62,14 @@ cdef class Pool:
     cdef object _sweeper
     cdef object _loop
 
+    @cython.locals(conn=_Connection)
     cdef _Connection _checkout(self, loop)
+    @cython.locals(conn=_Connection)
+    cdef list _close_idle(self)
+    @cython.locals(resp=Response)
+    cdef Response _send(self, _Connection conn, bytes data, bint head_only)
+    @cython.locals(conn=_Connection)
+    cdef _expire(self)
     cdef _release(self, _Connection conn, bint keep)
     cdef _drop(self, _Connection conn, bint abort=*)
     cdef _wake_slot(self)

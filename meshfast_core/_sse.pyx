@@ -273,7 +273,7 @@ cdef class SSEScanner:
 
     cdef int _data(self, const unsigned char* d, Py_ssize_t n) except -1:
         # d[:n] is the data of one event. Return 1 to forward, 0 to hold back.
-        cdef Py_ssize_t pos = 0, q, k, v, e, count
+        cdef Py_ssize_t pos = 0, q, k, v = 0, e, count = 0
         cdef const unsigned char* hit
         cdef int key
         cdef bint parse = False

@@ -55,6 +55,7 @@ class Response:
         self._done = False
         self._exc = None
         self._waiter = None
+        self._stale = False  # failed on a reused connection before any response byte
 
     def __repr__(self):
         return f"<Response {self.status} done={self._done}>"
@@ -217,10 +218,12 @@ class _Connection:
             self.resp = None
             if resp.status and not self.framed and not self.interim:
                 resp._finish()  # body delimited by the end of the connection
-            elif exc is not None:
-                resp._fail(UpstreamClosed(f"upstream connection lost: {exc!r}"))
             else:
-                resp._fail(UpstreamClosed("upstream closed the connection mid-response"))
+                resp._stale = self.requests > 1 and not self.got_bytes
+                if exc is not None:
+                    resp._fail(UpstreamClosed(f"upstream connection lost: {exc!r}"))
+                else:
+                    resp._fail(UpstreamClosed("upstream closed the connection mid-response"))
         self.pool._drop(self)
         self.transport = None
         waiter = self.lost_waiter
@@ -384,30 +387,17 @@ class Pool:
         head_only = method == b"HEAD"
         fresh = False
         while True:
-            conn = self._checkout(loop) if not fresh else None
+            conn = None if fresh else self._checkout(loop)
             if conn is None:
                 conn = await self._acquire(loop, fresh)
-            if conn.state == _DROPPED:
-                if conn.requests == 0:
-                    raise UpstreamClosed("upstream closed the connection before the request")
-                continue
-            if conn.requests:
-                self.reused += 1
-            conn.requests += 1
-            resp = Response(conn, loop, self.read_timeout)
-            conn.resp = resp
-            conn.headers = []
-            conn.got_bytes = False
-            conn.framed = False
-            conn.interim = False
-            conn.head_only = head_only
-            waiter = resp._waiter = loop.create_future()
-            conn.transport.write(data)
+            resp = self._send(conn, data, head_only)
+            if resp is None:
+                continue  # the connection died while idle or being handed over
             timer = loop.call_later(self.first_byte_timeout, resp._on_head_timeout)
             try:
-                await waiter
+                await resp._waiter
             except UpstreamClosed:
-                if conn.requests > 1 and not conn.got_bytes and not fresh:
+                if resp._stale and not fresh:
                     fresh = True  # stale keep-alive: the upstream closed it as we sent
                     continue
                 raise
@@ -428,16 +418,40 @@ class Pool:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(UpstreamClosed("pool is closed"))
-        waits = []
-        for conn in list(self._idle):
-            if conn.transport is not None and self._loop is not None:
-                conn.lost_waiter = self._loop.create_future()
-                waits.append(conn.lost_waiter)
-            self._drop(conn)
+        waits = self._close_idle()
         if waits:
             await asyncio.wait(waits, timeout=1.0)
 
     # -- checkout and return --
+
+    def _close_idle(self):
+        waits = []
+        while self._idle:
+            conn = self._idle[len(self._idle) - 1]
+            if conn.transport is not None and self._loop is not None:
+                conn.lost_waiter = self._loop.create_future()
+                waits.append(conn.lost_waiter)
+            self._drop(conn, False)
+        return waits
+
+    def _send(self, conn, data, head_only):
+        if conn.state == _DROPPED:
+            if conn.requests == 0:
+                raise UpstreamClosed("upstream closed the connection before the request")
+            return None
+        if conn.requests:
+            self.reused += 1
+        conn.requests += 1
+        resp = Response(conn, self._loop, self.read_timeout)
+        resp._waiter = self._loop.create_future()
+        conn.resp = resp
+        conn.headers = []
+        conn.got_bytes = False
+        conn.framed = False
+        conn.interim = False
+        conn.head_only = head_only
+        conn.transport.write(data)
+        return resp
 
     def _checkout(self, loop):
         idle = self._idle
@@ -564,11 +578,16 @@ class Pool:
 
     def _sweep(self):
         self._sweeper = None
+        self._expire()
+
+    def _expire(self):
         idle = self._idle
-        if not idle:
-            return
         deadline = self._loop.time() - self.idle_timeout + 0.005
-        while idle and idle[0].idle_since <= deadline:
-            self._drop(idle[0], False)
+        while idle:
+            conn = idle[0]
+            if conn.idle_since > deadline:
+                break
+            self._drop(conn, False)
         if idle and not self.closed:
-            self._sweeper = self._loop.call_at(idle[0].idle_since + self.idle_timeout, self._sweep)
+            conn = idle[0]
+            self._sweeper = self._loop.call_at(conn.idle_since + self.idle_timeout, self._sweep)

@@ -19,7 +19,7 @@ from meshfast_core.http import (
     UpstreamTimeout,
 )
 
-from .wire_server import WireServer, chunked, response
+from .wire_server import HOLD, WireServer, chunked, response
 
 
 def test_http_compiled_loaded():
@@ -380,8 +380,7 @@ def test_protocol_errors(pool_cls, wire):
     async def handler(server, req, writer):
         writer.write(wire)
         await writer.drain()
-        await asyncio.sleep(0.5)
-        return False
+        return True  # then read: sees the client close
 
     async def main():
         async with WireServer(handler) as srv:
@@ -507,8 +506,7 @@ def test_cancel_closes_connection(pool_cls, where):
             writer.write(response(200, headers=[("Transfer-Encoding", "chunked")]))
             writer.write(b"3\r\nabc\r\n")
             await writer.drain()
-        await asyncio.sleep(2.0)
-        return False
+        return HOLD
 
     async def main():
         async with WireServer(handler) as srv:
@@ -544,8 +542,7 @@ def test_abandoned_response_not_pooled(pool_cls):
     async def handler(server, req, writer):
         writer.write(response(200, headers=[("Content-Length", "10")]) + b"12345")
         await writer.drain()
-        await asyncio.sleep(1.0)
-        return False
+        return HOLD
 
     async def main():
         async with WireServer(handler) as srv:

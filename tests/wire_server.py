@@ -2,12 +2,16 @@
 
 Each accepted connection reads requests (head + Content-Length body) and hands each to the
 test's ``handler(server, request, writer)`` coroutine, which writes whatever bytes it likes
-and returns whether to keep reading requests on that connection.
+and returns whether to keep reading requests on that connection, or ``HOLD`` to send
+nothing more and wait for the client to close it.
 """
 
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+
+
+HOLD = "hold"
 
 
 @dataclass
@@ -107,7 +111,13 @@ class WireServer:
                     self.closed_by_peer += 1
                     break
                 self.requests.append(req)
-                if not await self.handler(self, req, writer):
+                keep = await self.handler(self, req, writer)
+                if keep == HOLD:
+                    while await reader.read(65536):
+                        pass
+                    self.closed_by_peer += 1
+                    break
+                if not keep:
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
             self.closed_by_peer += 1

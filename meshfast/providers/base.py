@@ -41,10 +41,10 @@ class Provider:
     async def close(self) -> None:
         """Release resources; called at shutdown."""
 
-    async def chat(self, endpoint: Endpoint, body: dict[str, Any], stream: bool, headers: dict[bytes, bytes]) -> Reply:
+    async def chat(self, endpoint: Endpoint, body: dict[str, Any], stream: bool, headers: list[tuple[bytes, bytes]]) -> Reply:
         raise NotImplementedError
 
-    async def embeddings(self, endpoint: Endpoint, body: dict[str, Any], headers: dict[bytes, bytes]) -> Reply:
+    async def embeddings(self, endpoint: Endpoint, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> Reply:
         raise NotImplementedError
 
 
@@ -56,6 +56,7 @@ class Endpoint:
     model: ModelConfig
     input_nano_per_mtok: int
     output_nano_per_mtok: int
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # response headers naming this endpoint
 
     @classmethod
     def of(cls, provider: Provider, model: ModelConfig) -> Endpoint:
@@ -64,6 +65,7 @@ class Endpoint:
             model,
             usd_to_nano(model.input_usd_per_mtok),
             usd_to_nano(model.output_usd_per_mtok),
+            ((b"x-mesh-provider", provider.name.encode()), (b"x-mesh-model", model.id.encode())),
         )
 
     @property

@@ -155,7 +155,8 @@ class SimProvider(Provider):
         self.cfg = cfg
         self.models = SIM_MODELS
 
-    def _controls(self, endpoint: Endpoint, headers: dict[bytes, bytes]) -> tuple[float, float, int, str]:
+    def _controls(self, endpoint: Endpoint, header_list: list[tuple[bytes, bytes]]) -> tuple[float, float, int, str]:
+        headers = dict(header_list)
         try:
             ttft = float(headers.get(b"x-mesh-sim-ttft-ms", self.cfg.ttft_ms)) / 1000
             tps = float(headers.get(b"x-mesh-sim-tps", self.cfg.tokens_per_second))
@@ -179,7 +180,7 @@ class SimProvider(Provider):
         if fail == "timeout":
             raise errors.UpstreamTimedOut(f"provider {provider!r} timed out (first_byte, simulated)")
 
-    async def chat(self, endpoint: Endpoint, body: dict[str, Any], stream: bool, headers: dict[bytes, bytes]) -> SimReply:
+    async def chat(self, endpoint: Endpoint, body: dict[str, Any], stream: bool, headers: list[tuple[bytes, bytes]]) -> SimReply:
         if endpoint.model.kind != "chat":
             raise errors.UnsupportedOperation(f"model {endpoint.id!r} is an embedding model; use /v1/embeddings", param="model")
         ttft, tps, ntok, fail = self._controls(endpoint, headers)
@@ -273,7 +274,7 @@ class SimProvider(Provider):
         delay = 1.0 / tps
         return SimReply(200, b"text/event-stream", events, [0.0] + [delay] * (len(events) - 1), fail_at)
 
-    async def embeddings(self, endpoint: Endpoint, body: dict[str, Any], headers: dict[bytes, bytes]) -> SimReply:
+    async def embeddings(self, endpoint: Endpoint, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> SimReply:
         if endpoint.model.kind != "embedding":
             raise errors.UnsupportedOperation(f"model {endpoint.id!r} is a chat model; use /v1/chat/completions", param="model")
         ttft, _tps, _ntok, fail = self._controls(endpoint, headers)
