@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import time
 from urllib.parse import urlsplit
@@ -96,7 +97,9 @@ class _Conn(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-async def _connection_loop(host: str, port: int, request: bytes, stats: _Stats, parser_cls: type) -> None:
+async def _connection_loop(
+    host: str, port: int, request: bytes, stats: _Stats, parser_cls: type
+) -> None:
     loop = asyncio.get_running_loop()
     first = True
     while not stats.stopping:
@@ -104,7 +107,9 @@ async def _connection_loop(host: str, port: int, request: bytes, stats: _Stats, 
             stats.reconnects += 1
         first = False
         try:
-            _, proto = await loop.create_connection(lambda: _Conn(request, stats, parser_cls), host, port)
+            _, proto = await loop.create_connection(
+                lambda: _Conn(request, stats, parser_cls), host, port
+            )
         except OSError:
             if stats.recording:
                 stats.errors += 1
@@ -116,11 +121,13 @@ async def _connection_loop(host: str, port: int, request: bytes, stats: _Stats, 
 def _percentile(sorted_ns: list[int], q: float) -> float:
     if not sorted_ns:
         return 0.0
-    k = max(0, min(len(sorted_ns) - 1, int(round(q * len(sorted_ns) + 0.5)) - 1))  # nearest rank
+    k = max(0, min(len(sorted_ns) - 1, math.ceil(q * len(sorted_ns)) - 1))  # nearest rank
     return sorted_ns[k] / 1000.0
 
 
-def build_request(url: str, body: bytes, headers: list[str], method: str = "POST") -> tuple[str, int, bytes]:
+def build_request(
+    url: str, body: bytes, headers: list[str], method: str = "POST"
+) -> tuple[str, int, bytes]:
     u = urlsplit(url)
     if u.scheme != "http":
         raise SystemExit(f"loadgen: only http:// URLs are supported, got {url!r}")
@@ -140,13 +147,17 @@ def build_request(url: str, body: bytes, headers: list[str], method: str = "POST
     return host, port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def run(url: str, body: bytes, headers: list[str], connections: int, duration: float, warmup: float) -> dict:
+async def run(
+    url: str, body: bytes, headers: list[str], connections: int, duration: float, warmup: float
+) -> dict:
     import httptools
 
     host, port, request = build_request(url, body, headers)
     stats = _Stats()
     tasks = [
-        asyncio.create_task(_connection_loop(host, port, request, stats, httptools.HttpResponseParser))
+        asyncio.create_task(
+            _connection_loop(host, port, request, stats, httptools.HttpResponseParser)
+        )
         for _ in range(connections)
     ]
     if warmup > 0:
@@ -178,13 +189,19 @@ async def run(url: str, body: bytes, headers: list[str], connections: int, durat
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.loadgen", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--url", required=True, help="http://host:port/path")
     ap.add_argument("--body-file", help="request body (POST); default: empty body")
-    ap.add_argument("--header", "-H", action="append", default=[], help="'Name: value' (repeatable)")
+    ap.add_argument(
+        "--header", "-H", action="append", default=[], help="'Name: value' (repeatable)"
+    )
     ap.add_argument("--connections", "-c", type=int, default=32)
     ap.add_argument("--duration", "-d", type=float, default=10.0, help="measured seconds")
-    ap.add_argument("--warmup", "-w", type=float, default=2.0, help="unrecorded seconds before measuring")
+    ap.add_argument(
+        "--warmup", "-w", type=float, default=2.0, help="unrecorded seconds before measuring"
+    )
     args = ap.parse_args(argv)
     body = b""
     if args.body_file:
@@ -193,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     coro = run(args.url, body, args.header, args.connections, args.duration, args.warmup)
     try:
         import uvloop
-
-        result = uvloop.run(coro)
-    except ImportError:
+    except ImportError:  # still works, just slower
         result = asyncio.run(coro)
+    else:
+        result = uvloop.run(coro)
     print(json.dumps(result), flush=True)
     return 0
 

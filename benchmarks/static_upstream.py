@@ -129,7 +129,9 @@ def build_responses() -> dict[tuple[bytes, bool], bytes]:
         table[(W1_PATH.encode(), ka)] = _response("200 OK", "application/json", w1_body(), ka)
         table[(W2_PATH.encode(), ka)] = _response("200 OK", "text/event-stream", w2_body(), ka)
         table[(b"/health", ka)] = _response("200 OK", "text/plain", b"ok\n", ka)
-        table[(b"", ka)] = _response("404 Not Found", "application/json", b'{"error":{"message":"not found"}}', ka)
+        table[(b"", ka)] = _response(
+            "404 Not Found", "application/json", b'{"error":{"message":"not found"}}', ka
+        )
     return table
 
 
@@ -152,7 +154,9 @@ class _Conn(asyncio.Protocol):
             self.parser.feed_data(data)
         except Exception:
             if self.transport is not None:
-                self.transport.write(_response("400 Bad Request", "text/plain", b"bad request\n", False))
+                self.transport.write(
+                    _response("400 Bad Request", "text/plain", b"bad request\n", False)
+                )
                 self.transport.close()
 
     def on_url(self, url: bytes) -> None:
@@ -177,7 +181,9 @@ class _Conn(asyncio.Protocol):
 async def serve(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     table = build_responses()
-    server = await loop.create_server(lambda: _Conn(table), host, port, backlog=4096, reuse_address=True)
+    server = await loop.create_server(
+        lambda: _Conn(table), host, port, backlog=4096, reuse_address=True
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -188,7 +194,9 @@ async def serve(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.static_upstream", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.static_upstream", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=9000)
     args = ap.parse_args(argv)

@@ -15,17 +15,32 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshfast", description="OpenAI-compatible LLM router with a compiled hot path.")
+    parser = argparse.ArgumentParser(
+        prog="meshfast", description="OpenAI-compatible LLM router with a compiled hot path."
+    )
     parser.add_argument("--version", action="version", version=f"meshfast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway (granian, ASGI, uvloop)")
-    serve.add_argument("--config", default=_env("MESHFAST_CONFIG"), help="TOML config file [MESHFAST_CONFIG]")
-    serve.add_argument("--host", default=None, help="bind address [MESHFAST_HOST, default 127.0.0.1]")
+    serve.add_argument(
+        "--config", default=_env("MESHFAST_CONFIG"), help="TOML config file [MESHFAST_CONFIG]"
+    )
+    serve.add_argument(
+        "--host", default=None, help="bind address [MESHFAST_HOST, default 127.0.0.1]"
+    )
     serve.add_argument("--port", type=int, default=None, help="port [MESHFAST_PORT, default 8080]")
-    serve.add_argument("--workers", type=int, default=None, help="worker processes [MESHFAST_WORKERS, default 1]")
-    serve.add_argument("--log-level", default=None, choices=config.LOG_LEVELS, help="[MESHFAST_LOG_LEVEL, default info]")
+    serve.add_argument(
+        "--workers", type=int, default=None, help="worker processes [MESHFAST_WORKERS, default 1]"
+    )
+    serve.add_argument(
+        "--log-level",
+        default=None,
+        choices=config.LOG_LEVELS,
+        help="[MESHFAST_LOG_LEVEL, default info]",
+    )
     check = sub.add_parser("check-config", help="validate a config file and print what it serves")
-    check.add_argument("--config", default=_env("MESHFAST_CONFIG"), help="TOML config file [MESHFAST_CONFIG]")
+    check.add_argument(
+        "--config", default=_env("MESHFAST_CONFIG"), help="TOML config file [MESHFAST_CONFIG]"
+    )
     return parser
 
 
@@ -77,7 +92,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if cfg.sim.enabled:
         print("  provider sim (built-in simulator): sim-1, sim-1-mini, sim-embed-1")
     for p in cfg.providers:
-        print(f"  provider {p.name} ({p.kind}, {p.privacy}) {p.base_url}: {', '.join(m.id for m in p.models)}")
+        print(
+            f"  provider {p.name} ({p.kind}, {p.privacy}) {p.base_url}: {', '.join(m.id for m in p.models)}"
+        )
     return 0
 
 

@@ -96,7 +96,14 @@ class _Reader:
     def fail(self, name: str, problem: str) -> ConfigError:
         return ConfigError(self.source, self.key(name), problem)
 
-    def get(self, name: str, typ: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
+    def get(
+        self,
+        name: str,
+        typ: type | tuple[type, ...],
+        default: Any = None,
+        *,
+        required: bool = False,
+    ) -> Any:
         self.seen.add(name)
         if name not in self.table:
             if required:
@@ -123,7 +130,9 @@ def _decimal_price(reader: _Reader, name: str) -> str:
     try:
         usd_to_nano(text)
     except ValueError:
-        raise reader.fail(name, f"must be a non-negative decimal USD amount, got {value!r}") from None
+        raise reader.fail(
+            name, f"must be a non-negative decimal USD amount, got {value!r}"
+        ) from None
     return text
 
 
@@ -155,7 +164,9 @@ def _model(source: str, table: Any, prefix: str) -> ModelConfig:
     r = _Reader(source, table, prefix)
     mid = r.get("id", str, required=True)
     if not mid or "/" in mid or mid in ("auto", "fast", "cheapest", "best"):
-        raise r.fail("id", f"must be a non-empty model id without '/' and not a router mode, got {mid!r}")
+        raise r.fail(
+            "id", f"must be a non-empty model id without '/' and not a router mode, got {mid!r}"
+        )
     kind = r.get("kind", str, "chat")
     if kind not in ("chat", "embedding"):
         raise r.fail("kind", f"must be 'chat' or 'embedding', got {kind!r}")
@@ -240,10 +251,14 @@ def _env_value(var: str, typ: type) -> Any:
     try:
         return typ(raw)
     except ValueError:
-        raise ConfigError(f"environment variable {var}", var, f"must be {typ.__name__}, got {raw!r}") from None
+        raise ConfigError(
+            f"environment variable {var}", var, f"must be {typ.__name__}, got {raw!r}"
+        ) from None
 
 
-def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
+def load(
+    path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
     """Load the configuration: file (``path`` or ``MESHFAST_CONFIG``), env, then ``overrides``."""
     path = path or os.environ.get("MESHFAST_CONFIG") or None
     data: dict[str, Any] = {}
@@ -295,4 +310,6 @@ def _check_server(source: str, values: dict[str, Any]) -> None:
     if values["grace_seconds"] < 0:
         raise fail("grace_seconds", "must not be negative")
     if values["log_level"] not in LOG_LEVELS:
-        raise fail("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {values['log_level']!r}")
+        raise fail(
+            "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {values['log_level']!r}"
+        )

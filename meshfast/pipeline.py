@@ -71,7 +71,9 @@ def decode_json(body: bytes) -> dict[str, Any]:
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise errors.InvalidJSON(f"The request body is not valid JSON: {exc.msg} (at byte {exc.pos}).") from None
+        raise errors.InvalidJSON(
+            f"The request body is not valid JSON: {exc.msg} (at byte {exc.pos})."
+        ) from None
     if not isinstance(obj, dict):
         raise errors.InvalidRequest("The request body must be a JSON object.")
     return obj
@@ -89,10 +91,14 @@ def validate_chat(req: dict[str, Any]) -> tuple[str, bool]:
     """Check the fields meshfast relies on; everything else passes through untouched."""
     model = req.get("model")
     if not isinstance(model, str) or not model:
-        raise errors.InvalidRequest("You must provide a model parameter (a non-empty string).", param="model")
+        raise errors.InvalidRequest(
+            "You must provide a model parameter (a non-empty string).", param="model"
+        )
     messages = req.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise errors.InvalidRequest("'messages' must be a non-empty array of message objects.", param="messages")
+        raise errors.InvalidRequest(
+            "'messages' must be a non-empty array of message objects.", param="messages"
+        )
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise _bad(f"messages[{i}]", "expected an object.")
@@ -126,7 +132,9 @@ def validate_chat(req: dict[str, Any]) -> tuple[str, bool]:
 def validate_embeddings(req: dict[str, Any]) -> str:
     model = req.get("model")
     if not isinstance(model, str) or not model:
-        raise errors.InvalidRequest("You must provide a model parameter (a non-empty string).", param="model")
+        raise errors.InvalidRequest(
+            "You must provide a model parameter (a non-empty string).", param="model"
+        )
     inp = req.get("input")
     ok = isinstance(inp, str) and inp != ""
     if isinstance(inp, list) and inp:
@@ -226,7 +234,9 @@ class Pipeline:
             await self.call_chat(call, endpoint, req, scope, send)
         await self.settle(call)
 
-    async def call_chat(self, call: Call, endpoint: Endpoint, req: dict[str, Any], scope: dict[str, Any], send: Send) -> None:
+    async def call_chat(
+        self, call: Call, endpoint: Endpoint, req: dict[str, Any], scope: dict[str, Any], send: Send
+    ) -> None:
         stream = call.stream
         reply = await endpoint.provider.chat(endpoint, req, stream, scope["headers"])
         try:
@@ -239,14 +249,17 @@ class Pipeline:
         finally:
             reply.close()
 
-    async def embeddings(self, scope: dict[str, Any], body: bytes, send: Send, receive: Any) -> None:
+    async def embeddings(
+        self, scope: dict[str, Any], body: bytes, send: Send, receive: Any
+    ) -> None:
         req = decode_json(body)
         call = Call("embeddings", validate_embeddings(req), False)
         await self.authenticate(call, scope)
         endpoint = self.route(call, req)
         if endpoint.model.kind != "embedding":
             raise errors.UnsupportedOperation(
-                f"The model `{endpoint.id}` is a chat model and cannot create embeddings.", param="model"
+                f"The model `{endpoint.id}` is a chat model and cannot create embeddings.",
+                param="model",
             )
         await self.check_limits(call, req)
         await self.place_hold(call, req)
@@ -297,7 +310,9 @@ class Pipeline:
                 tail += DONE
             else:
                 call.status = "error"
-                tail = errors.UpstreamStreamFailed("The upstream ended the stream before it was complete.").sse_event()
+                tail = errors.UpstreamStreamFailed(
+                    "The upstream ended the stream before it was complete."
+                ).sse_event()
         except UpstreamError as exc:
             call.status = "error"
             assert call.endpoint is not None

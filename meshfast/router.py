@@ -51,12 +51,16 @@ class Router:
                     "created": created,
                     "owned_by": ep.provider.name,
                 }
-        self.models_body = orjson.dumps({"object": "list", "data": list(self._model_objects.values())})
+        self.models_body = orjson.dumps(
+            {"object": "list", "data": list(self._model_objects.values())}
+        )
 
     def resolve(self, name: str) -> Endpoint:
         ep = self._by_name.get(name)
         if ep is None:
-            raise errors.ModelNotFound(f"The model `{name}` does not exist or is not served here.", param="model")
+            raise errors.ModelNotFound(
+                f"The model `{name}` does not exist or is not served here.", param="model"
+            )
         return ep
 
     def model_body(self, name: str) -> bytes:
@@ -65,5 +69,7 @@ class Router:
             ep = self._by_name.get(name)
             obj = self._model_objects.get(ep.id) if ep else None
         if obj is None:
-            raise errors.ModelNotFound(f"The model `{name}` does not exist or is not served here.", param="model")
+            raise errors.ModelNotFound(
+                f"The model `{name}` does not exist or is not served here.", param="model"
+            )
         return orjson.dumps(obj)

@@ -63,7 +63,9 @@ class App:
             raise
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            await self.send_error(send, errors.InternalError("The gateway failed to handle the request."))
+            await self.send_error(
+                send, errors.InternalError("The gateway failed to handle the request.")
+            )
         finally:
             self.inflight -= 1
             if self.draining and not self.inflight:
@@ -77,7 +79,9 @@ class App:
             if method != "POST":
                 raise errors.MethodNotAllowed(f"{method} is not allowed on {path}; use POST.")
             if self.draining:
-                raise errors.ServerDraining("The server is shutting down; retry on another instance.")
+                raise errors.ServerDraining(
+                    "The server is shutting down; retry on another instance."
+                )
             body = await self.read_body(scope, receive)
             await handler(scope, body, send, receive)
             return
@@ -91,7 +95,11 @@ class App:
             await self.send_json(send, 200, self.router.model_body(path[len("/v1/models/") :]))
         elif path == "/health":
             status = 503 if self.draining else 200
-            body = {"status": "draining" if self.draining else "ok", "version": __version__, "inflight": self.inflight}
+            body = {
+                "status": "draining" if self.draining else "ok",
+                "version": __version__,
+                "inflight": self.inflight,
+            }
             await self.send_json(send, status, orjson.dumps(body))
         else:
             raise errors.RouteNotFound(f"Unknown path {path}.")
@@ -105,7 +113,9 @@ class App:
                 except ValueError:
                     raise errors.InvalidRequest("Content-Length is not a number.") from None
                 if declared > limit:
-                    raise errors.BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} bytes.")
+                    raise errors.BodyTooLarge(
+                        f"The request body is {declared} bytes; the limit is {limit} bytes."
+                    )
                 break
         msg = await receive()
         if msg["type"] == "http.disconnect":
@@ -130,8 +140,13 @@ class App:
                 return b"".join(parts)
 
     @staticmethod
-    async def send_json(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    async def send_json(
+        send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
         if extra:
             headers.extend(extra)
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -176,5 +191,7 @@ class App:
 def create_app() -> App:
     """granian's factory: the configuration comes from MESHFAST_CONFIG and MESHFAST_* variables."""
     cfg = config.load()
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return App(cfg)

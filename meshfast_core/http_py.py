@@ -312,7 +312,12 @@ def _waiter_timeout(waiters, waiter):
 
 
 class Pool:
-    """Keep-alive HTTP/1.1 connections to one upstream origin (``http://`` or ``https://``)."""
+    """Keep-alive HTTP/1.1 connections to one upstream origin (``http://`` or ``https://``).
+
+    A pool belongs to the event loop of its first request. ``size`` counts open (and opening)
+    connections, ``idle`` pooled ones, ``in_use`` those carrying a request, ``created`` every
+    connection opened, ``reused`` requests sent on a connection that had served one before.
+    """
 
     def __init__(
         self,
@@ -329,6 +334,8 @@ class Pool:
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"upstream url must be http://host[:port] or https://..., got {url!r}")
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
         self.url = url
         self.host = parts.hostname
         tls = scheme == "https"

@@ -20,13 +20,21 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def chunk(model: str, delta: dict, finish: str | None = None, usage: dict | None = None, choices: bool = True) -> bytes:
+def chunk(
+    model: str,
+    delta: dict,
+    finish: str | None = None,
+    usage: dict | None = None,
+    choices: bool = True,
+) -> bytes:
     obj = {
         "id": "chatcmpl-fake",
         "object": "chat.completion.chunk",
         "created": 1700000000,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else [],
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+        if choices
+        else [],
     }
     if usage is not None:
         obj["usage"] = usage
@@ -56,46 +64,84 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", "0"))
         raw = self.rfile.read(length)
         body = json.loads(raw)
-        self.server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        self.server.requests.append(
+            {"path": self.path, "headers": dict(self.headers), "body": body}
+        )
         model = body.get("model", "")
         if self.path.endswith("/embeddings"):
             n = len(body["input"]) if isinstance(body["input"], list) else 1
-            self.send_json(200, {
-                "object": "list",
-                "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(n)],
-                "model": model,
-                "usage": {"prompt_tokens": 3, "total_tokens": 3},
-            })
+            self.send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                        for i in range(n)
+                    ],
+                    "model": model,
+                    "usage": {"prompt_tokens": 3, "total_tokens": 3},
+                },
+            )
             return
         if model.startswith("err-"):
             status = int(model[4:])
-            self.send_json(status, {"error": {"message": f"fake upstream says {status}", "type": "fake_error", "param": None, "code": f"fake_{status}"}})
+            self.send_json(
+                status,
+                {
+                    "error": {
+                        "message": f"fake upstream says {status}",
+                        "type": "fake_error",
+                        "param": None,
+                        "code": f"fake_{status}",
+                    }
+                },
+            )
             return
         if model == "hang":
             time.sleep(3)
             self.close_connection = True
             return
         if model == "echo":
-            self.send_json(200, {
-                "id": "chatcmpl-echo",
-                "object": "chat.completion",
-                "created": 1700000000,
-                "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": raw.decode()}, "logprobs": None, "finish_reason": "stop"}],
-                "usage": USAGE,
-            })
+            self.send_json(
+                200,
+                {
+                    "id": "chatcmpl-echo",
+                    "object": "chat.completion",
+                    "created": 1700000000,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": raw.decode()},
+                            "logprobs": None,
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": USAGE,
+                },
+            )
             return
         if body.get("stream"):
             self.stream(model, body)
             return
-        self.send_json(200, {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion",
-            "created": 1700000000,
-            "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(WORDS)}, "logprobs": None, "finish_reason": "stop"}],
-            "usage": USAGE,
-        })
+        self.send_json(
+            200,
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": 1700000000,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(WORDS)},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": USAGE,
+            },
+        )
 
     def write_chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))

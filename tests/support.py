@@ -21,7 +21,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def local_provider_toml(base_url: str, *, first_byte_timeout: float = 1.0, name: str = "local") -> str:
+def local_provider_toml(
+    base_url: str, *, first_byte_timeout: float = 1.0, name: str = "local"
+) -> str:
     models = ["echo", "stream", "slow-stream", "break", "err-429", "err-500", "err-400", "hang"]
     out = [
         "[[providers]]",
@@ -33,15 +35,36 @@ def local_provider_toml(base_url: str, *, first_byte_timeout: float = 1.0, name:
         "read_timeout = 2.0",
     ]
     for m in models:
-        out += ["", "[[providers.models]]", f'id = "up-{m}"', f'upstream = "{m}"', "input_usd_per_mtok = 0.15", "output_usd_per_mtok = 0.60"]
-    out += ["", "[[providers.models]]", 'id = "up-embed"', 'upstream = "embed"', 'kind = "embedding"', "input_usd_per_mtok = 0.02"]
+        out += [
+            "",
+            "[[providers.models]]",
+            f'id = "up-{m}"',
+            f'upstream = "{m}"',
+            "input_usd_per_mtok = 0.15",
+            "output_usd_per_mtok = 0.60",
+        ]
+    out += [
+        "",
+        "[[providers.models]]",
+        'id = "up-embed"',
+        'upstream = "embed"',
+        'kind = "embedding"',
+        "input_usd_per_mtok = 0.02",
+    ]
     return "\n".join(out) + "\n"
 
 
 class MeshServer:
     """``meshfast serve`` in a subprocess on a free port, with a config written to ``tmp``."""
 
-    def __init__(self, tmp: Path, config_text: str = "", *, env: dict[str, str] | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        config_text: str = "",
+        *,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+    ) -> None:
         self.port = free_port()
         self.config = tmp / f"meshfast-{self.port}.toml"
         self.config.write_text(config_text)
@@ -61,7 +84,18 @@ class MeshServer:
     def start(self, timeout: float = 30.0) -> MeshServer:
         self._logfh = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "meshfast", "serve", "--config", str(self.config), "--port", str(self.port), "--workers", str(self.workers)],
+            [
+                sys.executable,
+                "-m",
+                "meshfast",
+                "serve",
+                "--config",
+                str(self.config),
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=self._logfh,

@@ -13,7 +13,10 @@ import pytest
 
 from tests.conftest import TEST_KEY
 
-IMAGE_PART = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}}
+IMAGE_PART = {
+    "type": "image_url",
+    "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"},
+}
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -21,7 +24,10 @@ WEATHER_TOOL = {
         "description": "Weather for a city",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["c", "f"]},
+            },
             "required": ["city", "unit"],
         },
     },
@@ -33,7 +39,11 @@ PERSON_SCHEMA = {
         "strict": True,
         "schema": {
             "type": "object",
-            "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+            "properties": {
+                "name": {"type": "string"},
+                "age": {"type": "integer"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+            },
             "required": ["name", "age", "tags"],
             "additionalProperties": False,
         },
@@ -63,14 +73,22 @@ def test_sim_chat_non_stream(client):
 
 
 def test_sim_chat_stream_with_and_without_usage(client):
-    chunks = list(client.chat.completions.create(model="sim-1", messages=user("hi"), stream=True, max_tokens=8))
+    chunks = list(
+        client.chat.completions.create(
+            model="sim-1", messages=user("hi"), stream=True, max_tokens=8
+        )
+    )
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert len(text.split()) == 8
     assert chunks[-1].choices[0].finish_reason == "length"
     assert all(ch.usage is None for ch in chunks), "usage chunk must be hidden when not asked for"
     chunks = list(
         client.chat.completions.create(
-            model="sim-1", messages=user("hi"), stream=True, max_tokens=8, stream_options={"include_usage": True}
+            model="sim-1",
+            messages=user("hi"),
+            stream=True,
+            max_tokens=8,
+            stream_options={"include_usage": True},
         )
     )
     assert chunks[-1].choices == []
@@ -78,26 +96,44 @@ def test_sim_chat_stream_with_and_without_usage(client):
 
 
 def test_sim_tools(client):
-    c = client.chat.completions.create(model="sim-1", messages=user("weather in Paris?"), tools=[WEATHER_TOOL])
+    c = client.chat.completions.create(
+        model="sim-1", messages=user("weather in Paris?"), tools=[WEATHER_TOOL]
+    )
     call = c.choices[0].message.tool_calls[0]
     assert c.choices[0].finish_reason == "tool_calls"
     assert call.function.name == "get_weather"
     args = json.loads(call.function.arguments)
     assert set(args) == {"city", "unit"} and args["unit"] in ("c", "f")
-    stream = client.chat.completions.create(model="sim-1", messages=user("weather?"), tools=[WEATHER_TOOL], stream=True)
-    pieces = [tc.function.arguments for ch in stream if ch.choices and ch.choices[0].delta.tool_calls for tc in ch.choices[0].delta.tool_calls]
+    stream = client.chat.completions.create(
+        model="sim-1", messages=user("weather?"), tools=[WEATHER_TOOL], stream=True
+    )
+    pieces = [
+        tc.function.arguments
+        for ch in stream
+        if ch.choices and ch.choices[0].delta.tool_calls
+        for tc in ch.choices[0].delta.tool_calls
+    ]
     assert json.loads("".join(pieces)) == args | json.loads("".join(pieces))
 
 
 def test_sim_json_schema(client):
-    c = client.chat.completions.create(model="sim-1", messages=user("a person"), response_format=PERSON_SCHEMA)
+    c = client.chat.completions.create(
+        model="sim-1", messages=user("a person"), response_format=PERSON_SCHEMA
+    )
     person = json.loads(c.choices[0].message.content)
-    assert isinstance(person["name"], str) and isinstance(person["age"], int) and isinstance(person["tags"], list)
+    assert (
+        isinstance(person["name"], str)
+        and isinstance(person["age"], int)
+        and isinstance(person["tags"], list)
+    )
 
 
 def test_sim_vision_parts_accepted(client):
     c = client.chat.completions.create(
-        model="sim-1", messages=[{"role": "user", "content": [{"type": "text", "text": "what is this"}, IMAGE_PART]}]
+        model="sim-1",
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "what is this"}, IMAGE_PART]}
+        ],
     )
     assert c.choices[0].message.content
 
@@ -135,7 +171,9 @@ def test_async_client_stream_and_chat(aclient):
     async def main():
         async with aclient:
             c = await aclient.chat.completions.create(model="sim-1", messages=user("async"))
-            stream = await aclient.chat.completions.create(model="up-stream", messages=user("async"), stream=True)
+            stream = await aclient.chat.completions.create(
+                model="up-stream", messages=user("async"), stream=True
+            )
             text = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
             return c, text
 
@@ -172,16 +210,28 @@ def test_passthrough_maps_only_model(client, fake_upstream):
         assert sent[key] == value, key
     assert "stream_options" not in sent
     hdrs = fake_upstream.requests[-1]["headers"]
-    assert hdrs["authorization"] == "Bearer sk-fake-upstream", "the upstream key replaces the client's"
+    assert hdrs["authorization"] == "Bearer sk-fake-upstream", (
+        "the upstream key replaces the client's"
+    )
 
 
 def test_upstream_stream_asks_for_usage_and_hides_it(client, fake_upstream):
-    chunks = list(client.chat.completions.create(model="up-stream", messages=user("x"), stream=True))
+    chunks = list(
+        client.chat.completions.create(model="up-stream", messages=user("x"), stream=True)
+    )
     assert fake_upstream.requests[-1]["body"]["stream_options"] == {"include_usage": True}
     assert all(ch.usage is None for ch in chunks)
-    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "Hello from the fake upstream"
+    assert (
+        "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        == "Hello from the fake upstream"
+    )
     chunks = list(
-        client.chat.completions.create(model="up-stream", messages=user("x"), stream=True, stream_options={"include_usage": True})
+        client.chat.completions.create(
+            model="up-stream",
+            messages=user("x"),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
     )
     assert chunks[-1].usage.total_tokens == 16
 
@@ -192,7 +242,9 @@ def test_upstream_embeddings(client):
 
 
 def test_upstream_non_stream(client):
-    r = client.chat.completions.with_raw_response.create(model="local/up-stream", messages=user("x"))
+    r = client.chat.completions.with_raw_response.create(
+        model="local/up-stream", messages=user("x")
+    )
     assert r.headers["x-mesh-provider"] == "local"
     assert r.parse().choices[0].message.content == "Hello from the fake upstream"
 
@@ -208,7 +260,12 @@ def error_of(resp: httpx.Response) -> dict:
 
 
 def post(mesh, path: str, content: bytes, **kw) -> httpx.Response:
-    return httpx.post(mesh.base_url + path, content=content, headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"}, **kw)
+    return httpx.post(
+        mesh.base_url + path,
+        content=content,
+        headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"},
+        **kw,
+    )
 
 
 def test_malformed_json_400(mesh):
@@ -226,9 +283,22 @@ def test_malformed_json_400(mesh):
         ({"model": "sim-1"}, "messages"),
         ({"model": "sim-1", "messages": "hi"}, "messages"),
         ({"model": "sim-1", "messages": [{"content": "x"}]}, "messages[0].role"),
-        ({"model": "sim-1", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
-        ({"model": "sim-1", "messages": [{"role": "user", "content": "x"}], "max_tokens": "10"}, "max_tokens"),
-        ({"model": "sim-1", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+        (
+            {"model": "sim-1", "messages": [{"role": "user", "content": "x"}], "stream": "yes"},
+            "stream",
+        ),
+        (
+            {"model": "sim-1", "messages": [{"role": "user", "content": "x"}], "max_tokens": "10"},
+            "max_tokens",
+        ),
+        (
+            {
+                "model": "sim-1",
+                "messages": [{"role": "user", "content": "x"}],
+                "temperature": "hot",
+            },
+            "temperature",
+        ),
     ],
 )
 def test_bad_fields_400_with_param(client, body, param):
@@ -277,7 +347,11 @@ def test_upstream_timeout_504(client):
 
 @pytest.mark.parametrize(
     ("model", "cls", "status"),
-    [("up-err-429", openai.RateLimitError, 429), ("up-err-500", openai.InternalServerError, 500), ("up-err-400", openai.BadRequestError, 400)],
+    [
+        ("up-err-429", openai.RateLimitError, 429),
+        ("up-err-500", openai.InternalServerError, 500),
+        ("up-err-400", openai.BadRequestError, 400),
+    ],
 )
 def test_upstream_errors_pass_through(client, model, cls, status):
     with pytest.raises(cls) as exc:
@@ -289,16 +363,24 @@ def test_upstream_errors_pass_through(client, model, cls, status):
 
 def test_sim_injected_failures(client):
     with pytest.raises(openai.InternalServerError) as exc:
-        client.chat.completions.create(model="sim-1", messages=user("x"), extra_headers={"x-mesh-sim-fail": "status:503"})
+        client.chat.completions.create(
+            model="sim-1", messages=user("x"), extra_headers={"x-mesh-sim-fail": "status:503"}
+        )
     assert exc.value.status_code == 503
     with pytest.raises(openai.InternalServerError) as exc:
-        client.chat.completions.create(model="sim-1", messages=user("x"), extra_headers={"x-mesh-sim-fail": "timeout"})
+        client.chat.completions.create(
+            model="sim-1", messages=user("x"), extra_headers={"x-mesh-sim-fail": "timeout"}
+        )
     assert exc.value.status_code == 504
 
 
-@pytest.mark.parametrize(("model", "headers"), [("up-break", {}), ("sim-1", {"x-mesh-sim-fail": "midstream"})])
+@pytest.mark.parametrize(
+    ("model", "headers"), [("up-break", {}), ("sim-1", {"x-mesh-sim-fail": "midstream"})]
+)
 def test_midstream_failure_ends_with_error_event(client, model, headers):
-    stream = client.chat.completions.create(model=model, messages=user("x"), stream=True, extra_headers=headers)
+    stream = client.chat.completions.create(
+        model=model, messages=user("x"), stream=True, extra_headers=headers
+    )
     got = []
     with pytest.raises(openai.APIError) as exc:
         for ch in stream:

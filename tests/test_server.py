@@ -23,7 +23,13 @@ def test_sigterm_drains_in_flight_stream(tmp_path):
     result: dict = {}
 
     def consume():
-        with httpx.stream("POST", server.base_url + "/chat/completions", json=CHAT, headers={"x-mesh-sim-tps": "25"}, timeout=10) as r:
+        with httpx.stream(
+            "POST",
+            server.base_url + "/chat/completions",
+            json=CHAT,
+            headers={"x-mesh-sim-tps": "25"},
+            timeout=10,
+        ) as r:
             result["body"] = b"".join(r.iter_bytes())
 
     t = threading.Thread(target=consume)
@@ -47,7 +53,11 @@ def test_client_disconnect_cancels_upstream(mesh, fake_upstream):
     with httpx.stream(
         "POST",
         mesh.base_url + "/chat/completions",
-        json={"model": "up-slow-stream", "messages": [{"role": "user", "content": "x"}], "stream": True},
+        json={
+            "model": "up-slow-stream",
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": True,
+        },
         headers={"Authorization": f"Bearer {TEST_KEY}"},
     ) as r:
         it = r.iter_raw()
@@ -58,13 +68,22 @@ def test_client_disconnect_cancels_upstream(mesh, fake_upstream):
     assert fake_upstream.aborted_streams == before + 1, "meshfast closed the upstream request"
     assert fake_upstream.completed_streams == completed
     with openai.OpenAI(base_url=mesh.base_url, api_key=TEST_KEY, max_retries=0) as client:
-        chunks = list(client.chat.completions.create(model="up-stream", messages=[{"role": "user", "content": "x"}], stream=True))
+        chunks = list(
+            client.chat.completions.create(
+                model="up-stream", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+        )
     assert chunks[-1].choices[0].finish_reason == "stop", "the pool serves cleanly afterwards"
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "meshfast", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})}
+        [sys.executable, "-m", "meshfast", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -74,7 +93,11 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         ("[server]\nport = 'eighty'\n", "server.port", "must be int"),
         ("[server]\nworkers = 0\n", "server.workers", "at least 1"),
         ("[server]\nbogus = 1\n", "server.bogus", "unknown key"),
-        ("[[providers]]\nname = 'x'\nkind = 'openai'\nbase_url = 'ftp://x'\n", "providers[0].base_url", "http:// or https://"),
+        (
+            "[[providers]]\nname = 'x'\nkind = 'openai'\nbase_url = 'ftp://x'\n",
+            "providers[0].base_url",
+            "http:// or https://",
+        ),
         ("[[providers]]\nname = 'x'\nkind = 'grpc'\n", "providers[0].kind", "must be one of"),
         (
             "[[providers]]\nname = 'x'\nkind = 'openai'\nbase_url = 'http://h/v1'\nprivacy = 'secret'\n[[providers.models]]\nid = 'm'\n",
@@ -86,7 +109,11 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
             "providers[0].models[0].input_usd_per_mtok",
             "non-negative decimal",
         ),
-        ("[[providers]]\nname = 'x'\nkind = 'openai'\nbase_url = 'http://h/v1'\n", "providers[0].models", "at least one"),
+        (
+            "[[providers]]\nname = 'x'\nkind = 'openai'\nbase_url = 'http://h/v1'\n",
+            "providers[0].models",
+            "at least one",
+        ),
         ("[server\n", "-", "not valid TOML"),
     ],
 )
@@ -96,7 +123,9 @@ def test_bad_config_exits_2_naming_file_and_key(tmp_path, text, key, problem):
     for command in ("serve", "check-config"):
         proc = run_cli(command, "--config", str(path))
         assert proc.returncode == 2, proc.stderr
-        assert str(path) in proc.stderr and key in proc.stderr and problem in proc.stderr, proc.stderr
+        assert str(path) in proc.stderr and key in proc.stderr and problem in proc.stderr, (
+            proc.stderr
+        )
         assert "Traceback" not in proc.stderr
 
 
@@ -135,16 +164,30 @@ def test_env_overrides_file(tmp_path):
 
 def test_pure_python_twins_end_to_end(tmp_path, fake_upstream):
     """The whole data path with MESHFAST_NO_EXTENSIONS=1 behaves the same."""
-    with MeshServer(tmp_path, local_provider_toml(fake_upstream.base_url), env={"MESHFAST_NO_EXTENSIONS": "1"}) as server:
+    with MeshServer(
+        tmp_path, local_provider_toml(fake_upstream.base_url), env={"MESHFAST_NO_EXTENSIONS": "1"}
+    ) as server:
         with openai.OpenAI(base_url=server.base_url, api_key=TEST_KEY, max_retries=0) as client:
-            c = client.chat.completions.create(model="up-stream", messages=[{"role": "user", "content": "x"}])
+            c = client.chat.completions.create(
+                model="up-stream", messages=[{"role": "user", "content": "x"}]
+            )
             assert c.choices[0].message.content == "Hello from the fake upstream"
             chunks = list(
                 client.chat.completions.create(
-                    model="up-stream", messages=[{"role": "user", "content": "x"}], stream=True, stream_options={"include_usage": True}
+                    model="up-stream",
+                    messages=[{"role": "user", "content": "x"}],
+                    stream=True,
+                    stream_options={"include_usage": True},
                 )
             )
-            assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "Hello from the fake upstream"
+            assert (
+                "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+                == "Hello from the fake upstream"
+            )
             assert chunks[-1].usage.total_tokens == 16
             with pytest.raises(openai.APIError):
-                list(client.chat.completions.create(model="up-break", messages=[{"role": "user", "content": "x"}], stream=True))
+                list(
+                    client.chat.completions.create(
+                        model="up-break", messages=[{"role": "user", "content": "x"}], stream=True
+                    )
+                )

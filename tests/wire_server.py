@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-
 HOLD = "hold"
 
 
@@ -121,6 +120,8 @@ class WireServer:
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
             self.closed_by_peer += 1
+        except asyncio.CancelledError:
+            pass  # test over; a cancelled callback task would be logged as an error
         finally:
             self.open -= 1
             self.tasks.discard(asyncio.current_task())

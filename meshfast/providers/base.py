@@ -41,10 +41,18 @@ class Provider:
     async def close(self) -> None:
         """Release resources; called at shutdown."""
 
-    async def chat(self, endpoint: Endpoint, body: dict[str, Any], stream: bool, headers: list[tuple[bytes, bytes]]) -> Reply:
+    async def chat(
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        stream: bool,
+        headers: list[tuple[bytes, bytes]],
+    ) -> Reply:
         raise NotImplementedError
 
-    async def embeddings(self, endpoint: Endpoint, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> Reply:
+    async def embeddings(
+        self, endpoint: Endpoint, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
+    ) -> Reply:
         raise NotImplementedError
 
 

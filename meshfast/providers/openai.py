@@ -32,7 +32,9 @@ def map_upstream_error(exc: UpstreamError, provider: str) -> errors.MeshError:
         return errors.UpstreamTimedOut(f"provider {provider!r} timed out ({exc.phase})")
     if isinstance(exc, UpstreamConnectError):
         return errors.UpstreamUnreachable(f"provider {provider!r} is unreachable")
-    return errors.UpstreamBadResponse(f"provider {provider!r} sent an incomplete or malformed response")
+    return errors.UpstreamBadResponse(
+        f"provider {provider!r} sent an incomplete or malformed response"
+    )
 
 
 class OpenAIProvider(Provider):
@@ -81,13 +83,23 @@ class OpenAIProvider(Provider):
         except UpstreamError as exc:
             raise map_upstream_error(exc, self.name) from None
 
-    async def chat(self, endpoint: Endpoint, body: dict[str, Any], stream: bool, headers: list[tuple[bytes, bytes]]) -> Reply:
+    async def chat(
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        stream: bool,
+        headers: list[tuple[bytes, bytes]],
+    ) -> Reply:
         body["model"] = endpoint.model.upstream
         if stream:
             opts = body.get("stream_options")
-            body["stream_options"] = {**opts, "include_usage": True} if opts else {"include_usage": True}
+            body["stream_options"] = (
+                {**opts, "include_usage": True} if opts else {"include_usage": True}
+            )
         return await self._post(self.chat_path, body)
 
-    async def embeddings(self, endpoint: Endpoint, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> Reply:
+    async def embeddings(
+        self, endpoint: Endpoint, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
+    ) -> Reply:
         body["model"] = endpoint.model.upstream
         return await self._post(self.embeddings_path, body)

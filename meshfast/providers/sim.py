@@ -113,7 +113,14 @@ class SimReply:
 
     __slots__ = ("status", "_ctype", "_pieces", "_delays", "_fail_at", "_closed")
 
-    def __init__(self, status: int, ctype: bytes, pieces: list[bytes], delays: list[float] | None = None, fail_at: int = -1) -> None:
+    def __init__(
+        self,
+        status: int,
+        ctype: bytes,
+        pieces: list[bytes],
+        delays: list[float] | None = None,
+        fail_at: int = -1,
+    ) -> None:
         self.status = status
         self._ctype = ctype
         self._pieces = pieces
@@ -155,7 +162,9 @@ class SimProvider(Provider):
         self.cfg = cfg
         self.models = SIM_MODELS
 
-    def _controls(self, endpoint: Endpoint, header_list: list[tuple[bytes, bytes]]) -> tuple[float, float, int, str]:
+    def _controls(
+        self, endpoint: Endpoint, header_list: list[tuple[bytes, bytes]]
+    ) -> tuple[float, float, int, str]:
         headers = dict(header_list)
         try:
             ttft = float(headers.get(b"x-mesh-sim-ttft-ms", self.cfg.ttft_ms)) / 1000
@@ -163,7 +172,9 @@ class SimProvider(Provider):
             ntok = int(headers.get(b"x-mesh-sim-tokens", DEFAULT_TOKENS))
         except ValueError:
             raise errors.InvalidRequest("x-mesh-sim-* headers must be numbers") from None
-        fail = headers.get(b"x-mesh-sim-fail", b"").decode("latin-1") or self.cfg.fail_models.get(endpoint.id, "")
+        fail = headers.get(b"x-mesh-sim-fail", b"").decode("latin-1") or self.cfg.fail_models.get(
+            endpoint.id, ""
+        )
         return max(ttft, 0.0), max(tps, 0.0), max(ntok, 1), fail
 
     @staticmethod
@@ -173,27 +184,53 @@ class SimProvider(Provider):
                 status = int(fail[7:])
             except ValueError:
                 raise errors.InvalidRequest(f"bad x-mesh-sim-fail value {fail!r}") from None
-            body = orjson.dumps({"error": {"message": f"simulated upstream error {status}", "type": "sim_error", "param": None, "code": "simulated"}})
+            body = orjson.dumps(
+                {
+                    "error": {
+                        "message": f"simulated upstream error {status}",
+                        "type": "sim_error",
+                        "param": None,
+                        "code": "simulated",
+                    }
+                }
+            )
             raise errors.UpstreamHTTPError(status, body, b"application/json")
         if fail == "unreachable":
             raise errors.UpstreamUnreachable(f"provider {provider!r} is unreachable (simulated)")
         if fail == "timeout":
-            raise errors.UpstreamTimedOut(f"provider {provider!r} timed out (first_byte, simulated)")
+            raise errors.UpstreamTimedOut(
+                f"provider {provider!r} timed out (first_byte, simulated)"
+            )
 
-    async def chat(self, endpoint: Endpoint, body: dict[str, Any], stream: bool, headers: list[tuple[bytes, bytes]]) -> SimReply:
+    async def chat(
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        stream: bool,
+        headers: list[tuple[bytes, bytes]],
+    ) -> SimReply:
         if endpoint.model.kind != "chat":
-            raise errors.UnsupportedOperation(f"model {endpoint.id!r} is an embedding model; use /v1/embeddings", param="model")
+            raise errors.UnsupportedOperation(
+                f"model {endpoint.id!r} is an embedding model; use /v1/embeddings", param="model"
+            )
         ttft, tps, ntok, fail = self._controls(endpoint, headers)
         self._raise_injected(fail, self.name)
         max_out = body.get("max_completion_tokens") or body.get("max_tokens")
         if isinstance(max_out, int) and max_out > 0:
             ntok = min(ntok, max_out)
-        seed = orjson.dumps([endpoint.id, body.get("messages"), body.get("seed"), body.get("tools")], option=orjson.OPT_SORT_KEYS)
+        seed = orjson.dumps(
+            [endpoint.id, body.get("messages"), body.get("seed"), body.get("tools")],
+            option=orjson.OPT_SORT_KEYS,
+        )
         n = body.get("n") or 1
         choices = [self._choice(body, seed + bytes([i]), ntok) for i in range(n)]
         prompt_tokens = estimate_prompt_tokens(body)
         completion_tokens = sum(c["tokens"] for c in choices)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
         cid = "chatcmpl-sim" + hashlib.sha256(seed).hexdigest()[:24]
         created = int(time.time())
         if ttft:
@@ -205,14 +242,21 @@ class SimProvider(Provider):
                 "created": created,
                 "model": endpoint.upstream,
                 "choices": [
-                    {"index": i, "message": c["message"], "logprobs": None, "finish_reason": c["finish_reason"]}
+                    {
+                        "index": i,
+                        "message": c["message"],
+                        "logprobs": None,
+                        "finish_reason": c["finish_reason"],
+                    }
                     for i, c in enumerate(choices)
                 ],
                 "usage": usage,
                 "system_fingerprint": "meshfast-sim",
             }
             return SimReply(200, b"application/json", [orjson.dumps(out)])
-        return self._stream(cid, created, endpoint.upstream, choices, usage, tps, fail == "midstream")
+        return self._stream(
+            cid, created, endpoint.upstream, choices, usage, tps, fail == "midstream"
+        )
 
     def _choice(self, body: dict[str, Any], seed: bytes, ntok: int) -> dict[str, Any]:
         rand = _rng(seed)
@@ -222,34 +266,93 @@ class SimProvider(Provider):
             tool = tools[0]
             if isinstance(tool_choice, dict):
                 wanted = (tool_choice.get("function") or {}).get("name")
-                tool = next((t for t in tools if (t.get("function") or {}).get("name") == wanted), tool)
+                tool = next(
+                    (t for t in tools if (t.get("function") or {}).get("name") == wanted), tool
+                )
             fn = tool.get("function") or {}
-            args = orjson.dumps(_value_for(fn.get("parameters") or {"type": "object"}, rand)).decode()
-            call = {"id": "call_" + hashlib.sha256(seed).hexdigest()[:24], "type": "function", "function": {"name": fn.get("name", "tool"), "arguments": args}}
-            return {"message": {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}, "finish_reason": "tool_calls", "tokens": max(1, len(args) // 4), "pieces": [args]}
+            args = orjson.dumps(
+                _value_for(fn.get("parameters") or {"type": "object"}, rand)
+            ).decode()
+            call = {
+                "id": "call_" + hashlib.sha256(seed).hexdigest()[:24],
+                "type": "function",
+                "function": {"name": fn.get("name", "tool"), "arguments": args},
+            }
+            return {
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [call],
+                    "refusal": None,
+                },
+                "finish_reason": "tool_calls",
+                "tokens": max(1, len(args) // 4),
+                "pieces": [args],
+            }
         fmt = body.get("response_format") or {}
         words = [WORDS[next(rand) % len(WORDS)] for _ in range(ntok)]
         if fmt.get("type") == "json_schema":
             schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
             text = orjson.dumps(_value_for(schema, rand)).decode()
-            return {"message": {"role": "assistant", "content": text, "refusal": None}, "finish_reason": "stop", "tokens": max(1, len(text) // 4), "pieces": [text]}
+            return {
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "finish_reason": "stop",
+                "tokens": max(1, len(text) // 4),
+                "pieces": [text],
+            }
         if fmt.get("type") == "json_object":
             text = orjson.dumps({"answer": " ".join(words)}).decode()
-            return {"message": {"role": "assistant", "content": text, "refusal": None}, "finish_reason": "stop", "tokens": ntok, "pieces": [text]}
+            return {
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "finish_reason": "stop",
+                "tokens": ntok,
+                "pieces": [text],
+            }
         pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
         max_out = body.get("max_completion_tokens") or body.get("max_tokens")
         finish = "length" if isinstance(max_out, int) and ntok >= max_out else "stop"
-        return {"message": {"role": "assistant", "content": "".join(pieces), "refusal": None}, "finish_reason": finish, "tokens": ntok, "pieces": pieces}
+        return {
+            "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
+            "finish_reason": finish,
+            "tokens": ntok,
+            "pieces": pieces,
+        }
 
-    def _stream(self, cid: str, created: int, model: str, choices: list[dict[str, Any]], usage: dict[str, int], tps: float, midstream: bool) -> SimReply:
-        head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "system_fingerprint": "meshfast-sim"}
+    def _stream(
+        self,
+        cid: str,
+        created: int,
+        model: str,
+        choices: list[dict[str, Any]],
+        usage: dict[str, int],
+        tps: float,
+        midstream: bool,
+    ) -> SimReply:
+        head = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "meshfast-sim",
+        }
 
         def event(chs: list[dict[str, Any]], usage_obj: Any = None) -> bytes:
             return b"data: " + orjson.dumps({**head, "choices": chs, "usage": usage_obj}) + b"\n\n"
 
         events: list[bytes] = []
-        for i, c in enumerate(choices):
-            events.append(event([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]))
+        for i in range(len(choices)):
+            events.append(
+                event(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+            )
         longest = max(len(c["pieces"]) for c in choices)
         for step in range(longest):
             for i, c in enumerate(choices):
@@ -258,29 +361,61 @@ class SimProvider(Provider):
                 piece = c["pieces"][step]
                 if c["finish_reason"] == "tool_calls":
                     call = c["message"]["tool_calls"][0]
-                    delta = {"tool_calls": [{"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": piece}}]}
+                    delta = {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": call["id"],
+                                "type": "function",
+                                "function": {"name": call["function"]["name"], "arguments": piece},
+                            }
+                        ]
+                    }
                 else:
                     delta = {"content": piece}
-                events.append(event([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}]))
+                events.append(
+                    event([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
+                )
         for i, c in enumerate(choices):
-            events.append(event([{"index": i, "delta": {}, "logprobs": None, "finish_reason": c["finish_reason"]}]))
+            events.append(
+                event(
+                    [
+                        {
+                            "index": i,
+                            "delta": {},
+                            "logprobs": None,
+                            "finish_reason": c["finish_reason"],
+                        }
+                    ]
+                )
+            )
         events.append(event([], usage))
         events.append(b"data: [DONE]\n\n")
         fail_at = len(events) // 2 if midstream else -1
         if tps <= 0:
             if midstream:
-                return SimReply(200, b"text/event-stream", [b"".join(events[:fail_at]), b"unreached"], None, 1)
+                return SimReply(
+                    200, b"text/event-stream", [b"".join(events[:fail_at]), b"unreached"], None, 1
+                )
             return SimReply(200, b"text/event-stream", [b"".join(events)])
         delay = 1.0 / tps
-        return SimReply(200, b"text/event-stream", events, [0.0] + [delay] * (len(events) - 1), fail_at)
+        return SimReply(
+            200, b"text/event-stream", events, [0.0] + [delay] * (len(events) - 1), fail_at
+        )
 
-    async def embeddings(self, endpoint: Endpoint, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> SimReply:
+    async def embeddings(
+        self, endpoint: Endpoint, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
+    ) -> SimReply:
         if endpoint.model.kind != "embedding":
-            raise errors.UnsupportedOperation(f"model {endpoint.id!r} is a chat model; use /v1/chat/completions", param="model")
+            raise errors.UnsupportedOperation(
+                f"model {endpoint.id!r} is a chat model; use /v1/chat/completions", param="model"
+            )
         ttft, _tps, _ntok, fail = self._controls(endpoint, headers)
         self._raise_injected(fail, self.name)
         inputs = body["input"]
-        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+        if isinstance(inputs, str) or (
+            isinstance(inputs, list) and inputs and isinstance(inputs[0], int)
+        ):
             inputs = [inputs]
         dims = body.get("dimensions") or EMBED_DIMS
         as_b64 = body.get("encoding_format") == "base64"
@@ -297,5 +432,10 @@ class SimProvider(Provider):
             data.append({"object": "embedding", "index": i, "embedding": emb})
         if ttft:
             await asyncio.sleep(ttft)
-        out = {"object": "list", "data": data, "model": endpoint.upstream, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        out = {
+            "object": "list",
+            "data": data,
+            "model": endpoint.upstream,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
         return SimReply(200, b"application/json", [orjson.dumps(out)])

@@ -1,0 +1,913 @@
+"""End-to-end load benchmark: meshfast in front of a static upstream, against the upstream alone.
+
+    python -m benchmarks.load                  # what `make bench` runs
+    python -m benchmarks.load --duration 3 --only W1,W3
+    python -m benchmarks.load --upstream builtin --loader builtin --json out.json
+
+It starts a fake OpenAI upstream (nginx with a generated config, or the bundled
+benchmarks/static_upstream.py), starts ``meshfast serve`` pointed at it, checks that one
+request and one stream go through, then measures each workload DIRECT to the upstream and
+THROUGH meshfast with the same load generator (wrk with benchmarks/wrk/post.lua, or the
+bundled benchmarks/loadgen.py), and prints them side by side with the README budgets.
+See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import grp
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from benchmarks.static_upstream import W1_PATH, W2_PATH, w1_body, w2_body
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WRK_SCRIPT = HERE / "wrk" / "post.lua"
+HOST = "127.0.0.1"
+
+# Budgets for one meshfast worker with loader and upstream on the same cores.
+BUDGET_W1_RPS = 15_000
+BUDGET_W2_SPS = 8_000
+BUDGET_W3_ADDED_P50_US = 300
+
+WORKLOADS = {
+    "W1": "chat, non-stream (~600 B answer)",
+    "W2": "stream, 100 SSE events + usage",
+    "W3": "chat, non-stream, 1 connection",
+}
+
+_PROMPT = [
+    {"role": "system", "content": "You are a concise assistant for backend engineers."},
+    {"role": "user", "content": "Explain connection pooling in an HTTP gateway in one paragraph."},
+]
+
+
+class BenchError(RuntimeError):
+    """Something needed to run the benchmark failed (not a missed budget)."""
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    key: str = "",
+    timeout: float = 10.0,
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_http_ok(
+    port: int, path: str, timeout: float, proc: subprocess.Popen | None, what: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what} exited with status {proc.returncode} before it was ready")
+        try:
+            status, _ = http_request(port, "GET", path, timeout=1.0)
+            if status == 200:
+                return
+            last = f"HTTP {status}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise BenchError(f"{what} not ready on port {port} after {timeout:.0f}s ({last})")
+
+
+def find_binary(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"):
+        p = Path(d) / name
+        if p.is_file() and os.access(p, os.X_OK):
+            return str(p)
+    return None
+
+
+_apt_updated = False
+
+
+def apt_install(package: str) -> bool:
+    """Install ``package`` with apt-get when running as root; False when not possible."""
+    global _apt_updated
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return False
+    log(f"{package} is not installed: installing it with apt-get (one-time, may take a minute)...")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = f"apt-get install -y -qq {package}"
+    if not _apt_updated:
+        cmd = f"apt-get update -qq && {cmd}"
+    rc = subprocess.run(["sh", "-c", cmd], env=env).returncode
+    _apt_updated = _apt_updated or rc == 0
+    if rc != 0:
+        log(f"apt-get could not install {package} (exit {rc})")
+        return False
+    return True
+
+
+def ensure_tool(binary: str, package: str, mode: str, fallback: str) -> str | None:
+    """Path of ``binary`` (installing it if needed); None to use the bundled fallback."""
+    if mode == "builtin":
+        return None
+    path = find_binary(binary)
+    if path is None and apt_install(package):
+        path = find_binary(binary)
+    if path is None:
+        if mode == binary:
+            raise BenchError(
+                f"--{'upstream' if binary == 'nginx' else 'loader'} {binary}: {binary} is not available"
+            )
+        log(f"{binary} unavailable: falling back to {fallback}")
+    return path
+
+
+def tool_version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    m = re.search(r"(\d+\.\d+(?:\.\d+)?)", out.stdout + out.stderr)
+    return m.group(1) if m else "?"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    stop_signal: int = signal.SIGTERM
+
+    def tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class Stack:
+    """Owns the temp dir and every process the benchmark starts; stops them on exit."""
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="meshfast-bench-"))
+        os.chmod(self.tmp, 0o755)  # nginx workers run unprivileged
+        self.procs: list[Proc] = []
+
+    def spawn(
+        self, name: str, argv: list[str], stop_signal: int = signal.SIGTERM, env: dict | None = None
+    ) -> Proc:
+        log_path = self.tmp / f"{name}.log"
+        with open(log_path, "wb") as out:
+            popen = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(ROOT),
+                env=env,
+                start_new_session=True,  # its own process group: Ctrl-C reaches us, we stop it
+            )
+        proc = Proc(name, popen, log_path, stop_signal)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            p = proc.popen
+            if p.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, proc.stop_signal)  # the group we created for it
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=5)
+        # granian workers and nginx workers share the leader's group: make sure none is left.
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+        self.procs.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- upstream
+
+
+def _nginx_quote(raw: bytes) -> str:
+    text = raw.decode()
+    if "$" in text:
+        raise BenchError("upstream body must not contain '$' (nginx would read it as a variable)")
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def _nginx_return(name: str, body: bytes) -> str:
+    """`set` pieces + `return 200`: nginx refuses a config token longer than 4 KiB."""
+    piece = 3000
+    chunks = [body[i : i + piece] for i in range(0, len(body), piece)]
+    if len(chunks) == 1:
+        return f"return 200 {_nginx_quote(body)};"
+    sets = "".join(
+        f"set ${name}_{i} {_nginx_quote(c)};\n            " for i, c in enumerate(chunks)
+    )
+    joined = "".join(f"${{{name}_{i}}}" for i in range(len(chunks)))
+    return f'{sets}return 200 "{joined}";'
+
+
+def nginx_config(tmp: Path, port: int) -> str:
+    user = ""
+    if os.geteuid() == 0:
+        group = "nogroup"
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            group = "nobody"
+        user = f"user nobody {group};"
+    t = str(tmp)
+    return f"""# generated by benchmarks/load.py
+{user}
+daemon off;
+worker_processes 1;
+pid {t}/nginx.pid;
+error_log {t}/nginx-error.log warn;
+events {{
+    worker_connections 4096;
+    multi_accept on;
+}}
+http {{
+    access_log off;
+    server_tokens off;
+    keepalive_requests 1000000000;
+    keepalive_timeout 300s;
+    tcp_nodelay on;
+    client_body_buffer_size 64k;
+    client_body_temp_path {t}/client_body;
+    proxy_temp_path {t}/proxy;
+    fastcgi_temp_path {t}/fastcgi;
+    uwsgi_temp_path {t}/uwsgi;
+    scgi_temp_path {t}/scgi;
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        location = {W1_PATH} {{
+            default_type application/json;
+            {_nginx_return("w1", w1_body())}
+        }}
+        location = {W2_PATH} {{
+            default_type text/event-stream;
+            {_nginx_return("w2", w2_body())}
+        }}
+        location = /health {{
+            default_type text/plain;
+            return 200 'ok';
+        }}
+    }}
+}}
+"""
+
+
+def start_upstream(stack: Stack, mode: str) -> tuple[str, int]:
+    nginx = ensure_tool("nginx", "nginx", mode, "benchmarks/static_upstream.py")
+    port = free_port()
+    if nginx is not None:
+        conf = stack.tmp / "nginx.conf"
+        conf.write_text(nginx_config(stack.tmp, port))
+        version = tool_version([nginx, "-v"])
+        log(f"starting upstream: nginx {version} on {HOST}:{port} (worker_processes 1)")
+        proc = stack.spawn(
+            "nginx",
+            [
+                nginx,
+                "-p",
+                str(stack.tmp),
+                "-c",
+                str(conf),
+                "-e",
+                str(stack.tmp / "nginx-error.log"),
+            ],
+            signal.SIGTERM,
+        )
+        try:
+            wait_http_ok(port, "/health", 15, proc.popen, "nginx")
+        except BenchError:
+            err = stack.tmp / "nginx-error.log"
+            detail = proc.tail() + ("\n" + err.read_text(errors="replace") if err.exists() else "")
+            if mode == "nginx":
+                raise BenchError(f"nginx did not start:\n{detail}") from None
+            log(f"nginx did not start, falling back to benchmarks/static_upstream.py:\n{detail}")
+        else:
+            return f"nginx {version}", port
+        port = free_port()
+    log(
+        f"starting upstream: builtin benchmarks/static_upstream.py (uvloop + httptools) on {HOST}:{port}"
+    )
+    proc = stack.spawn(
+        "upstream",
+        [sys.executable, "-m", "benchmarks.static_upstream", "--host", HOST, "--port", str(port)],
+    )
+    wait_http_ok(port, "/health", 15, proc.popen, "static upstream")
+    return "builtin (benchmarks/static_upstream.py)", port
+
+
+# --------------------------------------------------------------------------- meshfast
+
+
+def meshfast_config(upstream_port: int) -> str:
+    base = f"http://{HOST}:{upstream_port}"
+    return f"""# generated by benchmarks/load.py
+[server]
+log_level = "warning"
+
+[sim]
+enabled = false
+
+[[providers]]
+name = "bench"
+kind = "openai"
+base_url = "{base}/w1/v1"
+privacy = "standard"
+[[providers.models]]
+id = "bench-chat"
+upstream = "chat"
+input_usd_per_mtok = 0.15
+output_usd_per_mtok = 0.60
+
+[[providers]]
+name = "bench-stream"
+kind = "openai"
+base_url = "{base}/w2/v1"
+privacy = "standard"
+[[providers.models]]
+id = "bench-stream"
+upstream = "chat"
+input_usd_per_mtok = 0.15
+output_usd_per_mtok = 0.60
+"""
+
+
+def start_meshfast(
+    stack: Stack, upstream_port: int, workers: int, extra: list[str]
+) -> tuple[Proc, int]:
+    conf = stack.tmp / "meshfast.toml"
+    conf.write_text(meshfast_config(upstream_port))
+    port = free_port()
+    log(f"starting meshfast: {workers} worker(s) on {HOST}:{port}")
+    argv = [
+        sys.executable,
+        "-m",
+        "meshfast",
+        "serve",
+        "--config",
+        str(conf),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        *extra,
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MESHFAST_") or k == "MESHFAST_BENCH_KEY"
+    }
+    proc = stack.spawn("meshfast", argv, signal.SIGINT, env=env)
+    try:
+        wait_http_ok(port, "/health", 60, proc.popen, "meshfast")
+    except BenchError as exc:
+        raise BenchError(f"{exc}\n--- meshfast log ---\n{proc.tail()}") from None
+    return proc, port
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+def request_bodies() -> dict[str, bytes]:
+    def dump(obj: dict) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    base = {"messages": _PROMPT, "max_tokens": 256, "temperature": 0.2}
+    stream_opts = {"stream": True, "stream_options": {"include_usage": True}}
+    return {
+        # through meshfast: what a client sends
+        "mesh_chat": dump({"model": "bench-chat", **base}),
+        "mesh_stream": dump({"model": "bench-stream", **base, "stream": True}),
+        # direct: what meshfast forwards upstream
+        "direct_chat": dump({"model": "chat", **base}),
+        "direct_stream": dump({"model": "chat", **base, **stream_opts}),
+    }
+
+
+def verify(
+    upstream_port: int, mesh_port: int, key: str, bodies: dict[str, bytes], mesh: Proc
+) -> None:
+    log("checking: one chat and one stream, direct and through meshfast")
+
+    def check_chat(port: int, path: str, body: bytes, what: str) -> None:
+        status, data = http_request(port, "POST", path, body, key)
+        try:
+            content = json.loads(data)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            content = None
+        if status != 200 or not content:
+            raise BenchError(
+                f"{what}: expected 200 with a chat.completion, got HTTP {status}: {data[:300]!r}"
+            )
+
+    def check_stream(port: int, path: str, body: bytes, what: str) -> None:
+        status, data = http_request(port, "POST", path, body, key)
+        events = [e for e in data.split(b"\n\n") if e.strip()]
+        errors = [e for e in events if b'"error"' in e]
+        if status != 200 or not data.rstrip().endswith(b"data: [DONE]") or errors:
+            raise BenchError(
+                f"{what}: expected 200 and a stream ending with data: [DONE], got HTTP {status}, "
+                f"{len(events)} events, tail {data[-300:]!r}"
+            )
+        content = sum(1 for e in events if b'"content"' in e)
+        if content < 100:
+            raise BenchError(f"{what}: expected 100 content events, got {content}")
+
+    try:
+        check_chat(upstream_port, W1_PATH, bodies["direct_chat"], "direct chat")
+        check_stream(upstream_port, W2_PATH, bodies["direct_stream"], "direct stream")
+        check_chat(mesh_port, "/v1/chat/completions", bodies["mesh_chat"], "meshfast chat")
+        check_stream(mesh_port, "/v1/chat/completions", bodies["mesh_stream"], "meshfast stream")
+    except (BenchError, OSError) as exc:
+        raise BenchError(f"{exc}\n--- meshfast log ---\n{mesh.tail()}") from None
+
+
+# --------------------------------------------------------------------------- load generation
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_us: float
+    p99_us: float
+    requests: int
+    duration_s: float
+    errors: int = 0
+    non2xx: int = 0
+    raw: dict = field(default_factory=dict)
+
+
+class Loader:
+    def __init__(self, mode: str, threads: int, tmp: Path, key: str) -> None:
+        self.wrk = ensure_tool("wrk", "wrk", mode, "benchmarks/loadgen.py")
+        self.threads = threads
+        self.tmp = tmp
+        self.key = key
+        if self.wrk:
+            self.name = f"wrk {tool_version([self.wrk, '-v'])} ({threads} thread{'s' if threads > 1 else ''}, benchmarks/wrk/post.lua)"
+        else:
+            self.name = "builtin (benchmarks/loadgen.py, own process, uvloop + httptools)"
+
+    def run(
+        self, port: int, path: str, body: bytes, connections: int, duration: float, warmup: float
+    ) -> Run:
+        body_file = self.tmp / f"body-{abs(hash(body))}.json"
+        body_file.write_bytes(body)
+        url = f"http://{HOST}:{port}{path}"
+        if self.wrk:
+            return self._wrk(url, body_file, connections, duration, warmup)
+        return self._builtin(url, body_file, connections, duration, warmup)
+
+    def _wrk(
+        self, url: str, body_file: Path, connections: int, duration: float, warmup: float
+    ) -> Run:
+        env = dict(os.environ, MESHFAST_BENCH_BODY_FILE=str(body_file), MESHFAST_BENCH_KEY=self.key)
+        threads = max(1, min(self.threads, connections))
+
+        def wrk(seconds: float) -> str:
+            secs = max(1, round(seconds))
+            argv = [
+                self.wrk,
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{secs}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(WRK_SCRIPT),
+                url,
+            ]
+            out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=secs + 60)
+            if out.returncode != 0:
+                raise BenchError(
+                    f"wrk failed (exit {out.returncode}): {out.stderr.strip() or out.stdout.strip()}"
+                )
+            return out.stdout
+
+        if warmup > 0:
+            wrk(warmup)
+        stdout = wrk(duration)
+        line = next((ln for ln in stdout.splitlines() if ln.startswith("MESHFAST_WRK ")), None)
+        if line is None:
+            raise BenchError(f"wrk printed no MESHFAST_WRK summary line:\n{stdout}")
+        kv = {k: float(v) for k, v in (item.split("=", 1) for item in line.split()[1:])}
+        secs = kv["duration_us"] / 1e6
+        errors = int(kv["connect_errors"] + kv["read_errors"] + kv["write_errors"] + kv["timeouts"])
+        return Run(
+            rps=kv["requests"] / secs if secs else 0.0,
+            p50_us=kv["p50_us"],
+            p99_us=kv["p99_us"],
+            requests=int(kv["requests"]),
+            duration_s=secs,
+            errors=errors,
+            non2xx=int(kv["status_errors"]),
+            raw=kv,
+        )
+
+    def _builtin(
+        self, url: str, body_file: Path, connections: int, duration: float, warmup: float
+    ) -> Run:
+        argv = [
+            sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--body-file", str(body_file),
+            "--header", f"Authorization: Bearer {self.key}", "--header", "Content-Type: application/json",
+            "-c", str(connections), "-d", str(duration), "-w", str(warmup),
+        ]  # fmt: skip
+        out = subprocess.run(
+            argv, capture_output=True, text=True, cwd=str(ROOT), timeout=duration + warmup + 60
+        )
+        if out.returncode != 0:
+            raise BenchError(
+                f"loadgen failed (exit {out.returncode}): {out.stderr.strip()[-2000:]}"
+            )
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        return Run(
+            rps=res["rps"],
+            p50_us=res["p50_us"],
+            p99_us=res["p99_us"],
+            requests=res["requests"],
+            duration_s=res["duration_s"],
+            errors=res["errors"],
+            non2xx=res["non2xx"],
+            raw=res,
+        )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def fmt_lat(us: float) -> str:
+    return f"{us:,.0f} µs" if us < 1000 else f"{us / 1000:,.2f} ms"
+
+
+def fmt_ratio(direct: float, mesh: float) -> str:
+    return f"{mesh / direct:.2f}x" if direct else "-"
+
+
+def report(results: dict[str, dict[str, Run]], connections: int) -> tuple[list[str], dict]:
+    rows: list[tuple[str, ...]] = []
+    verdicts: dict[str, dict] = {}
+    head = (
+        "workload",
+        "metric",
+        "direct",
+        "meshfast",
+        "mesh/direct",
+        "budget (meshfast)",
+        "result",
+    )
+    for wl in ("W1", "W2", "W3"):
+        if wl not in results:
+            continue
+        d, m = results[wl]["direct"], results[wl]["meshfast"]
+        conns = 1 if wl == "W3" else connections
+        label = f"{wl} {WORKLOADS[wl].split(',')[0]}, {conns} conn{'s' if conns > 1 else ''}"
+        if wl in ("W1", "W2"):
+            unit = "req/s" if wl == "W1" else "streams/s"
+            budget = BUDGET_W1_RPS if wl == "W1" else BUDGET_W2_SPS
+            ok = m.rps >= budget
+            verdicts[wl] = {
+                "metric": f"meshfast {unit}",
+                "value": round(m.rps, 1),
+                "budget": f">= {budget}",
+                "pass": ok,
+            }
+            rows.append(
+                (
+                    label,
+                    unit,
+                    fmt_rate(d.rps),
+                    fmt_rate(m.rps),
+                    fmt_ratio(d.rps, m.rps),
+                    f">= {budget:,} {unit}",
+                    "PASS" if ok else "MISS",
+                )
+            )
+            rows.append(
+                (
+                    "",
+                    "p50",
+                    fmt_lat(d.p50_us),
+                    fmt_lat(m.p50_us),
+                    fmt_ratio(d.p50_us, m.p50_us),
+                    "",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    "",
+                    "p99",
+                    fmt_lat(d.p99_us),
+                    fmt_lat(m.p99_us),
+                    fmt_ratio(d.p99_us, m.p99_us),
+                    "",
+                    "",
+                )
+            )
+        else:
+            added = m.p50_us - d.p50_us
+            ok = added <= BUDGET_W3_ADDED_P50_US
+            verdicts[wl] = {
+                "metric": "added p50 µs",
+                "value": round(added, 1),
+                "budget": f"<= {BUDGET_W3_ADDED_P50_US}",
+                "pass": ok,
+            }
+            rows.append(
+                (
+                    label,
+                    "p50",
+                    fmt_lat(d.p50_us),
+                    fmt_lat(m.p50_us),
+                    fmt_ratio(d.p50_us, m.p50_us),
+                    "",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    "",
+                    "p99",
+                    fmt_lat(d.p99_us),
+                    fmt_lat(m.p99_us),
+                    fmt_ratio(d.p99_us, m.p99_us),
+                    "",
+                    "",
+                )
+            )
+            rows.append(
+                ("", "req/s", fmt_rate(d.rps), fmt_rate(m.rps), fmt_ratio(d.rps, m.rps), "", "")
+            )
+            rows.append(
+                (
+                    "",
+                    "added p50",
+                    "",
+                    f"+{added:,.0f} µs",
+                    "",
+                    f"<= {BUDGET_W3_ADDED_P50_US} µs added",
+                    "PASS" if ok else "MISS",
+                )
+            )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    right = {2, 3, 4}
+
+    def line(r: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+
+    out = [line(head), "  ".join("-" * w for w in widths)]
+    for r in rows:
+        if r[0] and len(out) > 2:
+            out.append("")
+        out.append(line(r))
+    return out, verdicts
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.load",
+        description="End-to-end load benchmark: meshfast vs. the upstream alone.",
+    )
+    ap.add_argument(
+        "--duration", type=float, default=10.0, help="measured seconds per run (default 10)"
+    )
+    ap.add_argument(
+        "--warmup", type=float, default=2.0, help="warm-up seconds before each run (default 2)"
+    )
+    ap.add_argument(
+        "--connections", type=int, default=32, help="connections for W1 and W2 (default 32)"
+    )
+    ap.add_argument("--workers", type=int, default=1, help="meshfast worker processes (default 1)")
+    ap.add_argument("--only", default="W1,W2,W3", help="comma-separated subset of W1,W2,W3")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    ap.add_argument(
+        "--upstream",
+        choices=("auto", "nginx", "builtin"),
+        default="auto",
+        help="auto: nginx if installed/installable, else builtin",
+    )
+    ap.add_argument(
+        "--loader",
+        choices=("auto", "wrk", "builtin"),
+        default="auto",
+        help="auto: wrk if installed/installable, else builtin",
+    )
+    ap.add_argument(
+        "--loader-threads",
+        type=int,
+        default=1,
+        help="wrk threads (default 1; the machine also runs meshfast and the upstream)",
+    )
+    ap.add_argument(
+        "--key",
+        default=os.environ.get("MESHFAST_BENCH_KEY") or "mesh_live_bench_placeholder_key",
+        help="API key sent as Bearer [MESHFAST_BENCH_KEY]",
+    )
+    ap.add_argument(
+        "--meshfast-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `meshfast serve` (repeatable)",
+    )
+    args = ap.parse_args(argv)
+    only = [w.strip().upper() for w in args.only.split(",") if w.strip()]
+    bad = [w for w in only if w not in WORKLOADS]
+    if bad or not only:
+        ap.error(f"--only: unknown workload(s) {', '.join(bad) or '(none)'}; choose from W1,W2,W3")
+    args.only = [w for w in WORKLOADS if w in only]
+    if args.duration <= 0 or args.warmup < 0 or args.connections < 1 or args.workers < 1:
+        ap.error(
+            "--duration > 0, --warmup >= 0, --connections >= 1 and --workers >= 1 are required"
+        )
+    return args
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    stack = Stack()
+    try:
+        return _main(args, stack)
+    except BenchError as exc:
+        print(f"\n[bench] FAILED: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("\n[bench] interrupted", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        log("stopping meshfast, upstream")
+        stack.stop_all()
+
+
+def _main(args: argparse.Namespace, stack: Stack) -> int:
+    from meshfast import __version__ as mesh_version
+
+    load_start = os.getloadavg()
+    upstream_name, up_port = start_upstream(stack, args.upstream)
+    loader = Loader(args.loader, args.loader_threads, stack.tmp, args.key)
+    log(f"load generator: {loader.name}")
+    mesh, mesh_port = start_meshfast(stack, up_port, args.workers, args.meshfast_arg)
+    bodies = request_bodies()
+    verify(up_port, mesh_port, args.key, bodies, mesh)
+
+    plan = {
+        "W1": (W1_PATH, "direct_chat", "mesh_chat", args.connections),
+        "W2": (W2_PATH, "direct_stream", "mesh_stream", args.connections),
+        "W3": (W1_PATH, "direct_chat", "mesh_chat", 1),
+    }
+    results: dict[str, dict[str, Run]] = {}
+    for wl in args.only:
+        path, direct_body, mesh_body, conns = plan[wl]
+        results[wl] = {}
+        for target, port, p, body in (
+            ("direct", up_port, path, direct_body),
+            ("meshfast", mesh_port, "/v1/chat/completions", mesh_body),
+        ):
+            log(
+                f"running {wl} {target} ({WORKLOADS[wl]}; {conns} conn, {args.warmup:g}s warm-up + {args.duration:g}s)..."
+            )
+            run = loader.run(port, p, bodies[body], conns, args.duration, args.warmup)
+            results[wl][target] = run
+            note = (
+                f", {run.errors} errors, {run.non2xx} non-2xx" if run.errors or run.non2xx else ""
+            )
+            log(
+                f"  {wl} {target}: {run.rps:,.0f}/s  p50 {fmt_lat(run.p50_us)}  p99 {fmt_lat(run.p99_us)}  ({run.requests:,} in {run.duration_s:.2f}s{note})"
+            )
+            if mesh.popen.poll() is not None:
+                raise BenchError(
+                    f"meshfast exited (status {mesh.popen.returncode}) during {wl}\n{mesh.tail()}"
+                )
+
+    table, verdicts = report(results, args.connections)
+    load_end = os.getloadavg()
+    cores = os.cpu_count() or 0
+    print()
+    print(f"meshfast {mesh_version} end-to-end load benchmark")
+    print(f"  upstream: {upstream_name}   loader: {loader.name}")
+    print(
+        f"  meshfast workers: {args.workers}   CPUs: {cores}   python {platform.python_version()}   {args.duration:g}s per run after {args.warmup:g}s warm-up"
+    )
+    print(
+        f"  load average before/after: {load_start[0]:.2f} / {load_end[0]:.2f}  (loader, upstream and meshfast share these CPUs)"
+    )
+    print()
+    for ln in table:
+        print(ln)
+    warnings = [
+        f"{wl} {t}: {r.errors} errors, {r.non2xx} non-2xx"
+        for wl, rs in results.items()
+        for t, r in rs.items()
+        if r.errors or r.non2xx
+    ]
+    for w in warnings:
+        print(f"WARNING: {w}")
+    print()
+    summary = ", ".join(f"{wl} {'PASS' if v['pass'] else 'MISS'}" for wl, v in verdicts.items())
+    print(f"budgets: {summary}")
+
+    if args.json:
+        doc = {
+            "meshfast_version": mesh_version,
+            "upstream": upstream_name,
+            "loader": loader.name,
+            "workers": args.workers,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "cpus": cores,
+            "loadavg_before": load_start,
+            "loadavg_after": load_end,
+            "budgets": {
+                "W1_rps": BUDGET_W1_RPS,
+                "W2_streams_per_s": BUDGET_W2_SPS,
+                "W3_added_p50_us": BUDGET_W3_ADDED_P50_US,
+            },
+            "results": {
+                wl: {
+                    t: {k: v for k, v in asdict(r).items() if k != "raw"} | {"loader_raw": r.raw}
+                    for t, r in rs.items()
+                }
+                | {"verdict": verdicts.get(wl)}
+                for wl, rs in results.items()
+            },
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
