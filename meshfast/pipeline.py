@@ -166,30 +166,37 @@ async def _upstream_error(reply: Reply) -> errors.MeshError:
     return errors.UpstreamHTTPError(reply.status, body, reply.header(b"content-type"))
 
 
-async def _disconnected(receive: Any) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+class _Watch:
+    """Cancels the calling task when the ASGI client disconnects (one task, no asyncio.wait)."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, receive: Any) -> None:
+        self.fired = False
+        self.task = asyncio.get_running_loop().create_task(self._run(receive, asyncio.current_task()))
+
+    async def _run(self, receive: Any, target: asyncio.Task) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.fired = True
+        target.cancel()
 
 
 async def run_until_disconnect(work: Any, receive: Any) -> None:
-    """Run ``work``; if the client disconnects first, cancel it (closing its upstream request)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(receive))
+    """Await ``work``; if the client disconnects first, cancel it (closing its upstream request).
+
+    granian drops sends to a closed client silently, so without this a stream whose client
+    left would keep reading from the upstream until the end.
+    """
+    watch = _Watch(receive)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        await work
     except asyncio.CancelledError:
-        task.cancel()
-        watcher.cancel()
-        raise
-    if task.done():
-        watcher.cancel()
-        task.result()
-        return
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+        task = asyncio.current_task()
+        if not watch.fired or task is None or task.uncancel() > 0:
+            raise  # cancelled from outside, not by the watcher
+    finally:
+        watch.task.cancel()
 
 
 class Pipeline:

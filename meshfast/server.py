@@ -7,6 +7,7 @@ configuration named by the environment (the CLI validates it first).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any
@@ -45,16 +46,17 @@ class App:
 
     # -- ASGI entry -----------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self.http(scope, receive, send)
-        elif kind == "lifespan":
-            await self.lifespan(receive, send)
-
-    async def http(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self.lifespan(receive, send)
+            return
         self.inflight += 1
         try:
-            await self.dispatch(scope, receive, send)
+            handler = self.post_routes.get(scope["path"])
+            if handler is not None and scope["method"] == "POST" and not self.draining:
+                await handler(scope, await self.read_body(scope, receive), send, receive)
+            else:
+                await self.dispatch(scope, handler is not None, send)
         except errors.MeshError as exc:
             await self.send_error(send, exc)
         except ClientGone:
@@ -63,28 +65,20 @@ class App:
             raise
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            await self.send_error(
-                send, errors.InternalError("The gateway failed to handle the request.")
-            )
+            await self.send_error(send, errors.InternalError("The gateway failed to handle the request."))
         finally:
             self.inflight -= 1
             if self.draining and not self.inflight:
                 self.idle.set()
 
-    async def dispatch(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def dispatch(self, scope: Scope, is_post_route: bool, send: Any) -> None:
+        """Everything but the POST hot path: GET endpoints and the errors for wrong routes."""
         path: str = scope["path"]
         method: str = scope["method"]
-        handler = self.post_routes.get(path)
-        if handler is not None:
+        if is_post_route:
             if method != "POST":
                 raise errors.MethodNotAllowed(f"{method} is not allowed on {path}; use POST.")
-            if self.draining:
-                raise errors.ServerDraining(
-                    "The server is shutting down; retry on another instance."
-                )
-            body = await self.read_body(scope, receive)
-            await handler(scope, body, send, receive)
-            return
+            raise errors.ServerDraining("The server is shutting down; retry on another instance.")
         if method != "GET":
             if path in ("/v1/models", "/health") or path.startswith("/v1/models/"):
                 raise errors.MethodNotAllowed(f"{method} is not allowed on {path}; use GET.")
@@ -95,11 +89,7 @@ class App:
             await self.send_json(send, 200, self.router.model_body(path[len("/v1/models/") :]))
         elif path == "/health":
             status = 503 if self.draining else 200
-            body = {
-                "status": "draining" if self.draining else "ok",
-                "version": __version__,
-                "inflight": self.inflight,
-            }
+            body = {"status": "draining" if self.draining else "ok", "version": __version__, "inflight": self.inflight}
             await self.send_json(send, status, orjson.dumps(body))
         else:
             raise errors.RouteNotFound(f"Unknown path {path}.")
@@ -175,6 +165,8 @@ class App:
     async def startup(self) -> None:
         for p in self.providers:
             await p.start()
+        gc.collect()
+        gc.freeze()  # long-lived startup objects leave the collector's generations
 
     async def shutdown(self) -> None:
         """Drain: refuse new calls, let in-flight ones finish (bounded by the grace period)."""
