@@ -20,6 +20,103 @@ __all__ = ("SSEScanner",)
 
 cdef object _loads = _orjson_loads
 
+
+cdef extern from "Python.h":
+    object PyUnicode_DecodeASCII(const char* s, Py_ssize_t size, const char* errors)
+
+
+# Byte-scanning kernels: SSE2 (baseline on x86-64) with a portable scalar fallback.
+cdef extern from *:
+    """
+    #if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
+    #include <emmintrin.h>
+    #define MF_SSE2 1
+    static CYTHON_INLINE unsigned mf_popcount16(unsigned x) {
+        x = x - ((x >> 1) & 0x5555u);
+        x = (x & 0x3333u) + ((x >> 2) & 0x3333u);
+        x = (x + (x >> 4)) & 0x0F0Fu;
+        return (x + (x >> 8)) & 0x1Fu;
+    }
+    #endif
+
+    /* Whether x, y are the first two letters of a key of interest: content,
+       finish_reason, usage or error. */
+    #define MF_KEY2(x, y) (((x) == 'c' && (y) == 'o') || ((x) == 'f' && (y) == 'i') || \\
+                           ((x) == 'u' && (y) == 's') || ((x) == 'e' && (y) == 'r'))
+
+    /* Index of the next '"' in d[pos:n] followed by the first two letters of a key
+       of interest, or -1: no other quote can start one of those keys. */
+    static CYTHON_INLINE Py_ssize_t mf_key_candidate(
+            const unsigned char* d, Py_ssize_t pos, Py_ssize_t n) {
+    #ifdef MF_SSE2
+        const __m128i q = _mm_set1_epi8('"');
+        const __m128i c = _mm_set1_epi8('c');
+        const __m128i e = _mm_set1_epi8('e');
+        const __m128i f = _mm_set1_epi8('f');
+        const __m128i u = _mm_set1_epi8('u');
+        while (pos + 18 <= n) {
+            __m128i a = _mm_loadu_si128((const __m128i*)(d + pos));
+            __m128i b = _mm_loadu_si128((const __m128i*)(d + pos + 1));
+            __m128i k = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(b, c), _mm_cmpeq_epi8(b, e)),
+                _mm_or_si128(_mm_cmpeq_epi8(b, f), _mm_cmpeq_epi8(b, u)));
+            unsigned m = (unsigned)_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(a, q), k));
+            while (m) {
+                Py_ssize_t i = pos + __builtin_ctz(m);
+                if (MF_KEY2(d[i + 1], d[i + 2]))
+                    return i;
+                m &= m - 1;
+            }
+            pos += 16;
+        }
+    #endif
+        for (; pos + 2 < n; pos++) {
+            if (d[pos] == '"' && MF_KEY2(d[pos + 1], d[pos + 2]))
+                return pos;
+        }
+        return -1;
+    }
+
+    /* Index of the first '"' or backslash in d[i:n] (n if none); adds to *cnt the bytes
+       before it that are not UTF-8 continuation bytes (0x80-0xBF). */
+    static CYTHON_INLINE Py_ssize_t mf_plain_span(
+            const unsigned char* d, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* cnt) {
+        Py_ssize_t k = *cnt;
+    #ifdef MF_SSE2
+        const __m128i q = _mm_set1_epi8('"');
+        const __m128i bs = _mm_set1_epi8(0x5C);
+        const __m128i hi = _mm_set1_epi8((char)0xC0);
+        const __m128i ct = _mm_set1_epi8((char)0x80);
+        while (i + 16 <= n) {
+            __m128i a = _mm_loadu_si128((const __m128i*)(d + i));
+            unsigned sp = (unsigned)_mm_movemask_epi8(
+                _mm_or_si128(_mm_cmpeq_epi8(a, q), _mm_cmpeq_epi8(a, bs)));
+            unsigned cont = (unsigned)_mm_movemask_epi8(
+                _mm_cmpeq_epi8(_mm_and_si128(a, hi), ct));
+            if (sp) {
+                k += mf_popcount16(((sp & (0u - sp)) - 1u) & ~cont);
+                *cnt = k;
+                return i + __builtin_ctz(sp);
+            }
+            k += 16 - mf_popcount16(cont);
+            i += 16;
+        }
+    #endif
+        for (; i < n; i++) {
+            unsigned char x = d[i];
+            if (x == '"' || x == 0x5C)
+                break;
+            k += (x & 0xC0) != 0x80;
+        }
+        *cnt = k;
+        return i;
+    }
+    """
+    Py_ssize_t mf_key_candidate(const unsigned char* d, Py_ssize_t pos, Py_ssize_t n) noexcept nogil
+    Py_ssize_t mf_plain_span(
+        const unsigned char* d, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* cnt
+    ) noexcept nogil
+
 cdef enum:
     LF = 0x0A
     CR = 0x0D
@@ -83,7 +180,7 @@ cdef inline int _hex4(const unsigned char* s) noexcept nogil:
     return v
 
 
-cdef Py_ssize_t _string_end(
+cdef inline Py_ssize_t _string_end(
     const unsigned char* s, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* count
 ) noexcept nogil:
     # s[i:] is a JSON string body after its opening quote. Return the index past the
@@ -92,33 +189,41 @@ cdef Py_ssize_t _string_end(
     # non-continuation bytes.
     cdef Py_ssize_t cnt = 0
     cdef int hi, lo
-    cdef unsigned char c
-    while i < n:
-        c = s[i]
-        if c == QUOTE:
+    while True:
+        i = mf_plain_span(s, i, n, &cnt)
+        if i >= n:
+            return -1
+        if s[i] == QUOTE:
             count[0] = cnt
             return i + 1
-        if c == BACKSLASH:
-            if i + 1 >= n:
-                return -1
-            cnt += 1
-            if s[i + 1] == U and i + 6 <= n:
-                hi = _hex4(s + i + 2)
-                if hi >= 0:
-                    if (0xD800 <= hi <= 0xDBFF and i + 12 <= n and s[i + 6] == BACKSLASH
-                            and s[i + 7] == U):
-                        lo = _hex4(s + i + 8)
-                        if 0xDC00 <= lo <= 0xDFFF:
-                            i += 12
-                            continue
-                    i += 6
-                    continue
-            i += 2
-        else:
-            if (c & 0xC0) != 0x80:
-                cnt += 1
-            i += 1
-    return -1
+        # a backslash
+        if i + 1 >= n:
+            return -1
+        cnt += 1
+        if s[i + 1] == U and i + 6 <= n:
+            hi = _hex4(s + i + 2)
+            if hi >= 0:
+                if (0xD800 <= hi <= 0xDBFF and i + 12 <= n and s[i + 6] == BACKSLASH
+                        and s[i + 7] == U):
+                    lo = _hex4(s + i + 8)
+                    if 0xDC00 <= lo <= 0xDFFF:
+                        i += 12
+                        continue
+                i += 6
+                continue
+        i += 2
+
+
+cdef inline bint _is_plain_ascii(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # Whether s[:n] is printable ASCII without a backslash: a JSON string body that
+    # decodes to itself.
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(n):
+        c = s[i]
+        if c < 0x20 or c > 0x7E or c == BACKSLASH:
+            return False
+    return True
 
 
 cdef inline bint _is_key(
@@ -153,6 +258,10 @@ cdef class SSEScanner:
     cdef Buf _out
     cdef Buf _join
     cdef Py_ssize_t _line
+    # Raw JSON (quotes included) of the current finish_reason, when it is short: the
+    # same bytes again reuse the str. _fr_len 0 means none.
+    cdef Py_ssize_t _fr_len
+    cdef unsigned char _fr_raw[32]
 
     def __init__(self) -> None:
         pass
@@ -171,7 +280,8 @@ cdef class SSEScanner:
         """Take upstream bytes; return the raw bytes of the events they complete."""
         cdef const unsigned char* base
         cdef const unsigned char* hit
-        cdef Py_ssize_t n, end, pos, nl, ev = 0, run_s = 0, run_e = 0
+        cdef Py_ssize_t n, end, pos, nl, evend, ev = 0, run_s = 0, run_e = 0
+        cdef int fwd
         cdef object src = None
         cdef object result
 
@@ -201,14 +311,33 @@ cdef class SSEScanner:
                 break
             nl = hit - base
             if nl == pos or (nl == pos + 1 and base[pos] == CR):
-                if self._event(base, ev, nl + 1):
-                    if run_e != ev:
-                        if run_e > run_s:
-                            _buf_append(&self._out, base + run_s, run_e - run_s)
-                        run_s = ev
-                    run_e = nl + 1
-                ev = nl + 1
-            pos = nl + 1
+                # A blank line ends the event [ev, nl + 1).
+                evend = nl + 1
+                fwd = self._event(base, ev, evend)
+            elif pos == ev:
+                # The first line of an event: if a blank line follows, the event is
+                # this one line, scanned here without looking for its lines again.
+                evend = nl + 1
+                if evend < end and base[evend] == LF:
+                    evend += 1
+                elif evend + 1 < end and base[evend] == CR and base[evend + 1] == LF:
+                    evend += 2
+                else:
+                    pos = nl + 1
+                    continue
+                if nl > pos and base[nl - 1] == CR:
+                    nl -= 1
+                fwd = self._single(base, pos, nl)
+            else:
+                pos = nl + 1
+                continue
+            if fwd:
+                if run_e != ev:
+                    if run_e > run_s:
+                        _buf_append(&self._out, base + run_s, run_e - run_s)
+                    run_s = ev
+                run_e = evend
+            ev = pos = evend
 
         if self._out.size:
             if run_e > run_s:
@@ -238,6 +367,18 @@ cdef class SSEScanner:
         self._tail.size = 0
         self._line = 0
         return tail
+
+    cdef inline int _single(
+        self, const unsigned char* base, Py_ssize_t pos, Py_ssize_t le
+    ) except -1:
+        # base[pos:le] is the one line (line end stripped) of an event. Return 1 to forward.
+        if le - pos >= 5 and memcmp(base + pos, b"data:", 5) == 0:
+            pos += 5
+            if pos < le and base[pos] == 0x20:
+                pos += 1
+            self.event_count += 1
+            return self._data(base + pos, le - pos)
+        return 1
 
     cdef int _event(self, const unsigned char* base, Py_ssize_t start, Py_ssize_t end) except -1:
         # base[start:end] is one event ending with its blank line. Return 1 to forward.
@@ -271,11 +412,33 @@ cdef class SSEScanner:
             return self._data(base + d0, d1 - d0)
         return self._data(<const unsigned char*>self._join.data, self._join.size)
 
+    cdef int _finish_reason(self, const unsigned char* s, Py_ssize_t n) except -1:
+        # s[:n] is a JSON string, quotes included: the value of a finish_reason.
+        cdef object value
+        if n == self._fr_len and memcmp(s, self._fr_raw, <size_t>n) == 0:
+            return 0  # the current finish_reason again
+        if _is_plain_ascii(s + 1, n - 2):
+            value = PyUnicode_DecodeASCII(<const char*>s + 1, n - 2, NULL)
+        else:
+            try:
+                value = _loads(PyBytes_FromStringAndSize(<const char*>s, n))
+            except ValueError:
+                return 0
+            if type(value) is not str:
+                return 0
+        self.finish_reason = value
+        if n <= <Py_ssize_t>sizeof(self._fr_raw):
+            memcpy(self._fr_raw, s, <size_t>n)
+            self._fr_len = n
+        else:
+            self._fr_len = 0
+        return 0
+
     cdef int _data(self, const unsigned char* d, Py_ssize_t n) except -1:
         # d[:n] is the data of one event. Return 1 to forward, 0 to hold back.
         cdef Py_ssize_t pos = 0, q, k, v = 0, e, count = 0
-        cdef const unsigned char* hit
         cdef int key
+        cdef unsigned char c
         cdef bint parse = False
         cdef object obj, value, choices
         cdef bytes payload
@@ -283,30 +446,29 @@ cdef class SSEScanner:
         if n == 6 and memcmp(d, b"[DONE]", 6) == 0:
             self.done = True
             return 0
-        while pos < n:
-            hit = <const unsigned char*>memchr(d + pos, QUOTE, <size_t>(n - pos))
-            if hit == NULL:
+        while True:
+            # Only a quote followed by the first letter of a key can start one.
+            q = mf_key_candidate(d, pos, n)
+            if q < 0:
                 break
-            q = hit - d
             k = q + 1
+            c = d[k]
             key = K_NONE
-            if k < n:
-                if d[k] == 0x63:  # c
-                    if _is_key(d, k, n, b"content", 7):
-                        key = K_CONTENT
-                        v = k + 8
-                elif d[k] == 0x66:  # f
-                    if _is_key(d, k, n, b"finish_reason", 13):
-                        key = K_FINISH_REASON
-                        v = k + 14
-                elif d[k] == 0x75:  # u
-                    if _is_key(d, k, n, b"usage", 5):
-                        key = K_USAGE
-                        v = k + 6
-                elif d[k] == 0x65:  # e
-                    if _is_key(d, k, n, b"error", 5):
-                        key = K_ERROR
-                        v = k + 6
+            if c == 0x63:  # c
+                if _is_key(d, k, n, b"content", 7):
+                    key = K_CONTENT
+                    v = k + 8
+            elif c == 0x66:  # f
+                if _is_key(d, k, n, b"finish_reason", 13):
+                    key = K_FINISH_REASON
+                    v = k + 14
+            elif c == 0x75:  # u
+                if _is_key(d, k, n, b"usage", 5):
+                    key = K_USAGE
+                    v = k + 6
+            elif _is_key(d, k, n, b"error", 5):  # e
+                key = K_ERROR
+                v = k + 6
             if key == K_NONE:
                 pos = k
                 continue
@@ -320,6 +482,7 @@ cdef class SSEScanner:
                 v += 1
             pos = v
             if key == K_CONTENT or key == K_FINISH_REASON:
+                # A non-string value (null) is skipped.
                 if v >= n or d[v] != QUOTE:
                     continue
                 e = _string_end(d, v + 1, n, &count)
@@ -328,12 +491,7 @@ cdef class SSEScanner:
                 if key == K_CONTENT:
                     self.content_length += count
                 else:
-                    try:
-                        value = _loads(PyBytes_FromStringAndSize(<const char*>d + v, e - v))
-                    except ValueError:
-                        value = None
-                    if type(value) is str:
-                        self.finish_reason = value
+                    self._finish_reason(d + v, e - v)
                 pos = e
             elif key == K_USAGE:
                 if v < n and d[v] == BRACE:
