@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from meshfast.errors import ConfigError
+from meshfast.money import percent_to_ppm, usd_to_nano
 
 PRIVACY_CLASSES = ("standard", "protected", "private_gateway", "confidential")
 PROVIDER_KINDS = ("openai", "sim")
-NANO = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,7 @@ class ModelConfig:
     upstream: str
     input_usd_per_mtok: str = "0"
     output_usd_per_mtok: str = "0"
+    cached_input_usd_per_mtok: str | None = None  # None: the input price
     kind: str = "chat"  # chat | embedding
     context_window: int = 128_000
     max_output_tokens: int = 16_384
@@ -56,6 +57,22 @@ class SimConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BillingConfig:
+    margin_ppm: int = 50_000  # 5 %
+    fee_nano: int = 0
+
+
+DEFAULT_STORE_PATH = "meshfast-data/meshfast.db"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    kind: str = "embedded"
+    path: str = DEFAULT_STORE_PATH  # relative paths are relative to the working directory
+    synchronous: str = "FULL"  # SQLite: FULL survives power loss, NORMAL only process crashes
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str = "<defaults>"
     host: str = "127.0.0.1"
@@ -66,6 +83,9 @@ class Config:
     log_level: str = "info"
     sim: SimConfig = field(default_factory=SimConfig)
     providers: tuple[ProviderConfig, ...] = ()
+    billing: BillingConfig = field(default_factory=BillingConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    admin_token: str | None = None  # MESHFAST_ADMIN_TOKEN only; the admin API is off without it
 
 
 # (config key in [server], env var, type)
@@ -136,21 +156,6 @@ def _decimal_price(reader: _Reader, name: str) -> str:
     return text
 
 
-def usd_to_nano(text: str) -> int:
-    """Parse a decimal USD string exactly into integer nano-USD (no floats)."""
-    text = text.strip()
-    if not text or text.startswith(("-", "+")):
-        raise ValueError(text)
-    whole, _, frac = text.partition(".")
-    if not (whole or frac) or not (whole or "0").isdigit() or (frac and not frac.isdigit()):
-        raise ValueError(text)
-    if len(frac) > 9:
-        if frac[9:].strip("0"):
-            raise ValueError(f"{text}: more precision than 1e-9 USD")
-        frac = frac[:9]
-    return int(whole or "0") * NANO + int(frac.ljust(9, "0") or "0")
-
-
 def _positive(reader: _Reader, name: str, typ: type, default: Any) -> Any:
     value = reader.get(name, typ, default)
     if value <= 0:
@@ -175,6 +180,7 @@ def _model(source: str, table: Any, prefix: str) -> ModelConfig:
         upstream=r.get("upstream", str, mid),
         input_usd_per_mtok=_decimal_price(r, "input_usd_per_mtok"),
         output_usd_per_mtok=_decimal_price(r, "output_usd_per_mtok"),
+        cached_input_usd_per_mtok=_decimal_price(r, "cached_input_usd_per_mtok") if "cached_input_usd_per_mtok" in table else None,
         kind=kind,
         context_window=_positive(r, "context_window", int, 128_000),
         max_output_tokens=_positive(r, "max_output_tokens", int, 16_384),
@@ -246,6 +252,40 @@ def _sim(source: str, table: Any) -> SimConfig:
     return sim
 
 
+def _billing(source: str, table: Any) -> BillingConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(source, "billing", "must be a table")
+    r = _Reader(source, table, "billing.")
+    margin = r.get("margin_pct", (int, float, str), "5")
+    fee = r.get("fee_usd", (int, float, str), "0")
+    r.done()
+    try:
+        margin_ppm = percent_to_ppm(str(margin))
+    except ValueError:
+        raise r.fail("margin_pct", f"must be a non-negative decimal percentage, got {margin!r}") from None
+    try:
+        fee_nano = usd_to_nano(str(fee))
+    except ValueError:
+        raise r.fail("fee_usd", f"must be a non-negative decimal USD amount, got {fee!r}") from None
+    return BillingConfig(margin_ppm, fee_nano)
+
+
+def _store(source: str, table: Any) -> StoreConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(source, "store", "must be a table")
+    r = _Reader(source, table, "store.")
+    kind = r.get("kind", str, "embedded")
+    if kind != "embedded":
+        raise r.fail("kind", f"must be 'embedded' (the Redis store is not built yet), got {kind!r}")
+    path = r.get("path", str, DEFAULT_STORE_PATH)
+    path = os.environ.get("MESHFAST_STORE_PATH") or path
+    sync = r.get("synchronous", str, "FULL").upper()
+    if sync not in ("FULL", "NORMAL"):
+        raise r.fail("synchronous", f"must be FULL or NORMAL, got {sync!r}")
+    r.done()
+    return StoreConfig(kind, path, sync)
+
+
 def _env_value(var: str, typ: type) -> Any:
     raw = os.environ[var]
     try:
@@ -289,12 +329,22 @@ def load(
     sim = _sim(source, top.get("sim", dict, {}))
     providers_raw = top.get("providers", list, [])
     providers = tuple(_provider(source, p, i) for i, p in enumerate(providers_raw))
+    billing = _billing(source, top.get("billing", dict, {}))
+    store = _store(source, top.get("store", dict, {}))
     names = [p.name for p in providers]
     for i, name in enumerate(names):
         if name in names[:i] or (name == "sim" and sim.enabled):
             raise ConfigError(source, f"providers[{i}].name", f"duplicate provider name {name!r}")
     top.done()
-    return Config(source=source, sim=sim, providers=providers, **values)
+    return Config(
+        source=source,
+        sim=sim,
+        providers=providers,
+        billing=billing,
+        store=store,
+        admin_token=os.environ.get("MESHFAST_ADMIN_TOKEN") or None,
+        **values,
+    )
 
 
 def _check_server(source: str, values: dict[str, Any]) -> None:

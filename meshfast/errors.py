@@ -163,3 +163,31 @@ class ConfigError(Exception):
         self.source = source
         self.key = key
         self.problem = problem
+
+
+class KeyRevoked(AuthenticationFailed):
+    code = "key_revoked"
+
+
+class InsufficientBalance(MeshError):
+    status = 402
+    type = "insufficient_quota"
+    code = "insufficient_balance"
+
+
+class NotFound(MeshError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class Conflict(MeshError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class StoreUnavailable(MeshError):
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"

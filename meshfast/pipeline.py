@@ -16,9 +16,21 @@ from typing import Any
 import orjson
 
 from meshfast import errors
+from meshfast.asgi import header
+from meshfast.billing import (
+    CONTENT_CHARS_PER_TOKEN,
+    Billing,
+    estimate_prompt_tokens,
+    extract_usage,
+    output_cap,
+    receipt_headers,
+    usage_with_costs,
+)
+from meshfast.config import BillingConfig
 from meshfast.providers.base import Endpoint, Reply
 from meshfast.providers.openai import map_upstream_error
 from meshfast.router import Router
+from meshfast.store.base import KEY_PREFIX, Account, Hold, KeyRecord, Receipt, Store, new_id
 from meshfast_core.exceptions import UpstreamError
 from meshfast_core.sse import SSEScanner
 
@@ -43,12 +55,13 @@ class Call:
         "stream",
         "include_usage",
         "endpoint",
-        "principal",
+        "key",
+        "account",
         "hold",
+        "prompt_estimate",
         "started",
         "first_byte",
-        "status",
-        "usage",
+        "receipt_id",
     )
 
     def __init__(self, kind: str, requested_model: str, stream: bool) -> None:
@@ -56,13 +69,14 @@ class Call:
         self.requested_model = requested_model
         self.stream = stream
         self.include_usage = False
-        self.endpoint: Endpoint | None = None
-        self.principal: Any = None
-        self.hold: Any = None
+        self.endpoint: Endpoint = None  # type: ignore[assignment]  # set by route()
+        self.key: KeyRecord = None  # type: ignore[assignment]  # set by authenticate()
+        self.account: Account = None  # type: ignore[assignment]
+        self.hold: Hold | None = None  # open until settle() or release()
+        self.prompt_estimate = 0
         self.started = time.monotonic()
         self.first_byte = 0.0
-        self.status = "ok"
-        self.usage: dict[str, Any] | None = None
+        self.receipt_id = ""
 
 
 def decode_json(body: bytes) -> dict[str, Any]:
@@ -200,107 +214,164 @@ async def run_until_disconnect(work: Any, receive: Any) -> None:
 
 
 class Pipeline:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, store: Store, billing: BillingConfig) -> None:
         self.router = router
+        self.store = store
+        self.billing = Billing(billing)
 
     # -- stages ---------------------------------------------------------------
-    async def authenticate(self, call: Call, scope: dict[str, Any]) -> None:
-        """Key -> account/project/limits. Pass-through until the money core lands."""
+    def authenticate(self, scope: dict[str, Any]) -> KeyRecord:
+        """``Authorization: Bearer mesh_live_...`` -> the key record (401 otherwise, with no
+        hint whether a key exists; revoked and expired keys say so)."""
+        raw = header(scope, b"authorization")
+        if not raw:
+            raise errors.AuthenticationFailed(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer mesh_live_...'."
+            )
+        scheme, _, secret = raw.decode("latin-1").partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret.startswith(KEY_PREFIX) or len(secret) < len(KEY_PREFIX) + 32:
+            raise errors.AuthenticationFailed("Incorrect API key provided.")
+        return self.store.authenticate(secret)
 
-    async def check_limits(self, call: Call, req: dict[str, Any]) -> None:
-        """RPM / TPM / budget checks. Pass-through until the limits land."""
+    def check_limits(self, call: Call, req: dict[str, Any]) -> None:
+        """RPM / TPM / budget checks: pass-through until the limits land."""
 
-    def route(self, call: Call, req: dict[str, Any]) -> Endpoint:
+    def route(self, call: Call) -> Endpoint:
         call.endpoint = self.router.resolve(call.requested_model)
         return call.endpoint
 
-    async def place_hold(self, call: Call, req: dict[str, Any]) -> None:
-        """Reserve the worst-case cost. Pass-through until the money core lands."""
+    def place_hold(self, call: Call, max_output: int) -> None:
+        """Reserve the worst case on the balance (402 when it is not covered)."""
+        amount = self.billing.hold_amount(call.account, call.endpoint, call.prompt_estimate, max_output)
+        call.hold = self.store.place_hold(call.key, amount)
 
-    async def settle(self, call: Call) -> None:
-        """Actual cost, receipt, ledger. Pass-through until the money core lands."""
+    def settle(self, call: Call, usage: dict[str, Any] | None, completion_estimate: int, status: str) -> Receipt:
+        """Actual cost -> receipt; debit the balance and release the hold in one store call."""
+        assert call.hold is not None
+        receipt = self.billing.receipt(
+            receipt_id=call.receipt_id or new_id("rcpt_"),
+            account=call.account,
+            key=call.key,
+            endpoint=call.endpoint,
+            kind=call.kind,
+            requested_model=call.requested_model,
+            usage=usage,
+            estimated_prompt=call.prompt_estimate,
+            estimated_completion=completion_estimate,
+            started=call.started,
+            first_byte=call.first_byte,
+            stream=call.stream,
+            status=status,
+        )
+        self.store.settle(call.hold, receipt)
+        call.hold = None
+        return receipt
 
-    def response_headers(self, call: Call) -> list[tuple[bytes, bytes]]:
-        assert call.endpoint is not None
-        return list(call.endpoint.headers)
+    def release(self, call: Call) -> None:
+        """Nothing to bill (the upstream failed without usage): give the hold back."""
+        if call.hold is not None:
+            self.store.release(call.hold)
+            call.hold = None
+
+    def begin(self, kind: str, model: str, stream: bool, scope: dict[str, Any], body: bytes, max_output: int | None, req: dict[str, Any]) -> Call:
+        """auth -> route -> limits -> hold: everything before the upstream call."""
+        key = self.authenticate(scope)
+        call = Call(kind, model, stream)
+        call.key = key
+        call.account = self.store.account(key.account_id)
+        endpoint = self.route(call)
+        self.check_limits(call, req)
+        call.prompt_estimate = estimate_prompt_tokens(body)
+        self.place_hold(call, output_cap(endpoint, req) if max_output is None else max_output)
+        return call
 
     # -- endpoints ------------------------------------------------------------
     async def chat(self, scope: dict[str, Any], body: bytes, send: Send, receive: Any) -> None:
         req = decode_json(body)
         model, stream = validate_chat(req)
-        call = Call("chat", model, stream)
-        await self.authenticate(call, scope)
-        endpoint = self.route(call, req)
-        await self.check_limits(call, req)
-        await self.place_hold(call, req)
-        if stream:
-            opts = req.get("stream_options")
-            call.include_usage = bool(opts and opts.get("include_usage"))
-            await run_until_disconnect(self.call_chat(call, endpoint, req, scope, send), receive)
-        else:
-            await self.call_chat(call, endpoint, req, scope, send)
-        await self.settle(call)
-
-    async def call_chat(
-        self, call: Call, endpoint: Endpoint, req: dict[str, Any], scope: dict[str, Any], send: Send
-    ) -> None:
-        stream = call.stream
-        reply = await endpoint.provider.chat(endpoint, req, stream, scope["headers"])
+        call = self.begin("chat", model, stream, scope, body, None, req)
         try:
-            if reply.status >= 400:
-                raise await _upstream_error(reply)
+            if call.endpoint.model.kind != "chat":
+                raise errors.UnsupportedOperation(
+                    f"The model `{call.endpoint.id}` is an embedding model; use /v1/embeddings.", param="model"
+                )
             if stream:
-                await self.relay_stream(call, reply, send)
+                opts = req.get("stream_options")
+                call.include_usage = bool(opts and opts.get("include_usage"))
+                await run_until_disconnect(self.call_stream(call, req, scope, send), receive)
             else:
+                reply = await call.endpoint.provider.chat(call.endpoint, req, False, scope["headers"])
                 await self.relay_body(call, reply, send)
         finally:
-            reply.close()
+            self.release(call)
 
-    async def embeddings(
-        self, scope: dict[str, Any], body: bytes, send: Send, receive: Any
-    ) -> None:
+    async def embeddings(self, scope: dict[str, Any], body: bytes, send: Send, receive: Any) -> None:
         req = decode_json(body)
-        call = Call("embeddings", validate_embeddings(req), False)
-        await self.authenticate(call, scope)
-        endpoint = self.route(call, req)
-        if endpoint.model.kind != "embedding":
-            raise errors.UnsupportedOperation(
-                f"The model `{endpoint.id}` is a chat model and cannot create embeddings.",
-                param="model",
-            )
-        await self.check_limits(call, req)
-        await self.place_hold(call, req)
-        reply = await endpoint.provider.embeddings(endpoint, req, scope["headers"])
+        model = validate_embeddings(req)
+        call = self.begin("embeddings", model, False, scope, body, 0, req)
         try:
-            if reply.status >= 400:
-                raise await _upstream_error(reply)
+            if call.endpoint.model.kind != "embedding":
+                raise errors.UnsupportedOperation(
+                    f"The model `{call.endpoint.id}` is a chat model and cannot create embeddings.", param="model"
+                )
+            reply = await call.endpoint.provider.embeddings(call.endpoint, req, scope["headers"])
             await self.relay_body(call, reply, send)
         finally:
-            reply.close()
-        await self.settle(call)
+            self.release(call)
+
+    async def receipt(self, scope: dict[str, Any], receipt_id: str) -> bytes:
+        key = self.authenticate(scope)
+        r = await self.store.receipt(receipt_id) if receipt_id.startswith("rcpt_") else None
+        if r is None or r.account_id != key.account_id:
+            raise errors.NotFound(f"No receipt {receipt_id!r} for this account.", code="receipt_not_found")
+        return orjson.dumps(r.public())
+
+    async def balance(self, scope: dict[str, Any]) -> bytes:
+        key = self.authenticate(scope)
+        out = self.store.account(key.account_id).public()
+        out["object"] = "balance"
+        return orjson.dumps(out)
 
     # -- relay ----------------------------------------------------------------
     async def relay_body(self, call: Call, reply: Reply, send: Send) -> None:
+        """A whole JSON answer: read it, settle from its usage, send it with the receipt headers."""
         try:
-            data = await reply.read()
-        except UpstreamError as exc:
-            assert call.endpoint is not None
-            raise map_upstream_error(exc, call.endpoint.provider.name) from None
+            if reply.status >= 400:
+                raise await _upstream_error(reply)
+            try:
+                data = await reply.read()
+            except UpstreamError as exc:
+                raise map_upstream_error(exc, call.endpoint.provider.name) from None
+        finally:
+            reply.close()
         call.first_byte = time.monotonic()
-        headers = self.response_headers(call)
+        receipt = self.settle(call, extract_usage(data), len(data) // CONTENT_CHARS_PER_TOKEN, "ok")
+        headers = [*call.endpoint.headers, *receipt_headers(receipt)]
         headers.append((b"content-type", reply.header(b"content-type") or b"application/json"))
         headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data, "more_body": False})
 
+    async def call_stream(self, call: Call, req: dict[str, Any], scope: dict[str, Any], send: Send) -> None:
+        reply = await call.endpoint.provider.chat(call.endpoint, req, True, scope["headers"])
+        try:
+            if reply.status >= 400:
+                raise await _upstream_error(reply)
+            await self.relay_stream(call, reply, send)
+        finally:
+            reply.close()
+
     async def relay_stream(self, call: Call, reply: Reply, send: Send) -> None:
         """Forward upstream SSE bytes as they come; end with usage (if asked) and [DONE],
-        or with an error event when the upstream broke off: never a silent clean end."""
-        headers = self.response_headers(call)
-        headers.extend(SSE_HEADERS)
+        or with an error event when the upstream broke off: never a silent clean end.
+        Settles in every case, a client that went away included (status ``cancelled``)."""
+        call.receipt_id = new_id("rcpt_")
+        headers = [*call.endpoint.headers, (b"x-mesh-receipt-id", call.receipt_id.encode()), *SSE_HEADERS]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         scanner = SSEScanner()
         tail = b""
+        status = "ok"
         try:
             while chunk := await reply.next_chunk():
                 if not call.first_byte:
@@ -310,30 +381,36 @@ class Pipeline:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             scanner.finish()
             if scanner.error is not None:
-                call.status = "error"  # the upstream's own error event was forwarded as is
-            elif scanner.done or scanner.finish_reason is not None:
-                if call.include_usage and scanner.usage_chunk is not None:
-                    tail = b"data: " + scanner.usage_chunk + b"\n\n"
-                tail += DONE
-            else:
-                call.status = "error"
-                tail = errors.UpstreamStreamFailed(
-                    "The upstream ended the stream before it was complete."
-                ).sse_event()
+                status = "error"  # the upstream's own error event was forwarded as is
+            elif not (scanner.done or scanner.finish_reason is not None):
+                status = "error"
+                tail = errors.UpstreamStreamFailed("The upstream ended the stream before it was complete.").sse_event()
         except UpstreamError as exc:
-            call.status = "error"
-            assert call.endpoint is not None
+            status = "error"
             err = map_upstream_error(exc, call.endpoint.provider.name)
             tail = errors.UpstreamStreamFailed(f"The stream broke off: {err.message}.").sse_event()
         except errors.MeshError as exc:
-            call.status = "error"
+            status = "error"
             tail = exc.sse_event()
         except asyncio.CancelledError:
-            call.status = "cancelled"
+            self.settle_stream(call, scanner, "cancelled")
             raise
         except Exception:
-            call.status = "error"
+            status = "error"
             log.exception("stream relay failed")
             tail = errors.InternalError("The gateway failed while relaying the stream.").sse_event()
-        call.usage = scanner.usage
+        receipt = self.settle_stream(call, scanner, status)
+        if status == "ok":
+            if call.include_usage and scanner.usage_chunk is not None and receipt is not None:
+                tail = b"data: " + usage_with_costs(scanner.usage_chunk, receipt) + b"\n\n"
+            tail += DONE
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    def settle_stream(self, call: Call, scanner: Any, status: str) -> Receipt | None:
+        usage = scanner.usage if isinstance(scanner.usage, dict) else None
+        delivered = scanner.content_length
+        if status == "error" and usage is None and not delivered:
+            self.release(call)  # the upstream failed before producing anything: no charge
+            return None
+        completion = -(-delivered // CONTENT_CHARS_PER_TOKEN)
+        return self.settle(call, usage, completion, status)

@@ -15,8 +15,11 @@ from typing import Any
 import orjson
 
 from meshfast import __version__, config, errors
+from meshfast.admin import AdminAPI
+from meshfast.asgi import send_error, send_json
 from meshfast.pipeline import Pipeline
 from meshfast.router import Router, build_providers
+from meshfast.store import open_store
 
 log = logging.getLogger("meshfast")
 
@@ -33,7 +36,9 @@ class App:
         self.cfg = cfg
         self.providers = build_providers(cfg)
         self.router = Router(self.providers)
-        self.pipeline = Pipeline(self.router)
+        self.store = open_store(cfg.store)
+        self.pipeline = Pipeline(self.router, self.store, cfg.billing)
+        self.admin = AdminAPI(self.store, cfg) if cfg.admin_token else None
         self.max_body = cfg.max_body_bytes
         self.draining = False
         self.inflight = 0
@@ -56,41 +61,50 @@ class App:
             if handler is not None and scope["method"] == "POST" and not self.draining:
                 await handler(scope, await self.read_body(scope, receive), send, receive)
             else:
-                await self.dispatch(scope, handler is not None, send)
+                await self.dispatch(scope, handler is not None, receive, send)
         except errors.MeshError as exc:
-            await self.send_error(send, exc)
+            await send_error(send, exc)
         except ClientGone:
             pass
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            await self.send_error(send, errors.InternalError("The gateway failed to handle the request."))
+            await send_error(send, errors.InternalError("The gateway failed to handle the request."))
         finally:
             self.inflight -= 1
             if self.draining and not self.inflight:
                 self.idle.set()
 
-    async def dispatch(self, scope: Scope, is_post_route: bool, send: Any) -> None:
+    async def dispatch(self, scope: Scope, is_post_route: bool, receive: Any, send: Any) -> None:
         """Everything but the POST hot path: GET endpoints and the errors for wrong routes."""
         path: str = scope["path"]
         method: str = scope["method"]
+        if path.startswith("/admin/"):
+            if self.admin is None:
+                raise errors.RouteNotFound(f"Unknown path {path}. (The admin API is off: set MESHFAST_ADMIN_TOKEN to enable it.)")
+            await self.admin.handle(scope, await self.read_body(scope, receive), send)
+            return
         if is_post_route:
             if method != "POST":
                 raise errors.MethodNotAllowed(f"{method} is not allowed on {path}; use POST.")
             raise errors.ServerDraining("The server is shutting down; retry on another instance.")
         if method != "GET":
-            if path in ("/v1/models", "/health") or path.startswith("/v1/models/"):
+            if path in ("/v1/models", "/health", "/v1/balance") or path.startswith(("/v1/models/", "/v1/receipts/")):
                 raise errors.MethodNotAllowed(f"{method} is not allowed on {path}; use GET.")
             raise errors.RouteNotFound(f"Unknown path {path}.")
         if path == "/v1/models":
-            await self.send_json(send, 200, self.router.models_body)
+            await send_json(send, 200, self.router.models_body)
         elif path.startswith("/v1/models/"):
-            await self.send_json(send, 200, self.router.model_body(path[len("/v1/models/") :]))
+            await send_json(send, 200, self.router.model_body(path[len("/v1/models/") :]))
+        elif path.startswith("/v1/receipts/"):
+            await send_json(send, 200, await self.pipeline.receipt(scope, path[len("/v1/receipts/") :]))
+        elif path == "/v1/balance":
+            await send_json(send, 200, await self.pipeline.balance(scope))
         elif path == "/health":
             status = 503 if self.draining else 200
             body = {"status": "draining" if self.draining else "ok", "version": __version__, "inflight": self.inflight}
-            await self.send_json(send, status, orjson.dumps(body))
+            await send_json(send, status, orjson.dumps(body))
         else:
             raise errors.RouteNotFound(f"Unknown path {path}.")
 
@@ -129,22 +143,6 @@ class App:
             if not msg.get("more_body"):
                 return b"".join(parts)
 
-    @staticmethod
-    async def send_json(
-        send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        if extra:
-            headers.extend(extra)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-
-    async def send_error(self, send: Any, exc: errors.MeshError) -> None:
-        await self.send_json(send, exc.status, exc.body(), exc.headers)
-
     # -- lifespan -------------------------------------------------------------
     async def lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -178,6 +176,7 @@ class App:
                 log.warning("grace period over with %d calls in flight", self.inflight)
         for p in self.providers:
             await p.close()
+        await self.store.close()
 
 
 def create_app() -> App:

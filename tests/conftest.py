@@ -6,7 +6,6 @@ import pytest
 from tests.fake_openai import FakeOpenAI
 from tests.support import MeshServer, free_port, local_provider_toml
 
-TEST_KEY = "mesh_live_" + "T" * 40
 
 
 @pytest.fixture(scope="session")
@@ -32,10 +31,10 @@ def mesh(tmp_path_factory, fake_upstream):
 
 @pytest.fixture
 def client(mesh):
-    with openai.OpenAI(base_url=mesh.base_url, api_key=TEST_KEY, max_retries=0, timeout=20) as c:
+    with openai.OpenAI(base_url=mesh.base_url, api_key=mesh.key, max_retries=0, timeout=20) as c:
         yield c
 
 
 @pytest.fixture
 def aclient(mesh):
-    return openai.AsyncOpenAI(base_url=mesh.base_url, api_key=TEST_KEY, max_retries=0, timeout=20)
+    return openai.AsyncOpenAI(base_url=mesh.base_url, api_key=mesh.key, max_retries=0, timeout=20)

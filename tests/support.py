@@ -54,6 +54,27 @@ def local_provider_toml(
     return "\n".join(out) + "\n"
 
 
+def provision(store_path: Path, *, usd: str = "100", account: str = "test", limits=None) -> str:
+    """Create an account with a balance and a key on a store no server holds; return the key."""
+    from meshfast.config import StoreConfig
+    from meshfast.money import usd_to_nano
+    from meshfast.store import open_store
+
+    store = open_store(StoreConfig(path=str(store_path), synchronous="NORMAL"))
+    try:
+        try:
+            acct = store.account(account)
+        except Exception:
+            acct = store.create_account(account)
+        project = store.create_project(acct.id, f"p{len(store.projects(acct.id))}")
+        if usd != "0":
+            store.topup(acct.id, usd_to_nano(usd), "manual", f"test-{os.urandom(6).hex()}")
+        _key, secret = store.create_key(project, name="test", limits=limits)
+    finally:
+        store.close_sync()
+    return secret
+
+
 class MeshServer:
     """``meshfast serve`` in a subprocess on a free port, with a config written to ``tmp``."""
 
@@ -64,12 +85,21 @@ class MeshServer:
         *,
         env: dict[str, str] | None = None,
         workers: int = 1,
+        store_path: Path | None = None,
+        usd: str = "100",
     ) -> None:
         self.port = free_port()
         self.config = tmp / f"meshfast-{self.port}.toml"
         self.config.write_text(config_text)
         self.log = tmp / f"meshfast-{self.port}.log"
-        self.env = {**os.environ, "FAKE_UPSTREAM_KEY": "sk-fake-upstream", **(env or {})}
+        self.store_path = store_path or tmp / f"store-{self.port}" / "meshfast.db"
+        self.key = provision(self.store_path, usd=usd) if usd else ""
+        self.env = {
+            **os.environ,
+            "FAKE_UPSTREAM_KEY": "sk-fake-upstream",
+            "MESHFAST_STORE_PATH": str(self.store_path),
+            **(env or {}),
+        }
         self.workers = workers
         self.proc: subprocess.Popen | None = None
 
@@ -82,7 +112,7 @@ class MeshServer:
         return self.url + "/v1"
 
     def start(self, timeout: float = 30.0) -> MeshServer:
-        self._logfh = open(self.log, "wb")
+        self._logfh = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,

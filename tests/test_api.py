@@ -11,7 +11,6 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import TEST_KEY
 
 IMAGE_PART = {
     "type": "image_url",
@@ -138,20 +137,20 @@ def test_sim_vision_parts_accepted(client):
     assert c.choices[0].message.content
 
 
-def test_sim_embeddings_float_and_base64(client):
+def test_sim_embeddings_float_and_base64(mesh, client):
     e = client.embeddings.create(model="sim-embed-1", input=["a", "b"])  # the SDK asks for base64
     assert [d.index for d in e.data] == [0, 1]
     assert len(e.data[0].embedding) == 256
     assert abs(sum(v * v for v in e.data[0].embedding) - 1.0) < 1e-3
     raw = httpx.post(
         str(client.base_url) + "embeddings",
-        headers={"Authorization": f"Bearer {TEST_KEY}"},
+        headers={"Authorization": f"Bearer {mesh.key}"},
         json={"model": "sim-embed-1", "input": "a", "encoding_format": "float", "dimensions": 8},
     ).json()
     assert len(raw["data"][0]["embedding"]) == 8
     b64 = httpx.post(
         str(client.base_url) + "embeddings",
-        headers={"Authorization": f"Bearer {TEST_KEY}"},
+        headers={"Authorization": f"Bearer {mesh.key}"},
         json={"model": "sim-embed-1", "input": "a", "encoding_format": "base64", "dimensions": 8},
     ).json()
     floats = struct.unpack("<8f", base64.b64decode(b64["data"][0]["embedding"]))
@@ -263,7 +262,7 @@ def post(mesh, path: str, content: bytes, **kw) -> httpx.Response:
     return httpx.post(
         mesh.base_url + path,
         content=content,
-        headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {mesh.key}", "Content-Type": "application/json"},
         **kw,
     )
 

@@ -12,7 +12,6 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import TEST_KEY
 from tests.support import ROOT, MeshServer, free_port, local_provider_toml
 
 CHAT = {"model": "sim-1", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -27,7 +26,7 @@ def test_sigterm_drains_in_flight_stream(tmp_path):
             "POST",
             server.base_url + "/chat/completions",
             json=CHAT,
-            headers={"x-mesh-sim-tps": "25"},
+            headers={"x-mesh-sim-tps": "25", "Authorization": f"Bearer {server.key}"},
             timeout=10,
         ) as r:
             result["body"] = b"".join(r.iter_bytes())
@@ -58,7 +57,7 @@ def test_client_disconnect_cancels_upstream(mesh, fake_upstream):
             "messages": [{"role": "user", "content": "x"}],
             "stream": True,
         },
-        headers={"Authorization": f"Bearer {TEST_KEY}"},
+        headers={"Authorization": f"Bearer {mesh.key}"},
     ) as r:
         it = r.iter_raw()
         next(it)
@@ -67,7 +66,7 @@ def test_client_disconnect_cancels_upstream(mesh, fake_upstream):
         time.sleep(0.05)
     assert fake_upstream.aborted_streams == before + 1, "meshfast closed the upstream request"
     assert fake_upstream.completed_streams == completed
-    with openai.OpenAI(base_url=mesh.base_url, api_key=TEST_KEY, max_retries=0) as client:
+    with openai.OpenAI(base_url=mesh.base_url, api_key=mesh.key, max_retries=0) as client:
         chunks = list(
             client.chat.completions.create(
                 model="up-stream", messages=[{"role": "user", "content": "x"}], stream=True
@@ -167,7 +166,7 @@ def test_pure_python_twins_end_to_end(tmp_path, fake_upstream):
     with MeshServer(
         tmp_path, local_provider_toml(fake_upstream.base_url), env={"MESHFAST_NO_EXTENSIONS": "1"}
     ) as server:
-        with openai.OpenAI(base_url=server.base_url, api_key=TEST_KEY, max_retries=0) as client:
+        with openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0) as client:
             c = client.chat.completions.create(
                 model="up-stream", messages=[{"role": "user", "content": "x"}]
             )

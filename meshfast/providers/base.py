@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from meshfast.config import ModelConfig, usd_to_nano
+from meshfast.config import ModelConfig
+from meshfast.money import usd_to_nano
 
 
 class Reply(Protocol):
@@ -64,6 +65,7 @@ class Endpoint:
     model: ModelConfig
     input_nano_per_mtok: int
     output_nano_per_mtok: int
+    cached_input_nano_per_mtok: int
     headers: tuple[tuple[bytes, bytes], ...] = ()  # response headers naming this endpoint
 
     @classmethod
@@ -73,6 +75,7 @@ class Endpoint:
             model,
             usd_to_nano(model.input_usd_per_mtok),
             usd_to_nano(model.output_usd_per_mtok),
+            usd_to_nano(model.cached_input_usd_per_mtok or model.input_usd_per_mtok),
             ((b"x-mesh-provider", provider.name.encode()), (b"x-mesh-model", model.id.encode())),
         )
 

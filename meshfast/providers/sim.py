@@ -34,9 +34,9 @@ from meshfast.providers.base import Endpoint, Provider
 from meshfast_core.exceptions import UpstreamClosed
 
 SIM_MODELS = (
-    ModelConfig("sim-1", "sim-1", "0.50", "1.50", "chat", 128_000, 16_384),
-    ModelConfig("sim-1-mini", "sim-1-mini", "0.10", "0.40", "chat", 128_000, 16_384),
-    ModelConfig("sim-embed-1", "sim-embed-1", "0.02", "0", "embedding", 8_192, 1),
+    ModelConfig("sim-1", "sim-1", "0.50", "1.50", None, "chat", 128_000, 16_384),
+    ModelConfig("sim-1-mini", "sim-1-mini", "0.10", "0.40", None, "chat", 128_000, 16_384),
+    ModelConfig("sim-embed-1", "sim-embed-1", "0.02", "0", None, "embedding", 8_192, 1),
 )
 DEFAULT_TOKENS = 32
 EMBED_DIMS = 256

@@ -1,0 +1,157 @@
+"""Pricing a call: the worst-case hold before it, the actual cost after it, the receipt.
+
+All amounts are integer nano-USD. A hold is the most a call can cost: the estimated
+prompt at the input price plus the output cap (``max_completion_tokens`` / ``max_tokens``,
+else the model's limit, times ``n``) at the output price, plus margin. Settlement uses the
+upstream's usage when it reports one, otherwise the estimate (and the receipt says so).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from meshfast.config import BillingConfig
+from meshfast.money import margin_of, nano_to_usd, token_cost
+from meshfast.providers.base import Endpoint
+from meshfast.store.base import Account, Receipt
+
+# A prompt estimate that errs high: JSON bytes / 3 (English runs ~4 bytes a token).
+PROMPT_BYTES_PER_TOKEN = 3
+PROMPT_OVERHEAD_TOKENS = 8
+CONTENT_CHARS_PER_TOKEN = 4
+
+
+def estimate_prompt_tokens(body: bytes) -> int:
+    return len(body) // PROMPT_BYTES_PER_TOKEN + PROMPT_OVERHEAD_TOKENS
+
+
+def output_cap(endpoint: Endpoint, req: dict[str, Any]) -> int:
+    cap = req.get("max_completion_tokens") or req.get("max_tokens") or endpoint.model.max_output_tokens
+    return min(cap, endpoint.model.max_output_tokens) * (req.get("n") or 1)
+
+
+def extract_usage(body: bytes) -> dict[str, Any] | None:
+    """The ``usage`` object of a JSON response, without parsing the whole (maybe large) body."""
+    at = body.rfind(b'"usage"')
+    if at < 0:
+        return None
+    start = body.find(b"{", at + 7)
+    if start < 0 or body[at + 7 : start].strip(b": \t\r\n"):
+        return None
+    depth = 0
+    for i in range(start, len(body)):
+        c = body[i]
+        if c == 123:  # {
+            depth += 1
+        elif c == 125:  # }
+            depth -= 1
+            if not depth:
+                try:
+                    usage = orjson.loads(body[start : i + 1])
+                except orjson.JSONDecodeError:
+                    return None
+                return usage if isinstance(usage, dict) else None
+    return None
+
+
+class Billing:
+    def __init__(self, cfg: BillingConfig) -> None:
+        self.margin_ppm = cfg.margin_ppm
+        self.fee_nano = cfg.fee_nano
+
+    def margin(self, account: Account, upstream_nano: int) -> int:
+        ppm = self.margin_ppm if account.margin_ppm is None else account.margin_ppm
+        fee = self.fee_nano if account.fee_nano is None else account.fee_nano
+        return margin_of(upstream_nano, ppm, fee)
+
+    def upstream_cost(self, endpoint: Endpoint, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> int:
+        cached = min(cached_tokens, prompt_tokens)
+        return (
+            token_cost(prompt_tokens - cached, endpoint.input_nano_per_mtok)
+            + token_cost(cached, endpoint.cached_input_nano_per_mtok)
+            + token_cost(completion_tokens, endpoint.output_nano_per_mtok)
+        )
+
+    def hold_amount(self, account: Account, endpoint: Endpoint, prompt_tokens: int, max_output: int) -> int:
+        upstream = self.upstream_cost(endpoint, prompt_tokens, max_output)
+        return upstream + self.margin(account, upstream)
+
+    def receipt(
+        self,
+        *,
+        receipt_id: str,
+        account: Account,
+        key: Any,
+        endpoint: Endpoint,
+        kind: str,
+        requested_model: str,
+        usage: dict[str, Any] | None,
+        estimated_prompt: int,
+        estimated_completion: int,
+        started: float,
+        first_byte: float,
+        stream: bool,
+        status: str,
+    ) -> Receipt:
+        if usage is not None and isinstance(usage.get("prompt_tokens"), int):
+            prompt = usage["prompt_tokens"]
+            completion = usage.get("completion_tokens") or 0
+            details = usage.get("prompt_tokens_details") or {}
+            cached = details.get("cached_tokens") or 0 if isinstance(details, dict) else 0
+            source = "upstream"
+        else:
+            prompt, completion, cached, source = estimated_prompt, estimated_completion, 0, "estimated"
+        upstream = self.upstream_cost(endpoint, prompt, completion, cached)
+        margin = self.margin(account, upstream)
+        now = time.monotonic()
+        return Receipt(
+            id=receipt_id,
+            created=time.time(),
+            account_id=account.id,
+            project_id=key.project_id,
+            key_id=key.id,
+            kind=kind,
+            model=requested_model,
+            route_mode="model",
+            provider=endpoint.provider.name,
+            upstream_model=endpoint.model.upstream,
+            privacy=endpoint.provider.privacy,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            tokens_source=source,
+            upstream_cost_nano=upstream,
+            margin_nano=margin,
+            total_nano=upstream + margin,
+            latency_ms=round((now - started) * 1000, 3),
+            ttft_ms=round((first_byte - started) * 1000, 3) if first_byte else None,
+            stream=stream,
+            status=status,
+        )
+
+
+def receipt_headers(r: Receipt) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-mesh-receipt-id", r.id.encode()),
+        (b"x-mesh-upstream-cost-usd", nano_to_usd(r.upstream_cost_nano).encode()),
+        (b"x-mesh-margin-usd", nano_to_usd(r.margin_nano).encode()),
+        (b"x-mesh-total-usd", nano_to_usd(r.total_nano).encode()),
+    ]
+
+
+def usage_with_costs(usage_chunk: bytes, r: Receipt) -> bytes:
+    """The upstream's usage-only chunk with ``usage.cost`` (total USD) and ``usage.mesh`` added."""
+    obj = orjson.loads(usage_chunk)
+    usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
+    usage["cost"] = nano_to_usd(r.total_nano)
+    usage["mesh"] = {
+        "receipt_id": r.id,
+        "upstream_cost_usd": nano_to_usd(r.upstream_cost_nano),
+        "margin_usd": nano_to_usd(r.margin_nano),
+        "total_usd": nano_to_usd(r.total_nano),
+    }
+    obj["usage"] = usage
+    return orjson.dumps(obj)

@@ -1,0 +1,55 @@
+"""Money arithmetic: integer nano-USD (1e-9 USD) inside, decimal strings at the edges.
+
+No floats anywhere near money. Prices are nano-USD per million tokens, so the cost of
+``t`` tokens is ``ceil(t * price / 1e6)`` nano-USD (rounded up: the gateway never
+undercharges by a rounding step). Margins are parts-per-million of the upstream cost.
+"""
+
+from __future__ import annotations
+
+NANO = 1_000_000_000
+MTOK = 1_000_000
+PPM = 1_000_000
+
+
+def usd_to_nano(text: str | int) -> int:
+    """Parse a non-negative decimal USD amount exactly (``"0.15"`` -> 150_000_000)."""
+    text = str(text).strip()
+    if not text or text.startswith(("-", "+")):
+        raise ValueError(f"not a non-negative decimal amount: {text!r}")
+    whole, _, frac = text.partition(".")
+    if not (whole or frac) or not (whole or "0").isdigit() or (frac and not frac.isdigit()):
+        raise ValueError(f"not a non-negative decimal amount: {text!r}")
+    if len(frac) > 9:
+        if frac[9:].strip("0"):
+            raise ValueError(f"{text}: more precision than 1e-9 USD")
+        frac = frac[:9]
+    return int(whole or "0") * NANO + int(frac.ljust(9, "0") or "0")
+
+
+def nano_to_usd(nano: int) -> str:
+    """Render nano-USD as a decimal string without trailing zeros (``1_500_000`` -> ``"0.0015"``)."""
+    sign = "-" if nano < 0 else ""
+    whole, frac = divmod(abs(nano), NANO)
+    if not frac:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{frac:09d}".rstrip("0")
+
+
+def percent_to_ppm(text: str | int) -> int:
+    """A percentage as parts per million of the base (``"5"`` -> 50_000, ``"2.5"`` -> 25_000)."""
+    # p percent = p * 10_000 ppm; usd_to_nano(p) = p * 1e9, so ppm = nano / 1e5.
+    nano = usd_to_nano(text)
+    if nano % 100_000:
+        raise ValueError(f"{text}: percentages take at most 4 decimal places")
+    return nano // 100_000
+
+
+def token_cost(tokens: int, nano_per_mtok: int) -> int:
+    """Cost of ``tokens`` at a price in nano-USD per million tokens, rounded up."""
+    return -(-tokens * nano_per_mtok // MTOK)
+
+
+def margin_of(upstream_nano: int, margin_ppm: int, fee_nano: int) -> int:
+    """MESH margin: a share of the upstream cost (rounded up) plus the fixed fee."""
+    return -(-upstream_nano * margin_ppm // PPM) + fee_nano

@@ -1,0 +1,256 @@
+"""The Store interface and its records.
+
+Every hot-path state change is one call: ``authenticate`` (key -> record), ``place_hold``
+(check available balance and reserve, atomically), ``settle`` (debit, release the hold,
+write the receipt, atomically) and ``revoke_key``. On the embedded backend each is a
+synchronous run of Python with no await inside, so it is atomic on the event loop; on a
+shared backend each maps to one server-side function call.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from meshfast.money import nano_to_usd
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+KEY_PREFIX = "mesh_live_"
+KEY_BODY_LEN = 40
+
+
+def new_id(prefix: str) -> str:
+    return prefix + os.urandom(12).hex()
+
+
+def month_of(ts: float) -> str:
+    return time.strftime("%Y-%m", time.gmtime(ts))
+
+
+def day_of(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+@dataclass(slots=True)
+class Account:
+    id: str
+    name: str
+    balance_nano: int = 0
+    held_nano: int = 0
+    margin_ppm: int | None = None  # None: the configured default
+    fee_nano: int | None = None
+    created: float = 0.0
+    spend: dict[str, int] = field(default_factory=dict)  # "YYYY-MM" and "YYYY-MM-DD" -> nano-USD
+
+    def public(self) -> dict[str, Any]:
+        month = month_of(time.time())
+        return {
+            "id": self.id,
+            "object": "account",
+            "name": self.name,
+            "balance_usd": nano_to_usd(self.balance_nano),
+            "held_usd": nano_to_usd(self.held_nano),
+            "available_usd": nano_to_usd(self.balance_nano - self.held_nano),
+            "month": month,
+            "month_spend_usd": nano_to_usd(self.spend.get(month, 0)),
+            "margin_pct": None if self.margin_ppm is None else nano_to_usd(self.margin_ppm * 100_000),
+            "fee_usd": None if self.fee_nano is None else nano_to_usd(self.fee_nano),
+            "created": int(self.created),
+        }
+
+
+@dataclass(slots=True)
+class Project:
+    id: str
+    account_id: str
+    name: str
+    created: float = 0.0
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "project", "account_id": self.account_id, "name": self.name, "created": int(self.created)}
+
+
+@dataclass(slots=True)
+class Limits:
+    rpm: int | None = None
+    tpm: int | None = None
+    monthly_usd_nano: int | None = None
+    daily_usd_nano: int | None = None
+    concurrency: int | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "monthly_usd": None if self.monthly_usd_nano is None else nano_to_usd(self.monthly_usd_nano),
+            "daily_usd": None if self.daily_usd_nano is None else nano_to_usd(self.daily_usd_nano),
+            "concurrency": self.concurrency,
+        }
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    id: str
+    project_id: str
+    account_id: str
+    hash: str  # sha256 hex of the whole secret; the secret itself is never stored
+    prefix: str  # for display: "mesh_live_AbCd"
+    name: str = ""
+    created: float = 0.0
+    revoked_at: float | None = None
+    expires_at: float | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "api_key",
+            "project_id": self.project_id,
+            "account_id": self.account_id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "created": int(self.created),
+            "revoked": self.revoked_at is not None,
+            "revoked_at": None if self.revoked_at is None else int(self.revoked_at),
+            "expires_at": None if self.expires_at is None else int(self.expires_at),
+            "limits": self.limits.public(),
+        }
+
+
+@dataclass(slots=True)
+class Hold:
+    id: str
+    account_id: str
+    key_id: str
+    amount_nano: int
+    created: float
+
+
+@dataclass(slots=True)
+class Topup:
+    id: str
+    account_id: str
+    amount_nano: int
+    chain: str
+    tx_id: str
+    created: float
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "topup",
+            "account_id": self.account_id,
+            "amount_usd": nano_to_usd(self.amount_nano),
+            "chain": self.chain,
+            "tx_id": self.tx_id,
+            "created": int(self.created),
+        }
+
+
+@dataclass(slots=True)
+class Receipt:
+    id: str
+    created: float
+    account_id: str
+    project_id: str
+    key_id: str
+    kind: str  # chat | embeddings
+    model: str  # as requested
+    route_mode: str
+    provider: str
+    upstream_model: str
+    privacy: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    tokens_source: str  # upstream | estimated
+    upstream_cost_nano: int
+    margin_nano: int
+    total_nano: int
+    latency_ms: float
+    ttft_ms: float | None
+    stream: bool
+    status: str  # ok | error | cancelled
+    capped: bool = False  # the total was capped at what the balance could cover
+
+    def public(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("upstream_cost_nano", "margin_nano", "total_nano"):
+            d[k[:-5] + "_usd"] = nano_to_usd(d.pop(k))
+        d["object"] = "receipt"
+        d["created"] = round(self.created, 3)
+        return d
+
+
+class Store:
+    """The interface every backend implements. Methods raise meshfast.errors classes."""
+
+    # -- hot path -------------------------------------------------------------
+    def authenticate(self, secret: str) -> KeyRecord:
+        raise NotImplementedError
+
+    def place_hold(self, key: KeyRecord, amount_nano: int) -> Hold:
+        raise NotImplementedError
+
+    def settle(self, hold: Hold, receipt: Receipt) -> None:
+        raise NotImplementedError
+
+    def release(self, hold: Hold) -> None:
+        raise NotImplementedError
+
+    # -- control plane --------------------------------------------------------
+    def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:
+        raise NotImplementedError
+
+    def account(self, ref: str) -> Account:
+        raise NotImplementedError
+
+    def accounts(self) -> list[Account]:
+        raise NotImplementedError
+
+    def create_project(self, account_ref: str, name: str) -> Project:
+        raise NotImplementedError
+
+    def project(self, ref: str, account_ref: str | None = None) -> Project:
+        raise NotImplementedError
+
+    def projects(self, account_ref: str | None = None) -> list[Project]:
+        raise NotImplementedError
+
+    def create_key(self, project: Project, name: str = "", limits: Limits | None = None, expires_at: float | None = None) -> tuple[KeyRecord, str]:
+        raise NotImplementedError
+
+    def key(self, key_id: str) -> KeyRecord:
+        raise NotImplementedError
+
+    def keys(self, account_ref: str | None = None, project_ref: str | None = None) -> list[KeyRecord]:
+        raise NotImplementedError
+
+    def revoke_key(self, key_id: str) -> KeyRecord:
+        raise NotImplementedError
+
+    def update_key(self, key_id: str, limits: Limits | None = None, expires_at: float | None = None) -> KeyRecord:
+        raise NotImplementedError
+
+    def topup(self, account_ref: str, amount_nano: int, chain: str, tx_id: str) -> tuple[Topup, bool]:
+        raise NotImplementedError
+
+    async def receipt(self, receipt_id: str) -> Receipt | None:
+        raise NotImplementedError
+
+    async def receipts(self, account_id: str | None = None, key_id: str | None = None, limit: int = 100) -> list[Receipt]:
+        raise NotImplementedError
+
+    async def usage(self, group_by: str, account_id: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def verify_ledger(self) -> list[str]:
+        raise NotImplementedError
+
+    async def flush(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,557 @@
+"""The embedded store: state in this process's memory, made durable in SQLite (WAL).
+
+Every change is applied to memory first, synchronously (so each hot-path operation
+is atomic on the event loop), then queued to a writer thread that commits whatever
+has queued up in one transaction (group commit). A ``kill -9`` loses at most the
+changes queued since the last commit; SIGTERM flushes the queue before exit.
+
+One process only: the file is locked while a server holds it, and ``--workers`` above
+1 is refused. The CLI talks to a running server through the admin API instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import fcntl
+import hashlib
+import hmac
+import logging
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from typing import Any
+
+import orjson
+
+from meshfast import errors
+from meshfast.money import nano_to_usd
+from meshfast.store.base import (
+    BASE62,
+    KEY_BODY_LEN,
+    KEY_PREFIX,
+    Account,
+    Hold,
+    KeyRecord,
+    Limits,
+    Project,
+    Receipt,
+    Store,
+    Topup,
+    day_of,
+    month_of,
+    new_id,
+)
+
+log = logging.getLogger("meshfast.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, balance_nano INTEGER NOT NULL,
+    margin_ppm INTEGER, fee_nano INTEGER, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS projects (
+    id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(id), name TEXT NOT NULL,
+    created REAL NOT NULL, UNIQUE (account_id, name));
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY, project_id TEXT NOT NULL, account_id TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL, name TEXT NOT NULL, created REAL NOT NULL, revoked_at REAL, expires_at REAL,
+    limits TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS topups (
+    id TEXT PRIMARY KEY, account_id TEXT NOT NULL, amount_nano INTEGER NOT NULL, chain TEXT NOT NULL,
+    tx_id TEXT NOT NULL, created REAL NOT NULL, UNIQUE (chain, tx_id));
+CREATE TABLE IF NOT EXISTS receipts (
+    id TEXT PRIMARY KEY, created REAL NOT NULL, account_id TEXT NOT NULL, project_id TEXT NOT NULL,
+    key_id TEXT NOT NULL, model TEXT NOT NULL, provider TEXT NOT NULL, status TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    upstream_cost_nano INTEGER NOT NULL, margin_nano INTEGER NOT NULL, total_nano INTEGER NOT NULL,
+    data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS receipts_account ON receipts (account_id, created);
+CREATE INDEX IF NOT EXISTS receipts_key ON receipts (key_id, created);
+"""
+
+RECEIPT_SQL = "INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+DEBIT_SQL = "UPDATE accounts SET balance_nano = balance_nano - ? WHERE id = ?"
+_FLUSH = object()
+_STOP = object()
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + "".join(secrets.choice(BASE62) for _ in range(KEY_BODY_LEN))
+
+
+def _limits_json(limits: Limits) -> str:
+    return orjson.dumps(
+        [limits.rpm, limits.tpm, limits.monthly_usd_nano, limits.daily_usd_nano, limits.concurrency]
+    ).decode()
+
+
+def _limits_from(text: str) -> Limits:
+    return Limits(*orjson.loads(text))
+
+
+def receipt_row(r: Receipt) -> tuple:
+    return (
+        r.id, r.created, r.account_id, r.project_id, r.key_id, r.model, r.provider, r.status,
+        r.prompt_tokens, r.completion_tokens, r.upstream_cost_nano, r.margin_nano, r.total_nano,
+        orjson.dumps(r.public()),
+    )  # fmt: skip
+
+
+def receipt_from_data(data: bytes) -> Receipt:
+    from meshfast.money import usd_to_nano
+
+    d = orjson.loads(data)
+    d.pop("object", None)
+    for k in ("upstream_cost", "margin", "total"):
+        v = d.pop(k + "_usd")
+        d[k + "_nano"] = -usd_to_nano(v[1:]) if v.startswith("-") else usd_to_nano(v)
+    return Receipt(**d)
+
+
+class StoreLocked(Exception):
+    """Another process (a running server) holds the embedded store."""
+
+
+class _Writer(threading.Thread):
+    """Applies queued statements in one transaction per batch (group commit)."""
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        super().__init__(name="meshfast-store-writer", daemon=True)
+        self.path = path
+        self.synchronous = synchronous
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.commits = 0
+        self.failed: BaseException | None = None
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        get = self.q.get
+        get_nowait = self.q.get_nowait
+        stop = False
+        while not stop:
+            batch = [get()]
+            while len(batch) < 10_000:
+                try:
+                    batch.append(get_nowait())
+                except queue.Empty:
+                    break
+            receipts: list[tuple] = []
+            debits: dict[str, int] = {}
+            waiters = []
+            try:
+                conn.execute("BEGIN")
+                for item in batch:
+                    if item is _STOP:
+                        stop = True
+                    elif isinstance(item, tuple) and item[0] is _FLUSH:
+                        waiters.append(item[1])
+                    elif item[0] == "settle":
+                        receipts.append(item[1])
+                        debits[item[2]] = debits.get(item[2], 0) + item[3]
+                    else:
+                        if receipts or debits:  # keep order with other statements
+                            self._apply(conn, receipts, debits)
+                            receipts, debits = [], {}
+                        conn.execute(item[0], item[1])
+                self._apply(conn, receipts, debits)
+                conn.execute("COMMIT")
+                self.commits += 1
+            except BaseException as exc:  # pragma: no cover - disk full, corruption
+                self.failed = exc
+                log.exception("store writer failed; changes are not being saved")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            for w in waiters:
+                w()
+        conn.close()
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, receipts: list[tuple], debits: dict[str, int]) -> None:
+        if receipts:
+            conn.executemany(RECEIPT_SQL, receipts)
+        if debits:
+            conn.executemany(DEBIT_SQL, [(v, k) for k, v in debits.items()])
+
+
+class EmbeddedStore(Store):
+    def __init__(self, path: str, *, lock: bool = True, synchronous: str = "FULL") -> None:
+        self.path = os.path.abspath(path)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._lockfh = None
+        if lock:
+            self._lockfh = open(self.path + ".lock", "a+")
+            try:
+                fcntl.flock(self._lockfh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lockfh.close()
+                raise StoreLocked(self.path) from None
+            self._lockfh.seek(0)
+            self._lockfh.truncate()
+            self._lockfh.write(str(os.getpid()))
+            self._lockfh.flush()
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)
+        self._accounts: dict[str, Account] = {}
+        self._account_names: dict[str, Account] = {}
+        self._projects: dict[str, Project] = {}
+        self._keys: dict[str, KeyRecord] = {}
+        self._key_hashes: dict[str, KeyRecord] = {}
+        self._topups: dict[tuple[str, str], Topup] = {}
+        self._holds: dict[str, Hold] = {}
+        self._load(conn)
+        conn.close()
+        self._reader_local = threading.local()
+        self._writer = _Writer(self.path, synchronous)
+        self._writer.start()
+
+    # -- loading ----------------------------------------------------------------
+    def _load(self, conn: sqlite3.Connection) -> None:
+        for row in conn.execute("SELECT id, name, balance_nano, margin_ppm, fee_nano, created FROM accounts"):
+            a = Account(row[0], row[1], row[2], 0, row[3], row[4], row[5])
+            self._accounts[a.id] = a
+            self._account_names[a.name] = a
+        for row in conn.execute("SELECT id, account_id, name, created FROM projects"):
+            self._projects[row[0]] = Project(*row)
+        for row in conn.execute("SELECT id, project_id, account_id, hash, prefix, name, created, revoked_at, expires_at, limits FROM keys"):
+            k = KeyRecord(*row[:9], limits=_limits_from(row[9]))
+            self._keys[k.id] = k
+            self._key_hashes[k.hash] = k
+        for row in conn.execute("SELECT id, account_id, amount_nano, chain, tx_id, created FROM topups"):
+            t = Topup(*row)
+            self._topups[(t.chain, t.tx_id)] = t
+        now = time.time()
+        month, day = month_of(now), day_of(now)
+        start_of_month = calendar.timegm(time.strptime(month + "-01", "%Y-%m-%d"))
+        for account_id, created, total in conn.execute(
+            "SELECT account_id, created, total_nano FROM receipts WHERE created >= ?", (start_of_month - 86400,)
+        ):
+            a = self._accounts.get(account_id)
+            if a is None:
+                continue
+            for bucket in (month_of(created), day_of(created)):
+                if bucket in (month, day):
+                    a.spend[bucket] = a.spend.get(bucket, 0) + total
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._reader_local.conn = conn
+        return conn
+
+    def _write(self, sql: str, params: tuple) -> None:
+        self._writer.q.put((sql, params))
+
+    # -- hot path -----------------------------------------------------------------
+    def authenticate(self, secret: str) -> KeyRecord:
+        digest = hash_key(secret)
+        key = self._key_hashes.get(digest)
+        if key is None or not hmac.compare_digest(key.hash, digest):
+            raise errors.AuthenticationFailed("Incorrect API key provided.")
+        if key.revoked_at is not None:
+            raise errors.KeyRevoked("This API key has been revoked.")
+        if key.expires_at is not None and key.expires_at <= time.time():
+            raise errors.KeyRevoked("This API key has expired.")
+        return key
+
+    def place_hold(self, key: KeyRecord, amount_nano: int) -> Hold:
+        account = self._accounts[key.account_id]
+        available = account.balance_nano - account.held_nano
+        if amount_nano > available:
+            raise errors.InsufficientBalance(
+                f"Insufficient balance: this call may cost up to ${nano_to_usd(amount_nano)} "
+                f"but the account has ${nano_to_usd(max(available, 0))} available "
+                f"(balance ${nano_to_usd(account.balance_nano)}, held by calls in flight ${nano_to_usd(account.held_nano)}). "
+                "Top up the account to continue."
+            )
+        account.held_nano += amount_nano
+        hold = Hold(new_id("hold_"), account.id, key.id, amount_nano, time.time())
+        self._holds[hold.id] = hold
+        return hold
+
+    def release(self, hold: Hold) -> None:
+        if self._holds.pop(hold.id, None) is not None:
+            self._accounts[hold.account_id].held_nano -= hold.amount_nano
+
+    def settle(self, hold: Hold, receipt: Receipt) -> None:
+        account = self._accounts[hold.account_id]
+        self.release(hold)
+        # The hold is the worst case; should usage exceed it, never take the balance below zero.
+        if receipt.total_nano > account.balance_nano - account.held_nano:
+            receipt.total_nano = max(account.balance_nano - account.held_nano, 0)
+            receipt.margin_nano = receipt.total_nano - receipt.upstream_cost_nano
+            receipt.capped = True
+        account.balance_nano -= receipt.total_nano
+        for bucket in (month_of(receipt.created), day_of(receipt.created)):
+            account.spend[bucket] = account.spend.get(bucket, 0) + receipt.total_nano
+        self._writer.q.put(("settle", receipt_row(receipt), account.id, receipt.total_nano))
+
+    # -- control plane ------------------------------------------------------------
+    def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:
+        if not name or name.startswith("acct_"):
+            raise errors.InvalidRequest("An account name must be non-empty and not start with 'acct_'.", param="name")
+        if name in self._account_names:
+            raise errors.Conflict(f"An account named {name!r} already exists.", param="name")
+        a = Account(new_id("acct_"), name, 0, 0, margin_ppm, fee_nano, time.time())
+        self._accounts[a.id] = a
+        self._account_names[name] = a
+        self._write("INSERT INTO accounts VALUES (?,?,?,?,?,?)", (a.id, a.name, 0, margin_ppm, fee_nano, a.created))
+        return a
+
+    def account(self, ref: str) -> Account:
+        a = self._accounts.get(ref) or self._account_names.get(ref)
+        if a is None:
+            raise errors.NotFound(f"No account {ref!r}.", code="account_not_found")
+        return a
+
+    def accounts(self) -> list[Account]:
+        return list(self._accounts.values())
+
+    def create_project(self, account_ref: str, name: str) -> Project:
+        a = self.account(account_ref)
+        if not name or name.startswith("proj_"):
+            raise errors.InvalidRequest("A project name must be non-empty and not start with 'proj_'.", param="name")
+        if any(p.account_id == a.id and p.name == name for p in self._projects.values()):
+            raise errors.Conflict(f"Account {a.name!r} already has a project named {name!r}.", param="name")
+        p = Project(new_id("proj_"), a.id, name, time.time())
+        self._projects[p.id] = p
+        self._write("INSERT INTO projects VALUES (?,?,?,?)", (p.id, p.account_id, p.name, p.created))
+        return p
+
+    def project(self, ref: str, account_ref: str | None = None) -> Project:
+        p = self._projects.get(ref)
+        if p is None and account_ref is not None:
+            a = self.account(account_ref)
+            p = next((x for x in self._projects.values() if x.account_id == a.id and x.name == ref), None)
+        if p is None:
+            raise errors.NotFound(f"No project {ref!r}.", code="project_not_found")
+        return p
+
+    def projects(self, account_ref: str | None = None) -> list[Project]:
+        if account_ref is None:
+            return list(self._projects.values())
+        a = self.account(account_ref)
+        return [p for p in self._projects.values() if p.account_id == a.id]
+
+    def create_key(self, project: Project, name: str = "", limits: Limits | None = None, expires_at: float | None = None) -> tuple[KeyRecord, str]:
+        secret = new_secret()
+        k = KeyRecord(
+            new_id("key_"), project.id, project.account_id, hash_key(secret), secret[: len(KEY_PREFIX) + 4],
+            name, time.time(), None, expires_at, limits or Limits(),
+        )  # fmt: skip
+        self._keys[k.id] = k
+        self._key_hashes[k.hash] = k
+        self._write(
+            "INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (k.id, k.project_id, k.account_id, k.hash, k.prefix, k.name, k.created, None, expires_at, _limits_json(k.limits)),
+        )
+        return k, secret
+
+    def key(self, key_id: str) -> KeyRecord:
+        k = self._keys.get(key_id)
+        if k is None:
+            raise errors.NotFound(f"No key {key_id!r}.", code="key_not_found")
+        return k
+
+    def keys(self, account_ref: str | None = None, project_ref: str | None = None) -> list[KeyRecord]:
+        out = list(self._keys.values())
+        if account_ref is not None:
+            a = self.account(account_ref)
+            out = [k for k in out if k.account_id == a.id]
+        if project_ref is not None:
+            p = self.project(project_ref, account_ref)
+            out = [k for k in out if k.project_id == p.id]
+        return out
+
+    def revoke_key(self, key_id: str) -> KeyRecord:
+        k = self.key(key_id)
+        if k.revoked_at is None:
+            k.revoked_at = time.time()
+            self._write("UPDATE keys SET revoked_at = ? WHERE id = ?", (k.revoked_at, k.id))
+        return k
+
+    def update_key(self, key_id: str, limits: Limits | None = None, expires_at: float | None = None) -> KeyRecord:
+        k = self.key(key_id)
+        if limits is not None:
+            k.limits = limits
+        if expires_at is not None:
+            k.expires_at = expires_at
+        self._write("UPDATE keys SET limits = ?, expires_at = ? WHERE id = ?", (_limits_json(k.limits), k.expires_at, k.id))
+        return k
+
+    def topup(self, account_ref: str, amount_nano: int, chain: str, tx_id: str) -> tuple[Topup, bool]:
+        if chain not in ("base", "solana", "manual"):
+            raise errors.InvalidRequest("chain must be one of base, solana, manual.", param="chain")
+        if not tx_id:
+            raise errors.InvalidRequest("A transaction id is required.", param="tx_id")
+        if amount_nano <= 0:
+            raise errors.InvalidRequest("The amount must be greater than zero.", param="amount_usd")
+        a = self.account(account_ref)
+        existing = self._topups.get((chain, tx_id))
+        if existing is not None:
+            if existing.account_id != a.id or existing.amount_nano != amount_nano:
+                raise errors.Conflict(
+                    f"Transaction {chain}:{tx_id} was already credited with different details.", param="tx_id"
+                )
+            return existing, False
+        t = Topup(new_id("top_"), a.id, amount_nano, chain, tx_id, time.time())
+        self._topups[(chain, tx_id)] = t
+        a.balance_nano += amount_nano
+        self._write("INSERT INTO topups VALUES (?,?,?,?,?,?)", (t.id, t.account_id, t.amount_nano, t.chain, t.tx_id, t.created))
+        self._write("UPDATE accounts SET balance_nano = balance_nano + ? WHERE id = ?", (amount_nano, a.id))
+        return t, True
+
+    # -- reads off the loop -------------------------------------------------------
+    async def receipt(self, receipt_id: str) -> Receipt | None:
+        await self.flush()  # a receipt settled a moment ago may still be queued
+
+        def read() -> Receipt | None:
+            row = self._reader().execute("SELECT data FROM receipts WHERE id = ?", (receipt_id,)).fetchone()
+            return receipt_from_data(row[0]) if row else None
+
+        return await asyncio.to_thread(read)
+
+    async def receipts(self, account_id: str | None = None, key_id: str | None = None, limit: int = 100) -> list[Receipt]:
+        await self.flush()
+        where, params = [], []
+        if account_id:
+            where.append("account_id = ?")
+            params.append(account_id)
+        if key_id:
+            where.append("key_id = ?")
+            params.append(key_id)
+        sql = "SELECT data FROM receipts" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created DESC LIMIT ?"
+        params.append(limit)
+
+        def read() -> list[Receipt]:
+            return [receipt_from_data(r[0]) for r in self._reader().execute(sql, params)]
+
+        return await asyncio.to_thread(read)
+
+    async def usage(self, group_by: str, account_id: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        columns = {
+            "account": "account_id",
+            "project": "project_id",
+            "key": "key_id",
+            "model": "model",
+            "day": "strftime('%Y-%m-%d', created, 'unixepoch')",
+        }
+        if group_by not in columns:
+            raise errors.InvalidRequest(f"group_by must be one of {', '.join(columns)}.", param="group_by")
+        await self.flush()
+        where, params = [], []
+        if account_id:
+            where.append("account_id = ?")
+            params.append(account_id)
+        if since:
+            where.append("created >= ?")
+            params.append(since)
+        col = columns[group_by]
+        sql = (
+            f"SELECT {col}, count(*), sum(prompt_tokens), sum(completion_tokens), sum(upstream_cost_nano), "
+            f"sum(margin_nano), sum(total_nano) FROM receipts"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" GROUP BY {col} ORDER BY {col}"
+        )
+
+        def read() -> list[dict[str, Any]]:
+            return [
+                {
+                    group_by: row[0],
+                    "calls": row[1],
+                    "prompt_tokens": row[2],
+                    "completion_tokens": row[3],
+                    "upstream_cost_usd": nano_to_usd(row[4]),
+                    "margin_usd": nano_to_usd(row[5]),
+                    "total_usd": nano_to_usd(row[6]),
+                }
+                for row in self._reader().execute(sql, params)
+            ]
+
+        return await asyncio.to_thread(read)
+
+    async def verify_ledger(self) -> list[str]:
+        """Per account: top-ups minus receipt totals equals the balance (in memory and on
+        disk), no balance below zero, and every receipt's total is upstream cost plus margin."""
+        await self.flush()
+
+        def read() -> list[str]:
+            conn = self._reader()
+            problems = []
+            topups = dict(conn.execute("SELECT account_id, sum(amount_nano) FROM topups GROUP BY account_id").fetchall())
+            spent = dict(conn.execute("SELECT account_id, sum(total_nano) FROM receipts GROUP BY account_id").fetchall())
+            for account_id, name, balance in conn.execute("SELECT id, name, balance_nano FROM accounts"):
+                expected = topups.get(account_id, 0) - spent.get(account_id, 0)
+                if expected != balance:
+                    problems.append(
+                        f"account {name} ({account_id}): top-ups minus receipts is {nano_to_usd(expected)} "
+                        f"but the balance is {nano_to_usd(balance)}"
+                    )
+                if balance < 0:
+                    problems.append(f"account {name} ({account_id}): balance is below zero ({nano_to_usd(balance)})")
+                mem = self._accounts.get(account_id)
+                if mem is not None and mem.balance_nano != balance:
+                    problems.append(
+                        f"account {name} ({account_id}): balance in memory {nano_to_usd(mem.balance_nano)} "
+                        f"differs from the saved {nano_to_usd(balance)}"
+                    )
+            for rid, account_id, up, margin, total in conn.execute(
+                "SELECT id, account_id, upstream_cost_nano, margin_nano, total_nano FROM receipts WHERE total_nano != upstream_cost_nano + margin_nano"
+            ):
+                problems.append(f"account {account_id}: receipt {rid} total {total} != upstream {up} + margin {margin}")
+            return problems
+
+        return await asyncio.to_thread(read)
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._writer.q.put((_FLUSH, lambda: loop.call_soon_threadsafe(_resolve, fut)))
+        await fut
+
+    def flush_sync(self) -> None:
+        done = threading.Event()
+        self._writer.q.put((_FLUSH, done.set))
+        done.wait()
+
+    @property
+    def commits(self) -> int:
+        return self._writer.commits
+
+    async def close(self) -> None:
+        await self.flush()
+        self._writer.q.put(_STOP)
+        await asyncio.to_thread(self._writer.join)
+        conn = getattr(self._reader_local, "conn", None)
+        if conn is not None:
+            conn.close()
+        if self._lockfh is not None:
+            self._lockfh.close()
+            self._lockfh = None
+
+    def close_sync(self) -> None:
+        self.flush_sync()
+        self._writer.q.put(_STOP)
+        self._writer.join()
+        if self._lockfh is not None:
+            self._lockfh.close()
+            self._lockfh = None
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
