@@ -1,15 +1,17 @@
-"""End-to-end load benchmark: meshfast in front of a static upstream, against the upstream alone.
+"""End-to-end load benchmark: meshfast in front of a static upstream, against the upstream alone
+and against a minimal granian + upstream-client passthrough (the "floor").
 
     python -m benchmarks.load                  # what `make bench` runs
     python -m benchmarks.load --duration 3 --only W1,W3
     python -m benchmarks.load --upstream builtin --loader builtin --json out.json
 
 It starts a fake OpenAI upstream (nginx with a generated config, or the bundled
-benchmarks/static_upstream.py), starts ``meshfast serve`` pointed at it, checks that one
-request and one stream go through, then measures each workload DIRECT to the upstream and
-THROUGH meshfast with the same load generator (wrk with benchmarks/wrk/post.lua, or the
-bundled benchmarks/loadgen.py), and prints them side by side with the README budgets.
-See benchmarks/README.md.
+benchmarks/static_upstream.py), starts ``meshfast serve`` and the floor
+(benchmarks/passthrough_app.py under granian with meshfast's settings) pointed at it, checks
+that one request and one stream go through each, then measures each workload DIRECT to the
+upstream, through the FLOOR and THROUGH meshfast with the same load generator (wrk with
+benchmarks/wrk/post.lua, or the bundled benchmarks/loadgen.py), with the servers' CPU time
+per request, and prints them side by side with the README budgets. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks.passthrough_app import UPSTREAM_ENV as FLOOR_UPSTREAM_ENV
 from benchmarks.static_upstream import W1_PATH, W2_PATH, w1_body, w2_body
 
 HERE = Path(__file__).resolve().parent
@@ -110,6 +114,55 @@ def wait_http_ok(
             last = str(exc)
         time.sleep(0.1)
     raise BenchError(f"{what} not ready on port {port} after {timeout:.0f}s ({last})")
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(path: str) -> list[str] | None:
+    """Fields of a /proc .../stat file after ``comm`` (index 0 is field 3, ``state``)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:  # the process or thread is gone
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """utime + stime summed over every thread of every live process in process group ``pgid``
+    (a server we started in its own session: granian's main process and its workers)."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(f"/proc/{entry.name}/stat")
+        if fields is None or int(fields[2]) != pgid:  # field 5: pgrp
+            continue
+        try:
+            tasks = os.listdir(f"/proc/{entry.name}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            tf = _stat_fields(f"/proc/{entry.name}/task/{tid}/stat")
+            if tf is not None:
+                ticks += int(tf[11]) + int(tf[12])  # fields 14, 15: utime, stime
+    return ticks / CLK_TCK
+
+
+class CpuMeter:
+    """CPU seconds used by a server's process group between ``start()`` and ``seconds()``."""
+
+    def __init__(self, pgid: int) -> None:
+        self.pgid = pgid
+        self.started: float | None = None
+
+    def start(self) -> None:
+        self.started = group_cpu_seconds(self.pgid)
+
+    def seconds(self) -> float:
+        assert self.started is not None
+        return group_cpu_seconds(self.pgid) - self.started
 
 
 def find_binary(name: str) -> str | None:
@@ -423,6 +476,30 @@ def start_meshfast(
     return proc, port
 
 
+# --------------------------------------------------------------------------- floor
+
+
+def start_floor(stack: Stack, upstream_port: int, workers: int) -> tuple[Proc, int]:
+    """benchmarks/passthrough_app.py under granian with the settings of ``meshfast serve``
+    (meshfast/cli.py: ASGI, uvloop, no websockets, backlog 2048, same worker count)."""
+    port = free_port()
+    log(
+        f"starting floor: granian + benchmarks/passthrough_app.py, {workers} worker(s) on {HOST}:{port}"
+    )
+    argv = [
+        sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--no-ws",
+        "--workers", str(workers), "--backlog", "2048", "--host", HOST, "--port", str(port),
+        "--log-level", "warning", "benchmarks.passthrough_app:app",
+    ]  # fmt: skip
+    env = dict(os.environ, **{FLOOR_UPSTREAM_ENV: f"http://{HOST}:{upstream_port}"})
+    proc = stack.spawn("floor", argv, signal.SIGTERM, env=env)
+    try:
+        wait_http_ok(port, "/health", 60, proc.popen, "floor (granian passthrough)")
+    except BenchError as exc:
+        raise BenchError(f"{exc}\n--- floor log ---\n{proc.tail()}") from None
+    return proc, port
+
+
 # --------------------------------------------------------------------------- request bodies
 
 
@@ -443,9 +520,17 @@ def request_bodies() -> dict[str, bytes]:
 
 
 def verify(
-    upstream_port: int, mesh_port: int, key: str, bodies: dict[str, bytes], mesh: Proc
+    upstream_port: int,
+    mesh_port: int,
+    key: str,
+    bodies: dict[str, bytes],
+    mesh: Proc,
+    floor: tuple[Proc, int] | None,
 ) -> None:
-    log("checking: one chat and one stream, direct and through meshfast")
+    via = (
+        "direct, through the floor and through meshfast" if floor else "direct and through meshfast"
+    )
+    log(f"checking: one chat and one stream, {via}")
 
     def check_chat(port: int, path: str, body: bytes, what: str) -> None:
         status, data = http_request(port, "POST", path, body, key)
@@ -478,6 +563,13 @@ def verify(
         check_stream(mesh_port, "/v1/chat/completions", bodies["mesh_stream"], "meshfast stream")
     except (BenchError, OSError) as exc:
         raise BenchError(f"{exc}\n--- meshfast log ---\n{mesh.tail()}") from None
+    if floor is not None:
+        proc, port = floor
+        try:
+            check_chat(port, W1_PATH, bodies["direct_chat"], "floor chat")
+            check_stream(port, W2_PATH, bodies["direct_stream"], "floor stream")
+        except (BenchError, OSError) as exc:
+            raise BenchError(f"{exc}\n--- floor log ---\n{proc.tail()}") from None
 
 
 # --------------------------------------------------------------------------- load generation
@@ -493,6 +585,10 @@ class Run:
     errors: int = 0
     non2xx: int = 0
     raw: dict = field(default_factory=dict)
+    # CPU seconds (utime + stime, all threads of the server's processes) during the measured
+    # run, and per completed request; None for the direct runs (not measured there).
+    server_cpu_s: float | None = None
+    cpu_us_per_req: float | None = None
 
 
 class Loader:
@@ -507,17 +603,32 @@ class Loader:
             self.name = "builtin (benchmarks/loadgen.py, own process, uvloop + httptools)"
 
     def run(
-        self, port: int, path: str, body: bytes, connections: int, duration: float, warmup: float
+        self,
+        port: int,
+        path: str,
+        body: bytes,
+        connections: int,
+        duration: float,
+        warmup: float,
+        on_measure: Callable[[], None] | None = None,
     ) -> Run:
+        """Warm up, call ``on_measure`` (if any) right before the measured run, measure."""
         body_file = self.tmp / f"body-{abs(hash(body))}.json"
         body_file.write_bytes(body)
         url = f"http://{HOST}:{port}{path}"
+        start = on_measure or (lambda: None)
         if self.wrk:
-            return self._wrk(url, body_file, connections, duration, warmup)
-        return self._builtin(url, body_file, connections, duration, warmup)
+            return self._wrk(url, body_file, connections, duration, warmup, start)
+        return self._builtin(url, body_file, connections, duration, warmup, start)
 
     def _wrk(
-        self, url: str, body_file: Path, connections: int, duration: float, warmup: float
+        self,
+        url: str,
+        body_file: Path,
+        connections: int,
+        duration: float,
+        warmup: float,
+        on_measure: Callable[[], None],
     ) -> Run:
         env = dict(os.environ, MESHFAST_BENCH_BODY_FILE=str(body_file), MESHFAST_BENCH_KEY=self.key)
         threads = max(1, min(self.threads, connections))
@@ -544,6 +655,7 @@ class Loader:
 
         if warmup > 0:
             wrk(warmup)
+        on_measure()
         stdout = wrk(duration)
         line = next((ln for ln in stdout.splitlines() if ln.startswith("MESHFAST_WRK ")), None)
         if line is None:
@@ -563,21 +675,34 @@ class Loader:
         )
 
     def _builtin(
-        self, url: str, body_file: Path, connections: int, duration: float, warmup: float
+        self,
+        url: str,
+        body_file: Path,
+        connections: int,
+        duration: float,
+        warmup: float,
+        on_measure: Callable[[], None],
     ) -> Run:
-        argv = [
-            sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--body-file", str(body_file),
-            "--header", f"Authorization: Bearer {self.key}", "--header", "Content-Type: application/json",
-            "-c", str(connections), "-d", str(duration), "-w", str(warmup),
-        ]  # fmt: skip
-        out = subprocess.run(
-            argv, capture_output=True, text=True, cwd=str(ROOT), timeout=duration + warmup + 60
-        )
-        if out.returncode != 0:
-            raise BenchError(
-                f"loadgen failed (exit {out.returncode}): {out.stderr.strip()[-2000:]}"
+        def loadgen(seconds: float) -> dict:
+            argv = [
+                sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--body-file", str(body_file),
+                "--header", f"Authorization: Bearer {self.key}", "--header", "Content-Type: application/json",
+                "-c", str(connections), "-d", str(seconds), "-w", "0",
+            ]  # fmt: skip
+            out = subprocess.run(
+                argv, capture_output=True, text=True, cwd=str(ROOT), timeout=seconds + 60
             )
-        res = json.loads(out.stdout.strip().splitlines()[-1])
+            if out.returncode != 0:
+                raise BenchError(
+                    f"loadgen failed (exit {out.returncode}): {out.stderr.strip()[-2000:]}"
+                )
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        # Warm-up as its own run (like wrk) so the measured run can be bracketed for CPU time.
+        if warmup > 0:
+            loadgen(warmup)
+        on_measure()
+        res = loadgen(duration)
         return Run(
             rps=res["rps"],
             p50_us=res["p50_us"],
@@ -601,26 +726,66 @@ def fmt_lat(us: float) -> str:
     return f"{us:,.0f} µs" if us < 1000 else f"{us / 1000:,.2f} ms"
 
 
-def fmt_ratio(direct: float, mesh: float) -> str:
-    return f"{mesh / direct:.2f}x" if direct else "-"
+def fmt_ratio(base: float | None, mesh: float | None) -> str:
+    return f"{mesh / base:.2f}x" if base and mesh is not None else "-"
 
 
-def report(results: dict[str, dict[str, Run]], connections: int) -> tuple[list[str], dict]:
+def fmt_cpu(us: float | None) -> str:
+    return "-" if us is None else f"{us:,.0f} µs"
+
+
+def report(
+    results: dict[str, dict[str, Run]], connections: int, with_floor: bool
+) -> tuple[list[str], dict]:
+    """The results table (one column per target; floor columns only ``with_floor``) and the
+    budget verdicts (meshfast only)."""
     rows: list[tuple[str, ...]] = []
     verdicts: dict[str, dict] = {}
     head = (
         "workload",
         "metric",
         "direct",
+        "floor",
         "meshfast",
         "mesh/direct",
+        "mesh/floor",
         "budget (meshfast)",
         "result",
     )
+
+    def row(
+        label: str,
+        metric: str,
+        get: Callable[[Run], float | None],
+        fmt: Callable[[float], str],
+        d: Run,
+        f: Run | None,
+        m: Run,
+        vs_direct: bool = True,
+        budget: str = "",
+        result: str = "",
+    ) -> tuple[str, ...]:
+        dv, fv, mv = get(d), get(f) if f else None, get(m)
+        return (
+            label,
+            metric,
+            "" if dv is None else fmt(dv),
+            "-" if fv is None else fmt(fv),
+            fmt(mv) if mv is not None else "-",
+            fmt_ratio(dv, mv) if vs_direct else "",
+            fmt_ratio(fv, mv),
+            budget,
+            result,
+        )
+
+    def cpu(r: Run) -> float | None:
+        return r.cpu_us_per_req
+
     for wl in ("W1", "W2", "W3"):
         if wl not in results:
             continue
         d, m = results[wl]["direct"], results[wl]["meshfast"]
+        f = results[wl].get("floor")
         conns = 1 if wl == "W3" else connections
         label = f"{wl} {WORKLOADS[wl].split(',')[0]}, {conns} conn{'s' if conns > 1 else ''}"
         if wl in ("W1", "W2"):
@@ -634,38 +799,21 @@ def report(results: dict[str, dict[str, Run]], connections: int) -> tuple[list[s
                 "pass": ok,
             }
             rows.append(
-                (
+                row(
                     label,
                     unit,
-                    fmt_rate(d.rps),
-                    fmt_rate(m.rps),
-                    fmt_ratio(d.rps, m.rps),
-                    f">= {budget:,} {unit}",
-                    "PASS" if ok else "MISS",
+                    lambda r: r.rps,
+                    fmt_rate,
+                    d,
+                    f,
+                    m,
+                    budget=f">= {budget:,} {unit}",
+                    result="PASS" if ok else "MISS",
                 )
             )
-            rows.append(
-                (
-                    "",
-                    "p50",
-                    fmt_lat(d.p50_us),
-                    fmt_lat(m.p50_us),
-                    fmt_ratio(d.p50_us, m.p50_us),
-                    "",
-                    "",
-                )
-            )
-            rows.append(
-                (
-                    "",
-                    "p99",
-                    fmt_lat(d.p99_us),
-                    fmt_lat(m.p99_us),
-                    fmt_ratio(d.p99_us, m.p99_us),
-                    "",
-                    "",
-                )
-            )
+            rows.append(row("", "p50", lambda r: r.p50_us, fmt_lat, d, f, m))
+            rows.append(row("", "p99", lambda r: r.p99_us, fmt_lat, d, f, m))
+            rows.append(row("", "cpu µs/req", cpu, fmt_cpu, d, f, m, vs_direct=False))
         else:
             added = m.p50_us - d.p50_us
             ok = added <= BUDGET_W3_ADDED_P50_US
@@ -675,44 +823,29 @@ def report(results: dict[str, dict[str, Run]], connections: int) -> tuple[list[s
                 "budget": f"<= {BUDGET_W3_ADDED_P50_US}",
                 "pass": ok,
             }
-            rows.append(
-                (
-                    label,
-                    "p50",
-                    fmt_lat(d.p50_us),
-                    fmt_lat(m.p50_us),
-                    fmt_ratio(d.p50_us, m.p50_us),
-                    "",
-                    "",
-                )
-            )
-            rows.append(
-                (
-                    "",
-                    "p99",
-                    fmt_lat(d.p99_us),
-                    fmt_lat(m.p99_us),
-                    fmt_ratio(d.p99_us, m.p99_us),
-                    "",
-                    "",
-                )
-            )
-            rows.append(
-                ("", "req/s", fmt_rate(d.rps), fmt_rate(m.rps), fmt_ratio(d.rps, m.rps), "", "")
-            )
+            rows.append(row(label, "p50", lambda r: r.p50_us, fmt_lat, d, f, m))
+            rows.append(row("", "p99", lambda r: r.p99_us, fmt_lat, d, f, m))
+            rows.append(row("", "req/s", lambda r: r.rps, fmt_rate, d, f, m))
+            rows.append(row("", "cpu µs/req", cpu, fmt_cpu, d, f, m, vs_direct=False))
+            f_added = f"+{f.p50_us - d.p50_us:,.0f} µs" if f else "-"
             rows.append(
                 (
                     "",
                     "added p50",
                     "",
+                    f_added,
                     f"+{added:,.0f} µs",
+                    "",
                     "",
                     f"<= {BUDGET_W3_ADDED_P50_US} µs added",
                     "PASS" if ok else "MISS",
                 )
             )
+    keep = [i for i in range(len(head)) if with_floor or head[i] not in ("floor", "mesh/floor")]
+    head = tuple(head[i] for i in keep)
+    rows = [tuple(r[i] for i in keep) for r in rows]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    right = {2, 3, 4}
+    right = {i for i, h in enumerate(head) if h in ("direct", "floor", "meshfast") or "/" in h}
 
     def line(r: tuple[str, ...]) -> str:
         return "  ".join(
@@ -734,7 +867,8 @@ def report(results: dict[str, dict[str, Run]], connections: int) -> tuple[list[s
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.load",
-        description="End-to-end load benchmark: meshfast vs. the upstream alone.",
+        description="End-to-end load benchmark: meshfast vs. the upstream alone and vs. a "
+        "minimal granian passthrough (the floor).",
     )
     ap.add_argument(
         "--duration", type=float, default=10.0, help="measured seconds per run (default 10)"
@@ -745,7 +879,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--connections", type=int, default=32, help="connections for W1 and W2 (default 32)"
     )
-    ap.add_argument("--workers", type=int, default=1, help="meshfast worker processes (default 1)")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="meshfast (and floor) worker processes (default 1)"
+    )
+    ap.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="skip the floor (granian + upstream client passthrough, benchmarks/passthrough_app.py)",
+    )
     ap.add_argument("--only", default="W1,W2,W3", help="comma-separated subset of W1,W2,W3")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     ap.add_argument(
@@ -808,7 +950,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n[bench] interrupted", file=sys.stderr, flush=True)
         return 130
     finally:
-        log("stopping meshfast, upstream")
+        if stack.procs:
+            log(f"stopping {', '.join(p.name for p in reversed(stack.procs))}")
         stack.stop_all()
 
 
@@ -820,8 +963,11 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
     loader = Loader(args.loader, args.loader_threads, stack.tmp, args.key)
     log(f"load generator: {loader.name}")
     mesh, mesh_port = start_meshfast(stack, up_port, args.workers, args.meshfast_arg)
+    floor = start_floor(stack, up_port, args.workers) if args.floor else None
     bodies = request_bodies()
-    verify(up_port, mesh_port, args.key, bodies, mesh)
+    verify(up_port, mesh_port, args.key, bodies, mesh, floor)
+    # the servers whose CPU time is measured: the process group each was started in
+    servers = {"meshfast": mesh} | ({"floor": floor[0]} if floor else {})
 
     plan = {
         "W1": (W1_PATH, "direct_chat", "mesh_chat", args.connections),
@@ -832,37 +978,59 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
     for wl in args.only:
         path, direct_body, mesh_body, conns = plan[wl]
         results[wl] = {}
-        for target, port, p, body in (
-            ("direct", up_port, path, direct_body),
-            ("meshfast", mesh_port, "/v1/chat/completions", mesh_body),
-        ):
+        targets = [("direct", up_port, path, direct_body)]
+        if floor is not None:
+            targets.append(("floor", floor[1], path, direct_body))
+        targets.append(("meshfast", mesh_port, "/v1/chat/completions", mesh_body))
+        for target, port, p, body in targets:
             log(
                 f"running {wl} {target} ({WORKLOADS[wl]}; {conns} conn, {args.warmup:g}s warm-up + {args.duration:g}s)..."
             )
-            run = loader.run(port, p, bodies[body], conns, args.duration, args.warmup)
+            server = servers.get(target)
+            meter = CpuMeter(server.popen.pid) if server else None
+            run = loader.run(
+                port, p, bodies[body], conns, args.duration, args.warmup,
+                meter.start if meter else None,
+            )  # fmt: skip
+            cpu_note = ""
+            if meter is not None and meter.started is not None:
+                run.server_cpu_s = round(meter.seconds(), 3)
+                if run.requests:
+                    run.cpu_us_per_req = round(run.server_cpu_s * 1e6 / run.requests, 1)
+                cpu_note = f"  cpu {fmt_cpu(run.cpu_us_per_req)}/req"
             results[wl][target] = run
             note = (
                 f", {run.errors} errors, {run.non2xx} non-2xx" if run.errors or run.non2xx else ""
             )
             log(
-                f"  {wl} {target}: {run.rps:,.0f}/s  p50 {fmt_lat(run.p50_us)}  p99 {fmt_lat(run.p99_us)}  ({run.requests:,} in {run.duration_s:.2f}s{note})"
+                f"  {wl} {target}: {run.rps:,.0f}/s  p50 {fmt_lat(run.p50_us)}  p99 {fmt_lat(run.p99_us)}{cpu_note}  ({run.requests:,} in {run.duration_s:.2f}s{note})"
             )
-            if mesh.popen.poll() is not None:
-                raise BenchError(
-                    f"meshfast exited (status {mesh.popen.returncode}) during {wl}\n{mesh.tail()}"
-                )
+            for name, proc in servers.items():
+                if proc.popen.poll() is not None:
+                    raise BenchError(
+                        f"{name} exited (status {proc.popen.returncode}) during {wl}\n{proc.tail()}"
+                    )
 
-    table, verdicts = report(results, args.connections)
+    table, verdicts = report(results, args.connections, floor is not None)
     load_end = os.getloadavg()
     cores = os.cpu_count() or 0
     print()
     print(f"meshfast {mesh_version} end-to-end load benchmark")
     print(f"  upstream: {upstream_name}   loader: {loader.name}")
+    if floor is not None:
+        print(
+            "  floor: granian ASGI passthrough (benchmarks/passthrough_app.py) with meshfast's "
+            "granian settings and upstream client (meshfast_core.http.Pool)"
+        )
     print(
         f"  meshfast workers: {args.workers}   CPUs: {cores}   python {platform.python_version()}   {args.duration:g}s per run after {args.warmup:g}s warm-up"
     )
     print(
-        f"  load average before/after: {load_start[0]:.2f} / {load_end[0]:.2f}  (loader, upstream and meshfast share these CPUs)"
+        f"  load average before/after: {load_start[0]:.2f} / {load_end[0]:.2f}  (loader, upstream and servers share these CPUs)"
+    )
+    print(
+        "  cpu µs/req: the server's CPU time (utime+stime, all threads of its processes) over the"
+        " measured run / requests completed"
     )
     print()
     for ln in table:
@@ -889,6 +1057,16 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "cpus": cores,
+            "floor": (
+                {
+                    "app": "benchmarks/passthrough_app.py",
+                    "server": "granian asgi, uvloop, no websockets, backlog 2048",
+                    "workers": args.workers,
+                }
+                if floor is not None
+                else None
+            ),
+            "cpu_clock_ticks_per_s": CLK_TCK,
             "loadavg_before": load_start,
             "loadavg_after": load_end,
             "budgets": {
