@@ -24,7 +24,7 @@ debug: install
 	MESHFAST_DEBUG_BUILD=1 $(BIN)/python setup.py build_ext --inplace --force
 
 serve: compile
-	$(BIN)/meshfast serve --host $(HOST) --port $(PORT)
+	$(BIN)/meshfast serve --demo --host $(HOST) --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check meshfast meshfast_core tests benchmarks

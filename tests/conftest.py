@@ -7,7 +7,6 @@ from tests.fake_openai import FakeOpenAI
 from tests.support import MeshServer, free_port, local_provider_toml
 
 
-
 @pytest.fixture(scope="session")
 def fake_upstream():
     with FakeOpenAI() as server:

@@ -8,6 +8,7 @@ Behaviour is chosen by the upstream model name the gateway sends:
 * ``slow-stream`` the same, one event every 50 ms (for disconnect and drain tests)
 * ``break``       a stream that stops after two chunks and closes the connection
 * ``err-NNN``     an OpenAI error body with status NNN
+* ``slow``        a normal answer after 300 ms (holds overlap under concurrency)
 * ``hang``        accepts the request and never answers (first-byte timeout)
 * ``embed``       an embeddings list
 """
@@ -101,6 +102,9 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(3)
             self.close_connection = True
             return
+        if model == "slow":
+            time.sleep(0.3)
+            model = "stream"
         if model == "echo":
             self.send_json(
                 200,

@@ -24,7 +24,7 @@ def free_port() -> int:
 def local_provider_toml(
     base_url: str, *, first_byte_timeout: float = 1.0, name: str = "local"
 ) -> str:
-    models = ["echo", "stream", "slow-stream", "break", "err-429", "err-500", "err-400", "hang"]
+    models = ["echo", "stream", "slow", "slow-stream", "break", "err-429", "err-500", "err-400", "hang"]
     out = [
         "[[providers]]",
         f'name = "{name}"',

@@ -11,7 +11,6 @@ import httpx
 import openai
 import pytest
 
-
 IMAGE_PART = {
     "type": "image_url",
     "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"},

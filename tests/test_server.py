@@ -142,7 +142,11 @@ def test_env_overrides_file(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "meshfast", "serve", "--config", str(cfg)],
         cwd=ROOT,
-        env={**os.environ, "MESHFAST_PORT": str(port)},
+        env={
+            **os.environ,
+            "MESHFAST_PORT": str(port),
+            "MESHFAST_STORE_PATH": str(tmp_path / "store" / "m.db"),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -190,3 +194,60 @@ def test_pure_python_twins_end_to_end(tmp_path, fake_upstream):
                         model="up-break", messages=[{"role": "user", "content": "x"}], stream=True
                     )
                 )
+
+
+def test_demo_prints_a_working_key_once(tmp_path):
+    store = tmp_path / "demo" / "m.db"
+    port = free_port()
+    env = {**os.environ, "MESHFAST_STORE_PATH": str(store), "MESHFAST_PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshfast", "serve", "--demo"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        key = None
+        for line in proc.stdout:
+            if line.strip().startswith("mesh_live_"):
+                key = line.strip()
+                break
+        assert key, "the demo key was printed"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        with openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0
+        ) as client:
+            c = client.chat.completions.create(
+                model="sim-1", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert c.choices[0].message.content
+            assert client.get("/balance", cast_to=object)["balance_usd"] < "5"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        proc.stdout.close()
+    again = run_cli(
+        "serve", "--demo", env={"MESHFAST_STORE_PATH": str(store), "MESHFAST_WORKERS": "2"}
+    )
+    assert (
+        again.returncode == 2
+        and "server.workers" in again.stderr
+        and "shared store" in again.stderr
+    )
+
+
+def test_store_in_use_is_refused(tmp_path):
+    with MeshServer(tmp_path) as server:
+        proc = run_cli(
+            "serve", "--port", str(free_port()), env={"MESHFAST_STORE_PATH": str(server.store_path)}
+        )
+    assert proc.returncode == 2
+    assert "in use by another meshfast process" in proc.stderr
