@@ -441,6 +441,22 @@ output_usd_per_mtok = 0.60
 """
 
 
+def provision_bench_key(store_path: Path) -> str:
+    """A bench account with a balance no run can exhaust, and its key, on a fresh store."""
+    from meshfast.config import StoreConfig
+    from meshfast.money import usd_to_nano
+    from meshfast.store import open_store
+
+    store = open_store(StoreConfig(path=str(store_path)))
+    try:
+        account = store.create_account("bench")
+        store.topup(account.id, usd_to_nano("1000000"), "manual", "bench-balance")
+        _key, secret = store.create_key(store.create_project(account.id, "bench"), name="bench")
+    finally:
+        store.close_sync()
+    return secret
+
+
 def start_meshfast(
     stack: Stack, upstream_port: int, workers: int, extra: list[str]
 ) -> tuple[Proc, int]:
@@ -468,6 +484,7 @@ def start_meshfast(
         for k, v in os.environ.items()
         if not k.startswith("MESHFAST_") or k == "MESHFAST_BENCH_KEY"
     }
+    env["MESHFAST_STORE_PATH"] = str(stack.tmp / "store" / "meshfast.db")
     proc = stack.spawn("meshfast", argv, signal.SIGTERM, env=env)
     try:
         wait_http_ok(port, "/health", 60, proc.popen, "meshfast")
@@ -910,8 +927,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--key",
-        default=os.environ.get("MESHFAST_BENCH_KEY") or "mesh_live_bench_placeholder_key",
-        help="API key sent as Bearer [MESHFAST_BENCH_KEY]",
+        default=os.environ.get("MESHFAST_BENCH_KEY") or None,
+        help="API key sent as Bearer [MESHFAST_BENCH_KEY; default: a bench account with a "
+        "$1,000,000 balance is created on a fresh store, so auth, holds, settlement and "
+        "receipts are all on]",
     )
     ap.add_argument(
         "--meshfast-arg",
@@ -960,6 +979,9 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
 
     load_start = os.getloadavg()
     upstream_name, up_port = start_upstream(stack, args.upstream)
+    if not args.key:
+        args.key = provision_bench_key(stack.tmp / "store" / "meshfast.db")
+        log("created a bench account and key on a fresh store (auth, holds, settlement, receipts on)")
     loader = Loader(args.loader, args.loader_threads, stack.tmp, args.key)
     log(f"load generator: {loader.name}")
     mesh, mesh_port = start_meshfast(stack, up_port, args.workers, args.meshfast_arg)

@@ -41,19 +41,20 @@ def extract_usage(body: bytes) -> dict[str, Any] | None:
     start = body.find(b"{", at + 7)
     if start < 0 or body[at + 7 : start].strip(b": \t\r\n"):
         return None
-    depth = 0
-    for i in range(start, len(body)):
-        c = body[i]
-        if c == 123:  # {
-            depth += 1
-        elif c == 125:  # }
-            depth -= 1
-            if not depth:
-                try:
-                    usage = orjson.loads(body[start : i + 1])
-                except orjson.JSONDecodeError:
-                    return None
-                return usage if isinstance(usage, dict) else None
+    # usage is usually the last member: then it ends just before the object's closing brace
+    end = body.rfind(b"}")
+    candidates = [body.rfind(b"}", start, end)]
+    pos = start
+    while (pos := body.find(b"}", pos + 1)) != -1 and len(candidates) < 16:
+        candidates.append(pos)
+    for stop in candidates:
+        if stop <= start:
+            continue
+        try:
+            usage = orjson.loads(body[start : stop + 1])
+        except orjson.JSONDecodeError:
+            continue
+        return usage if isinstance(usage, dict) else None
     return None
 
 

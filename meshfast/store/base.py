@@ -9,9 +9,10 @@ shared backend each maps to one server-side function call.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from meshfast.money import nano_to_usd
@@ -21,8 +22,13 @@ KEY_PREFIX = "mesh_live_"
 KEY_BODY_LEN = 40
 
 
+_ID_PREFIX = os.urandom(8).hex()  # per process: ids are unique across processes and restarts
+_id_counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
+
+
 def new_id(prefix: str) -> str:
-    return prefix + os.urandom(12).hex()
+    """A unique id: a random per-process part and a counter (no syscall per id)."""
+    return f"{prefix}{_ID_PREFIX}{next(_id_counter):010x}"
 
 
 def month_of(ts: float) -> str:
@@ -31,6 +37,18 @@ def month_of(ts: float) -> str:
 
 def day_of(ts: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+_bucket_cache: tuple[int, str, str] = (-1, "", "")
+
+
+def spend_buckets(ts: float) -> tuple[str, str]:
+    """("YYYY-MM", "YYYY-MM-DD") in UTC for ``ts``; cached per day (called on every settle)."""
+    global _bucket_cache
+    day_index = int(ts // 86400)
+    if _bucket_cache[0] != day_index:
+        _bucket_cache = (day_index, month_of(ts), day_of(ts))
+    return _bucket_cache[1], _bucket_cache[2]
 
 
 @dataclass(slots=True)
@@ -176,12 +194,16 @@ class Receipt:
     capped: bool = False  # the total was capped at what the balance could cover
 
     def public(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("upstream_cost_nano", "margin_nano", "total_nano"):
-            d[k[:-5] + "_usd"] = nano_to_usd(d.pop(k))
+        d = {name: getattr(self, name) for name in RECEIPT_FIELDS}
+        d["upstream_cost_usd"] = nano_to_usd(d.pop("upstream_cost_nano"))
+        d["margin_usd"] = nano_to_usd(d.pop("margin_nano"))
+        d["total_usd"] = nano_to_usd(d.pop("total_nano"))
         d["object"] = "receipt"
         d["created"] = round(self.created, 3)
         return d
+
+
+RECEIPT_FIELDS = tuple(f.name for f in fields(Receipt))
 
 
 class Store:
