@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from decimal import Decimal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,8 @@ class _Reader:
 
 def _decimal_price(reader: _Reader, name: str) -> str:
     value = reader.get(name, (int, float, str), 0)
-    text = str(value)
+    # A TOML float is taken by its shortest decimal text (0.15 -> "0.15"), never as binary.
+    text = format(Decimal(repr(value)), "f") if isinstance(value, float) else str(value)
     try:
         usd_to_nano(text)
     except ValueError:
