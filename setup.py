@@ -6,6 +6,8 @@ Each compiled module has a pure-Python twin of the same behaviour:
 * ``meshfast_core/_http_c.py``    twin ``http_py.py``    selector ``http.py``
   (``_http_c.py`` is a symlink to ``http_py.py``: one source compiled by Cython in
   pure-Python mode, typed by ``_http_c.pxd``, so the two cannot drift)
+* ``meshfast_core/_tokens.pyx``   twin ``tokens_py.py``  selector ``tokens.py``
+* ``meshfast_core/_limits.pyx``   twin ``limits_py.py``  selector ``limits.py``
 
 ``MESHFAST_DEBUG_BUILD=1`` builds with line tracing and writes annotated HTML.
 """
@@ -24,6 +26,8 @@ DEBUG = os.environ.get("MESHFAST_DEBUG_BUILD") == "1"
 MODULES = {
     "meshfast_core._sse": "meshfast_core/_sse.pyx",
     "meshfast_core._http_c": "meshfast_core/_http_c.py",
+    "meshfast_core._tokens": "meshfast_core/_tokens.pyx",
+    "meshfast_core._limits": "meshfast_core/_limits.pyx",
 }
 
 extensions = [
