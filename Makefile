@@ -40,4 +40,4 @@ bench-micro: compile
 	$(BIN)/python -m pytest benchmarks --timeout=0 --benchmark-only --benchmark-group-by=group
 
 clean:
-	rm -rf build *.egg-info meshfast_core/*.so meshfast_core/_sse.c meshfast_core/_http_c.c .pytest_cache .benchmarks
+	rm -rf build *.egg-info meshfast_core/*.so meshfast_core/*.c .pytest_cache .benchmarks

@@ -1,0 +1,465 @@
+# cython: language_level=3
+"""Prompt-token estimator (compiled twin of ``tokens_py.py``).
+
+See ``tokens_py.py`` for the method and the contract; both give identical counts. The
+prices are read from ``tokens_py`` once, at import, into C arrays.
+"""
+
+cimport cython
+from libc.string cimport memset
+
+import json as _json
+
+from . import tokens_py as _py
+
+__all__ = (
+    "DEFAULT_IMAGE_HEIGHT",
+    "DEFAULT_IMAGE_WIDTH",
+    "count_chat",
+    "count_text",
+    "image_tokens",
+)
+
+
+cdef extern from "Python.h":
+    int PyUnicode_KIND(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    Py_UCS4 PyUnicode_READ(int kind, void* data, Py_ssize_t index) nogil
+    bint Py_UNICODE_ISSPACE(Py_UCS4 ch) nogil
+    bint Py_UNICODE_ISALNUM(Py_UCS4 ch) nogil
+    bint Py_UNICODE_ISDECIMAL(Py_UCS4 ch) nogil
+
+
+# Character classes, as Python's re sees them (see tokens_py).
+cdef enum:
+    LETTER = 0
+    DIGIT = 1
+    PUNCT = 2
+    SPACE = 3
+    NEWLINE = 4
+
+cdef enum:
+    TABLE_MAX = 32
+    HAN_LO = 0x4E00
+    HAN_HI = 0x9FFF
+    HAN_BYTES = (0x9FFF - 0x4E00 + 1) / 8
+
+cdef unsigned char ASCII_CLASS[128]
+# Price tables: entries 0..last, then the price per unit beyond last.
+cdef long long WORD_SP[TABLE_MAX]
+cdef long long WORD_NS[TABLE_MAX]
+cdef long long PUNCT_PRICE[TABLE_MAX]
+cdef Py_ssize_t WORD_SP_LAST, WORD_NS_LAST, PUNCT_LAST
+cdef long long P_DIGITS, P_SPACE, P_SPACE_PER_CHAR, P_PREFIX_NO_WORD, P_HUMP, P_ALNUM_EDGE
+cdef long long W_HAN, W_HAN_COMMON, W_KANA, W_HANGUL, W_CJK_PUNCT, W_UTF8_2, W_UTF8_3, W_UTF8_4
+# Bit (c - HAN_LO) set: the ideograph c is one cl100k token.
+cdef unsigned char HAN_COMMON_BITS[HAN_BYTES]
+
+
+cdef Py_ssize_t _load_table(long long* dst, tuple src) except -1:
+    cdef Py_ssize_t i, n = len(src)
+    if n < 3 or n > TABLE_MAX:
+        raise ValueError("price table size out of range")
+    for i in range(n):
+        dst[i] = src[i]
+    return n - 2
+
+
+cdef int _init() except -1:
+    global WORD_SP_LAST, WORD_NS_LAST, PUNCT_LAST
+    global P_DIGITS, P_SPACE, P_SPACE_PER_CHAR, P_PREFIX_NO_WORD, P_HUMP, P_ALNUM_EDGE
+    global W_HAN, W_HAN_COMMON, W_KANA, W_HANGUL, W_CJK_PUNCT, W_UTF8_2, W_UTF8_3, W_UTF8_4
+    cdef int i
+    cdef unsigned int c
+    for i in range(128):
+        ch = chr(i)
+        if ch in "\r\n":
+            ASCII_CLASS[i] = NEWLINE
+        elif ch.isspace():
+            ASCII_CLASS[i] = SPACE
+        elif ch.isdecimal():
+            ASCII_CLASS[i] = DIGIT
+        elif ch.isalnum():
+            ASCII_CLASS[i] = LETTER
+        else:
+            ASCII_CLASS[i] = PUNCT
+    WORD_SP_LAST = _load_table(WORD_SP, _py._WORD_SP)
+    WORD_NS_LAST = _load_table(WORD_NS, _py._WORD_NS)
+    PUNCT_LAST = _load_table(PUNCT_PRICE, _py._PUNCT)
+    P_DIGITS = _py._DIGITS
+    P_SPACE = _py._SPACE
+    P_SPACE_PER_CHAR = _py._SPACE_PER_CHAR
+    P_PREFIX_NO_WORD = _py._PREFIX_NO_WORD
+    P_HUMP = _py._HUMP
+    P_ALNUM_EDGE = _py._ALNUM_EDGE
+    W_HAN = _py._HAN
+    W_HAN_COMMON = _py._HAN_COMMON
+    W_KANA = _py._KANA
+    W_HANGUL = _py._HANGUL
+    W_CJK_PUNCT = _py._CJK_PUNCT
+    W_UTF8_2 = _py._UTF8_2
+    W_UTF8_3 = _py._UTF8_3
+    W_UTF8_4 = _py._UTF8_4
+    memset(HAN_COMMON_BITS, 0, sizeof(HAN_COMMON_BITS))
+    for ch in _py.HAN_COMMON:
+        c = ord(ch)
+        if c < HAN_LO or c > HAN_HI:
+            raise ValueError("HAN_COMMON holds a character outside U+4E00..U+9FFF")
+        HAN_COMMON_BITS[(c - HAN_LO) >> 3] |= 1 << ((c - HAN_LO) & 7)
+    return 0
+
+
+_init()
+
+
+cdef inline int _cls(unsigned int c) noexcept nogil:
+    if c < 128:
+        return ASCII_CLASS[c]
+    if Py_UNICODE_ISSPACE(c):
+        return SPACE
+    if Py_UNICODE_ISALNUM(c):
+        return DIGIT if Py_UNICODE_ISDECIMAL(c) else LETTER
+    return PUNCT
+
+
+cdef inline long long _price(const long long* table, Py_ssize_t last, Py_ssize_t n) noexcept nogil:
+    if n <= last:
+        return table[n]
+    return table[last] + (n - last) * table[last + 1]
+
+
+cdef inline bint _ascii_letter(unsigned int c) noexcept nogil:
+    return (c | 0x20) >= 97 and (c | 0x20) <= 122
+
+
+cdef inline long long _non_ascii_weight(unsigned int c) noexcept nogil:
+    if HAN_LO <= c <= HAN_HI:
+        if HAN_COMMON_BITS[(c - HAN_LO) >> 3] & (1 << ((c - HAN_LO) & 7)):
+            return W_HAN_COMMON
+        return W_HAN
+    if 0x3400 <= c <= 0x4DBF or 0xF900 <= c <= 0xFAFF or 0x20000 <= c <= 0x2FFFF:
+        return W_HAN
+    if 0x3040 <= c <= 0x30FF or 0x31F0 <= c <= 0x31FF or 0xFF66 <= c <= 0xFF9F:
+        return W_KANA
+    if 0x1100 <= c <= 0x11FF or 0x3130 <= c <= 0x318F or 0xAC00 <= c <= 0xD7AF:
+        return W_HANGUL
+    if 0x3000 <= c <= 0x303F or 0xFF00 <= c <= 0xFF65 or 0xFFE0 <= c <= 0xFFEF:
+        return W_CJK_PUNCT
+    if c <= 0x7FF:
+        return W_UTF8_2
+    if c >= 0x10000:
+        return W_UTF8_4
+    return W_UTF8_3
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef long long _units(int kind, void* data, Py_ssize_t n) noexcept nogil:
+    cdef long long units = 0
+    cdef Py_ssize_t i, j, end, last_nl, ascii_count
+    cdef unsigned int c, prev = 0, prefix
+    cdef int k
+    cdef bint has_prefix
+
+    # Per character: camel humps, letter/digit edges, non-ASCII weights.
+    for i in range(n):
+        c = PyUnicode_READ(kind, data, i)
+        if c < 128:
+            if 65 <= c <= 90:
+                if 97 <= prev <= 122:
+                    units += P_HUMP
+                elif 48 <= prev <= 57:
+                    units += P_ALNUM_EDGE
+            elif 97 <= c <= 122:
+                if 48 <= prev <= 57:
+                    units += P_ALNUM_EDGE
+            elif 48 <= c <= 57:
+                if _ascii_letter(prev):
+                    units += P_ALNUM_EDGE
+        else:
+            units += _non_ascii_weight(c)
+        prev = c
+
+    # Per piece of cl100k's pre-tokenizer (the regex _PIECE in tokens_py).
+    i = 0
+    while i < n:
+        c = PyUnicode_READ(kind, data, i)
+        k = _cls(c)
+        has_prefix = (
+            (k == SPACE or k == PUNCT)
+            and i + 1 < n
+            and _cls(PyUnicode_READ(kind, data, i + 1)) == LETTER
+        )
+        if k == LETTER or has_prefix:
+            prefix = c
+            j = i + 1 if has_prefix else i
+            ascii_count = 0
+            while j < n:
+                c = PyUnicode_READ(kind, data, j)
+                if c < 128:
+                    if ASCII_CLASS[c] != LETTER:
+                        break
+                    ascii_count += 1
+                elif _cls(c) != LETTER:
+                    break
+                j += 1
+            if ascii_count:
+                if has_prefix and prefix == 32:
+                    units += _price(WORD_SP, WORD_SP_LAST, ascii_count)
+                else:
+                    units += _price(WORD_NS, WORD_NS_LAST, ascii_count)
+            elif has_prefix and prefix != 32 and prefix < 128:
+                units += P_PREFIX_NO_WORD
+            i = j
+        elif k == DIGIT:
+            j = i + 1
+            while j < n and j < i + 3 and _cls(PyUnicode_READ(kind, data, j)) == DIGIT:
+                j += 1
+            units += P_DIGITS
+            i = j
+        elif k == PUNCT or (
+            c == 32 and i + 1 < n and _cls(PyUnicode_READ(kind, data, i + 1)) == PUNCT
+        ):
+            j = i + 1 if c == 32 else i
+            ascii_count = 0
+            while j < n:
+                c = PyUnicode_READ(kind, data, j)
+                if _cls(c) != PUNCT:
+                    break
+                if c < 128:
+                    ascii_count += 1
+                j += 1
+            while j < n:
+                c = PyUnicode_READ(kind, data, j)
+                if c != 10 and c != 13:
+                    break
+                j += 1
+            units += _price(PUNCT_PRICE, PUNCT_LAST, ascii_count)
+            i = j
+        else:
+            # Whitespace: to the end of the text; else through its last newline; else
+            # all but the last space, which prefixes the next piece; else one space.
+            j = i
+            last_nl = -1
+            while j < n:
+                k = _cls(PyUnicode_READ(kind, data, j))
+                if k == NEWLINE:
+                    last_nl = j
+                elif k != SPACE:
+                    break
+                j += 1
+            if j == n:
+                end = n
+            elif last_nl >= 0:
+                end = last_nl + 1
+            elif j - i >= 2:
+                end = j - 1
+            else:
+                end = i + 1
+            units += P_SPACE + P_SPACE_PER_CHAR * (end - i - 1)
+            i = end
+    return units
+
+
+cdef Py_ssize_t _count_text(str text):
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
+    cdef int kind = PyUnicode_KIND(text)
+    cdef void* data = PyUnicode_DATA(text)
+    cdef long long units
+    with nogil:
+        units = _units(kind, data, n)
+    return <Py_ssize_t>((units + 999) // 1000)
+
+
+def count_text(text):
+    """Estimated ``cl100k_base`` token count of ``text`` (rounded up, biased high)."""
+    if not isinstance(text, str):
+        raise TypeError(f"count_text() expects str, not {type(text).__name__}")
+    return _count_text(text)
+
+
+# -- images ----------------------------------------------------------------------------
+
+DEFAULT_IMAGE_WIDTH = _py.DEFAULT_IMAGE_WIDTH
+DEFAULT_IMAGE_HEIGHT = _py.DEFAULT_IMAGE_HEIGHT
+cdef Py_ssize_t IMAGE_BASE = _py._IMAGE_BASE
+cdef Py_ssize_t IMAGE_TILE = _py._IMAGE_TILE
+
+
+def image_tokens(width, height, detail="auto"):
+    """OpenAI's tile formula for an image part of ``width`` x ``height`` pixels.
+
+    ``low`` detail is a flat 85; otherwise the image is scaled to fit within 2048x2048,
+    then so its shortest side is 768, and costs 85 + 170 per 512-pixel tile.
+    """
+    if detail == "low":
+        return IMAGE_BASE
+    w, h = max(int(width), 1), max(int(height), 1)
+    if w > 2048 or h > 2048:
+        if w >= h:
+            w, h = 2048, max(h * 2048 // w, 1)
+        else:
+            w, h = max(w * 2048 // h, 1), 2048
+    if w >= h:
+        w, h = max(w * 768 // h, 1), 768
+    else:
+        w, h = 768, max(h * 768 // w, 1)
+    return IMAGE_BASE + IMAGE_TILE * (-(-w // 512)) * (-(-h // 512))
+
+
+# -- chat ------------------------------------------------------------------------------
+
+cdef Py_ssize_t PER_MESSAGE = _py._PER_MESSAGE
+cdef Py_ssize_t PER_NAME = _py._PER_NAME
+cdef Py_ssize_t REPLY_PRIMING = _py._REPLY_PRIMING
+cdef Py_ssize_t PER_TOOL_CALL = _py._PER_TOOL_CALL
+cdef Py_ssize_t TOOLS_BLOCK = _py._TOOLS_BLOCK
+cdef Py_ssize_t PER_TOOL = _py._PER_TOOL
+cdef int MAX_DEPTH = _py._MAX_DEPTH
+cdef Py_ssize_t AUDIO_B64_PER_TOKEN = _py._AUDIO_B64_PER_TOKEN
+cdef Py_ssize_t FILE_B64_PER_TOKEN = _py._FILE_B64_PER_TOKEN
+cdef Py_ssize_t DEFAULT_IMAGE = _py._DEFAULT_IMAGE
+cdef object _dumps = _json.dumps
+
+
+cdef Py_ssize_t _strings(object value, int depth=0) except -1:
+    cdef Py_ssize_t total = 0
+    if isinstance(value, str):
+        return _count_text(value)
+    if depth >= MAX_DEPTH:
+        return 0
+    if isinstance(value, dict):
+        for key, item in (<dict>value).items():
+            if key != "type":
+                total += _strings(item, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            total += _strings(item, depth + 1)
+    return total
+
+
+cdef Py_ssize_t _json_tokens(object value) except -1:
+    if isinstance(value, str):
+        return _count_text(value)
+    try:
+        text = _dumps(value, ensure_ascii=False, default=str, skipkeys=True)
+    except (TypeError, ValueError, RecursionError):
+        return _strings(value)
+    return _count_text(text)
+
+
+cdef Py_ssize_t _b64_tokens(object value, Py_ssize_t per_token) except -1:
+    if isinstance(value, str):
+        return (len(<str>value) + per_token - 1) // per_token
+    return 0
+
+
+cdef Py_ssize_t _image_part(object image) except -1:
+    if isinstance(image, dict) and (<dict>image).get("detail") == "low":
+        return IMAGE_BASE
+    return DEFAULT_IMAGE
+
+
+cdef Py_ssize_t _part(object part) except -1:
+    if not isinstance(part, dict):
+        return _strings(part)
+    kind = (<dict>part).get("type")
+    if kind == "image_url":
+        return _image_part((<dict>part).get("image_url"))
+    if kind == "input_audio":
+        audio = (<dict>part).get("input_audio")
+        if isinstance(audio, dict):
+            rest = {k: v for k, v in (<dict>audio).items() if k != "data"}
+            return _strings(rest) + _b64_tokens((<dict>audio).get("data"), AUDIO_B64_PER_TOKEN)
+        return _strings(audio)
+    if kind == "file":
+        file = (<dict>part).get("file")
+        if isinstance(file, dict):
+            rest = {k: v for k, v in (<dict>file).items() if k != "file_data"}
+            return _strings(rest) + _b64_tokens((<dict>file).get("file_data"), FILE_B64_PER_TOKEN)
+        return _strings(file)
+    return _strings(part)
+
+
+cdef Py_ssize_t _content(object content) except -1:
+    cdef Py_ssize_t total = 0
+    if isinstance(content, str):
+        return _count_text(content)
+    if isinstance(content, (list, tuple)):
+        for part in content:
+            total += _part(part)
+        return total
+    if isinstance(content, dict):
+        return _part(content)
+    return 0
+
+
+cdef Py_ssize_t _function_call(object call) except -1:
+    cdef Py_ssize_t total = PER_TOOL_CALL
+    if not isinstance(call, dict):
+        return _strings(call)
+    name = (<dict>call).get("name")
+    if isinstance(name, str):
+        total += _count_text(name)
+    if "arguments" in call:
+        total += _json_tokens((<dict>call)["arguments"])
+    return total
+
+
+cdef Py_ssize_t _tool_calls(object calls) except -1:
+    cdef Py_ssize_t total = 0
+    if not isinstance(calls, (list, tuple)):
+        return _strings(calls)
+    for call in calls:
+        if isinstance(call, dict) and "function" in call:
+            total += _function_call((<dict>call)["function"])
+        else:
+            total += _function_call(call)
+    return total
+
+
+cdef Py_ssize_t _message(object message) except -1:
+    cdef Py_ssize_t total = PER_MESSAGE
+    if not isinstance(message, dict):
+        return total + _strings(message)
+    for key, value in (<dict>message).items():
+        if key == "content":
+            total += _content(value)
+        elif key == "tool_calls":
+            total += _tool_calls(value)
+        elif key == "function_call":
+            total += _function_call(value)
+        elif isinstance(value, str):
+            total += _count_text(value)
+            if key == "name":
+                total += PER_NAME
+    return total
+
+
+cdef Py_ssize_t _tool(object tool) except -1:
+    cdef Py_ssize_t total = PER_TOOL
+    if not isinstance(tool, dict):
+        return total + _strings(tool)
+    function = (<dict>tool).get("function")
+    if not isinstance(function, dict):
+        return total + _strings(tool)
+    for key, value in (<dict>function).items():
+        if key == "parameters":
+            total += _json_tokens(value)
+        elif isinstance(value, str):
+            total += _count_text(value)
+    return total
+
+
+def count_chat(messages, tools=None):
+    """Estimated prompt tokens of a chat-completions ``messages`` list and its ``tools``."""
+    cdef Py_ssize_t total = REPLY_PRIMING
+    if isinstance(messages, (list, tuple)):
+        for message in messages:
+            total += _message(message)
+    if isinstance(tools, (list, tuple)) and tools:
+        total += TOOLS_BLOCK
+        for tool in tools:
+            total += _tool(tool)
+    return total

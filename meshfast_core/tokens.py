@@ -1,0 +1,45 @@
+"""Prompt-token estimator: the compiled ``_tokens`` unless ``MESHFAST_NO_EXTENSIONS`` is set.
+
+``count_text`` estimates the ``cl100k_base`` token count of a string and ``count_chat``
+the prompt tokens of a chat-completions request (``messages`` and ``tools``); see
+``tokens_py`` for the method. ``count_text_py``/``count_chat_py`` are the pure-Python
+twin, ``count_text_c``/``count_chat_c`` the compiled functions (``None`` when they are not
+available), ``COMPILED`` whether ``count_text``/``count_chat`` are the compiled ones.
+"""
+
+from collections.abc import Callable
+
+from ._ext import NO_EXTENSIONS
+from .tokens_py import DEFAULT_IMAGE_HEIGHT, DEFAULT_IMAGE_WIDTH, image_tokens
+from .tokens_py import count_chat as count_chat_py
+from .tokens_py import count_text as count_text_py
+
+__all__ = (
+    "COMPILED",
+    "DEFAULT_IMAGE_HEIGHT",
+    "DEFAULT_IMAGE_WIDTH",
+    "count_chat",
+    "count_chat_c",
+    "count_chat_py",
+    "count_text",
+    "count_text_c",
+    "count_text_py",
+    "image_tokens",
+)
+
+count_text: Callable[[str], int] = count_text_py
+count_chat: Callable[..., int] = count_chat_py
+count_text_c: Callable[[str], int] | None = None
+count_chat_c: Callable[..., int] | None = None
+COMPILED = False
+
+if not NO_EXTENSIONS:
+    try:
+        from ._tokens import count_chat as count_chat_c
+        from ._tokens import count_text as count_text_c
+    except ImportError:  # pragma: no cover - extension not built
+        pass
+    else:
+        count_text = count_text_c
+        count_chat = count_chat_c
+        COMPILED = True
