@@ -148,6 +148,7 @@ class AdminAPI:
             (("accounts", "*"), {"GET": self.get_account}),
             (("accounts", "*", "projects"), {"GET": self.list_projects, "POST": self.create_project}),
             (("accounts", "*", "topups"), {"POST": self.create_topup}),
+            (("projects", "*"), {"GET": self.get_project, "PATCH": self.update_project}),
             (("keys",), {"GET": self.list_keys, "POST": self.create_key}),
             (("keys", "*"), {"GET": self.get_key, "PATCH": self.update_key}),
             (("keys", "*", "revoke"), {"POST": self.revoke_key}),
@@ -295,6 +296,15 @@ class AdminAPI:
         except errors.NotFound:
             pass
         return out
+
+    async def get_project(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
+        return 200, self.store.project(args[0]).public()
+
+    async def update_project(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
+        """Limits shared by all the project's keys: rpm, tpm, monthly_usd, daily_usd, concurrency."""
+        _only(body, LIMIT_FIELDS)
+        project = self.store.project(args[0])
+        return 200, self.store.update_project(project.id, _limits(body, project.limits)).public()
 
     async def get_key(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         return 200, self._key_out(self.store.key(args[0]))

@@ -17,15 +17,50 @@ from meshfast.config import BillingConfig
 from meshfast.money import margin_of, nano_to_usd, token_cost
 from meshfast.providers.base import Endpoint
 from meshfast.store.base import Account, Receipt
+from meshfast_core.tokens import count_chat, count_text
 
-# A prompt estimate that errs high: JSON bytes / 3 (English runs ~4 bytes a token).
-PROMPT_BYTES_PER_TOKEN = 3
-PROMPT_OVERHEAD_TOKENS = 8
+# Completion tokens of a stream without upstream usage, from the characters delivered.
 CONTENT_CHARS_PER_TOKEN = 4
 
 
-def estimate_prompt_tokens(body: bytes) -> int:
-    return len(body) // PROMPT_BYTES_PER_TOKEN + PROMPT_OVERHEAD_TOKENS
+def estimate_prompt_tokens(req: dict[str, Any]) -> int:
+    """Prompt tokens of a chat request by the compiled estimator (meshfast_core.tokens)."""
+    return count_chat(req.get("messages") or [], req.get("tools"))
+
+
+def estimate_input_tokens(req: dict[str, Any]) -> int:
+    """Input tokens of an embeddings request (token-id inputs count exactly)."""
+    inp = req.get("input")
+    if isinstance(inp, str):
+        return count_text(inp)
+    total = 0
+    for item in inp or ():
+        if isinstance(item, str):
+            total += count_text(item)
+        elif isinstance(item, list):
+            total += len(item)
+        else:
+            total += 1
+    return total
+
+
+def estimate_completion_tokens(body: bytes) -> int:
+    """Completion tokens of a JSON answer that reported no usage: its message texts."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return -(-len(body) // CONTENT_CHARS_PER_TOKEN)
+    total = 0
+    for choice in obj.get("choices") or () if isinstance(obj, dict) else ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict):
+            if isinstance(message.get("content"), str):
+                total += count_text(message["content"])
+            for call in message.get("tool_calls") or ():
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                    total += count_text(fn["arguments"])
+    return total
 
 
 def output_cap(endpoint: Endpoint, req: dict[str, Any]) -> int:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from decimal import Decimal
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,9 @@ class ModelConfig:
     kind: str = "chat"  # chat | embedding
     context_window: int = 128_000
     max_output_tokens: int = 16_384
+    # the keys the operator gave in [[providers.models]] (the router lets only these
+    # override the catalogue's entry for the same model id; defaults do not)
+    given: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,18 @@ class BillingConfig:
     fee_nano: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """``[router]``: failover bound and circuit-breaker rules (docs/router.md)."""
+
+    max_attempts: int = 3  # candidates tried per call (primary + failovers)
+    breaker_failures: int = 5  # consecutive counted failures that open the circuit
+    breaker_error_rate_pct: int = 50  # ... or this error rate over the window
+    breaker_min_calls: int = 20  # ... with at least this many calls in the window
+    breaker_window_s: float = 60.0
+    breaker_cooldown_s: float = 30.0  # open -> half-open after this long
+
+
 DEFAULT_STORE_PATH = "meshfast-data/meshfast.db"
 
 
@@ -71,6 +86,7 @@ class StoreConfig:
     kind: str = "embedded"
     path: str = DEFAULT_STORE_PATH  # relative paths are relative to the working directory
     synchronous: str = "FULL"  # SQLite: FULL survives power loss, NORMAL only process crashes
+    window_seconds: float = 60.0  # [limits] window_seconds: the RPM / TPM window (60: per minute)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +103,9 @@ class Config:
     billing: BillingConfig = field(default_factory=BillingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     admin_token: str | None = None  # MESHFAST_ADMIN_TOKEN only; the admin API is off without it
+    router: RouterConfig = field(default_factory=RouterConfig)
+    # [[catalogue.models]] tables, as written (validated by load() through load_catalogue)
+    catalogue_overrides: tuple[dict[str, Any], ...] = ()
 
 
 # (config key in [server], env var, type)
@@ -186,6 +205,7 @@ def _model(source: str, table: Any, prefix: str) -> ModelConfig:
         kind=kind,
         context_window=_positive(r, "context_window", int, 128_000),
         max_output_tokens=_positive(r, "max_output_tokens", int, 16_384),
+        given=frozenset(table),
     )
     r.done()
     return m
@@ -211,8 +231,7 @@ def _provider(source: str, table: Any, index: int) -> ProviderConfig:
         raise r.fail("privacy", f"must be one of {', '.join(PRIVACY_CLASSES)}, got {privacy!r}")
     models_raw = r.get("models", list, [])
     models = tuple(_model(source, m, f"{prefix}models[{i}].") for i, m in enumerate(models_raw))
-    if kind == "openai" and not models:
-        raise r.fail("models", "declare at least one [[providers.models]] entry")
+    # an openai provider without models must be named after a catalogue provider: load() checks
     ca_bundle = r.get("ca_bundle", str, None)
     if ca_bundle is not None and not Path(ca_bundle).is_file():
         raise r.fail("ca_bundle", f"file not found: {ca_bundle}")
@@ -288,6 +307,53 @@ def _store(source: str, table: Any) -> StoreConfig:
     return StoreConfig(kind, path, sync)
 
 
+def _router(source: str, table: Any) -> RouterConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(source, "router", "must be a table")
+    r = _Reader(source, table, "router.")
+    d = RouterConfig()
+    rc = RouterConfig(
+        max_attempts=_positive(r, "max_attempts", int, d.max_attempts),
+        breaker_failures=_positive(r, "breaker_failures", int, d.breaker_failures),
+        breaker_error_rate_pct=_positive(r, "breaker_error_rate_pct", int, d.breaker_error_rate_pct),
+        breaker_min_calls=_positive(r, "breaker_min_calls", int, d.breaker_min_calls),
+        breaker_window_s=_positive(r, "breaker_window_s", float, d.breaker_window_s),
+        breaker_cooldown_s=_positive(r, "breaker_cooldown_s", float, d.breaker_cooldown_s),
+    )
+    if rc.breaker_error_rate_pct > 100:
+        raise r.fail("breaker_error_rate_pct", f"must be 1..100, got {rc.breaker_error_rate_pct}")
+    if rc.breaker_window_s > 300:
+        raise r.fail("breaker_window_s", f"must be at most 300, got {rc.breaker_window_s}")
+    r.done()
+    return rc
+
+
+def _catalogue(source: str, table: Any, providers: tuple[ProviderConfig, ...]) -> tuple[dict[str, Any], ...]:
+    """``[catalogue]`` with its ``[[catalogue.models]]``: validated against the shipped
+    catalogue now, so a bad override fails ``check-config`` rather than a worker."""
+    if not isinstance(table, dict):
+        raise ConfigError(source, "catalogue", "must be a table")
+    r = _Reader(source, table, "catalogue.")
+    overrides = r.get("models", list, [])
+    r.done()
+    bare = [i for i, p in enumerate(providers) if p.kind == "openai" and not p.models]
+    if not overrides and not bare:
+        return ()
+    from meshfast.catalogue import load_catalogue  # the catalogue module imports this one
+
+    cat = load_catalogue(overrides=list(overrides), source_name=source)
+    known = {ep.provider for m in cat.values() for ep in m.endpoints}
+    for i in bare:
+        if providers[i].name not in known:
+            raise ConfigError(
+                source,
+                f"providers[{i}].models",
+                "declare at least one [[providers.models]] entry (or name the provider after "
+                "a catalogue provider such as 'openai' or 'together' to serve its catalogue models)",
+            )
+    return tuple(overrides)
+
+
 def _env_value(var: str, typ: type) -> Any:
     raw = os.environ[var]
     try:
@@ -333,10 +399,18 @@ def load(
     providers = tuple(_provider(source, p, i) for i, p in enumerate(providers_raw))
     billing = _billing(source, top.get("billing", dict, {}))
     store = _store(source, top.get("store", dict, {}))
+    limits = _Reader(source, top.get("limits", dict, {}), "limits.")
+    window = limits.get("window_seconds", float, 60.0)
+    if not 0 < window <= 86400:
+        raise limits.fail("window_seconds", f"must be in (0, 86400], got {window!r}")
+    limits.done()
+    store = StoreConfig(store.kind, store.path, store.synchronous, window)
+    router = _router(source, top.get("router", dict, {}))
     names = [p.name for p in providers]
     for i, name in enumerate(names):
         if name in names[:i] or (name == "sim" and sim.enabled):
             raise ConfigError(source, f"providers[{i}].name", f"duplicate provider name {name!r}")
+    catalogue_overrides = _catalogue(source, top.get("catalogue", dict, {}), providers)
     top.done()
     return Config(
         source=source,
@@ -344,6 +418,8 @@ def load(
         providers=providers,
         billing=billing,
         store=store,
+        router=router,
+        catalogue_overrides=catalogue_overrides,
         admin_token=os.environ.get("MESHFAST_ADMIN_TOKEN") or None,
         **values,
     )

@@ -191,3 +191,47 @@ class StoreUnavailable(MeshError):
     status = 503
     type = "server_error"
     code = "store_unavailable"
+
+
+class RateLimited(MeshError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class TokensLimited(RateLimited):
+    type = "tokens"
+    code = "tokens_per_minute_exceeded"
+
+
+class ConcurrencyLimited(RateLimited):
+    code = "concurrency_limit_exceeded"
+
+
+class MonthlyBudgetExceeded(RateLimited):
+    type = "budget"
+    code = "monthly_budget_exceeded"
+
+
+class DailyBudgetExceeded(RateLimited):
+    type = "budget"
+    code = "daily_budget_exceeded"
+
+
+class PrivacyUnavailable(MeshError):
+    """No endpoint that could serve the request meets the privacy class it asked for.
+
+    Never answered by a lower class: the router refuses instead of downgrading.
+    """
+
+    status = 403
+    type = "invalid_request_error"
+    code = "privacy_class_unavailable"
+
+
+class NoHealthyEndpoint(MeshError):
+    """Every endpoint that could serve the request has its circuit breaker open."""
+
+    status = 503
+    type = "upstream_error"
+    code = "no_healthy_endpoint"

@@ -20,6 +20,8 @@ from meshfast.asgi import header
 from meshfast.billing import (
     CONTENT_CHARS_PER_TOKEN,
     Billing,
+    estimate_completion_tokens,
+    estimate_input_tokens,
     estimate_prompt_tokens,
     extract_usage,
     output_cap,
@@ -62,6 +64,9 @@ class Call:
         "started",
         "first_byte",
         "receipt_id",
+        "rate_headers",
+        "revoked",
+        "task",
     )
 
     def __init__(self, kind: str, requested_model: str, stream: bool) -> None:
@@ -77,6 +82,9 @@ class Call:
         self.started = time.monotonic()
         self.first_byte = 0.0
         self.receipt_id = ""
+        self.rate_headers: list[tuple[bytes, bytes]] = []
+        self.revoked = False  # the key was revoked while this stream ran
+        self.task: asyncio.Task | None = None
 
 
 def decode_json(body: bytes) -> dict[str, Any]:
@@ -218,6 +226,15 @@ class Pipeline:
         self.router = router
         self.store = store
         self.billing = Billing(billing)
+        self.streams: dict[str, set[Call]] = {}  # key id -> its streams in flight
+        store.add_revoke_listener(self.end_streams_of)
+
+    def end_streams_of(self, key_id: str) -> None:
+        """A key was revoked: its streams in flight end now with an error event."""
+        for call in self.streams.get(key_id, ()):
+            call.revoked = True
+            if call.task is not None:
+                call.task.cancel()
 
     # -- stages ---------------------------------------------------------------
     def authenticate(self, scope: dict[str, Any]) -> KeyRecord:
@@ -234,17 +251,16 @@ class Pipeline:
             raise errors.AuthenticationFailed("Incorrect API key provided.")
         return self.store.authenticate(secret)
 
-    def check_limits(self, call: Call, req: dict[str, Any]) -> None:
-        """RPM / TPM / budget checks: pass-through until the limits land."""
-
     def route(self, call: Call) -> Endpoint:
         call.endpoint = self.router.resolve(call.requested_model)
         return call.endpoint
 
     def place_hold(self, call: Call, max_output: int) -> None:
-        """Reserve the worst case on the balance (402 when it is not covered)."""
+        """Admit under the key's and project's limits (429) and reserve the worst case on the
+        balance (402), in one store call; tokens per minute reserve prompt + max output."""
         amount = self.billing.hold_amount(call.account, call.endpoint, call.prompt_estimate, max_output)
-        call.hold = self.store.place_hold(call.key, amount)
+        call.hold = self.store.place_hold(call.key, amount, call.prompt_estimate + max_output)
+        call.rate_headers = self.store.rate_headers(call.hold)
 
     def settle(self, call: Call, usage: dict[str, Any] | None, completion_estimate: int, status: str) -> Receipt:
         """Actual cost -> receipt; debit the balance and release the hold in one store call."""
@@ -274,15 +290,14 @@ class Pipeline:
             self.store.release(call.hold)
             call.hold = None
 
-    def begin(self, kind: str, model: str, stream: bool, scope: dict[str, Any], body: bytes, max_output: int | None, req: dict[str, Any]) -> Call:
+    def begin(self, kind: str, model: str, stream: bool, scope: dict[str, Any], max_output: int | None, req: dict[str, Any]) -> Call:
         """auth -> route -> limits -> hold: everything before the upstream call."""
         key = self.authenticate(scope)
         call = Call(kind, model, stream)
         call.key = key
         call.account = self.store.account(key.account_id)
         endpoint = self.route(call)
-        self.check_limits(call, req)
-        call.prompt_estimate = estimate_prompt_tokens(body)
+        call.prompt_estimate = estimate_prompt_tokens(req) if kind == "chat" else estimate_input_tokens(req)
         self.place_hold(call, output_cap(endpoint, req) if max_output is None else max_output)
         return call
 
@@ -290,7 +305,7 @@ class Pipeline:
     async def chat(self, scope: dict[str, Any], body: bytes, send: Send, receive: Any) -> None:
         req = decode_json(body)
         model, stream = validate_chat(req)
-        call = self.begin("chat", model, stream, scope, body, None, req)
+        call = self.begin("chat", model, stream, scope, None, req)
         try:
             if call.endpoint.model.kind != "chat":
                 raise errors.UnsupportedOperation(
@@ -309,7 +324,7 @@ class Pipeline:
     async def embeddings(self, scope: dict[str, Any], body: bytes, send: Send, receive: Any) -> None:
         req = decode_json(body)
         model = validate_embeddings(req)
-        call = self.begin("embeddings", model, False, scope, body, 0, req)
+        call = self.begin("embeddings", model, False, scope, 0, req)
         try:
             if call.endpoint.model.kind != "embedding":
                 raise errors.UnsupportedOperation(
@@ -346,28 +361,42 @@ class Pipeline:
         finally:
             reply.close()
         call.first_byte = time.monotonic()
-        receipt = self.settle(call, extract_usage(data), len(data) // CONTENT_CHARS_PER_TOKEN, "ok")
-        headers = [*call.endpoint.headers, *receipt_headers(receipt)]
+        usage = extract_usage(data)
+        receipt = self.settle(call, usage, 0 if usage is not None else estimate_completion_tokens(data), "ok")
+        headers = [*call.endpoint.headers, *receipt_headers(receipt), *call.rate_headers]
         headers.append((b"content-type", reply.header(b"content-type") or b"application/json"))
         headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def call_stream(self, call: Call, req: dict[str, Any], scope: dict[str, Any], send: Send) -> None:
-        reply = await call.endpoint.provider.chat(call.endpoint, req, True, scope["headers"])
+        call.task = asyncio.current_task()
+        streams = self.streams.setdefault(call.key.id, set())
+        streams.add(call)
         try:
-            if reply.status >= 400:
-                raise await _upstream_error(reply)
-            await self.relay_stream(call, reply, send)
+            reply = await call.endpoint.provider.chat(call.endpoint, req, True, scope["headers"])
+            try:
+                if reply.status >= 400:
+                    raise await _upstream_error(reply)
+                await self.relay_stream(call, reply, send)
+            finally:
+                reply.close()
+        except asyncio.CancelledError:
+            if not call.revoked:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            raise errors.KeyRevoked("This API key has been revoked.") from None
         finally:
-            reply.close()
+            streams.discard(call)
+            if not streams:
+                self.streams.pop(call.key.id, None)
 
     async def relay_stream(self, call: Call, reply: Reply, send: Send) -> None:
         """Forward upstream SSE bytes as they come; end with usage (if asked) and [DONE],
         or with an error event when the upstream broke off: never a silent clean end.
         Settles in every case, a client that went away included (status ``cancelled``)."""
         call.receipt_id = new_id("rcpt_")
-        headers = [*call.endpoint.headers, (b"x-mesh-receipt-id", call.receipt_id.encode()), *SSE_HEADERS]
+        headers = [*call.endpoint.headers, (b"x-mesh-receipt-id", call.receipt_id.encode()), *call.rate_headers, *SSE_HEADERS]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         scanner = SSEScanner()
         tail = b""
@@ -394,12 +423,16 @@ class Pipeline:
             tail = exc.sse_event()
         except asyncio.CancelledError:
             self.settle_stream(call, scanner, "cancelled")
-            raise
+            if not call.revoked:
+                raise  # the client went away: nobody to tell
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            status = "cancelled"
+            tail = errors.KeyRevoked("This API key was revoked; the stream was ended.").sse_event()
         except Exception:
             status = "error"
             log.exception("stream relay failed")
             tail = errors.InternalError("The gateway failed while relaying the stream.").sse_event()
-        receipt = self.settle_stream(call, scanner, status)
+        receipt = self.settle_stream(call, scanner, status) if call.hold is not None else None
         if status == "ok":
             if call.include_usage and scanner.usage_chunk is not None and receipt is not None:
                 tail = b"data: " + usage_with_costs(scanner.usage_chunk, receipt) + b"\n\n"

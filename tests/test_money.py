@@ -231,7 +231,7 @@ def test_concurrency_cannot_overspend(bank):
     body = {"model": "sim-1", "messages": MSG, "max_tokens": 2000}
     raw = orjson.dumps(body)
     # the hold for this exact request, by the documented formula (sim-1 $0.50 / $1.50, 5 % margin)
-    upstream = token_cost(estimate_prompt_tokens(raw), 500_000_000) + token_cost(2000, 1_500_000_000)
+    upstream = token_cost(estimate_prompt_tokens(body), 500_000_000) + token_cost(2000, 1_500_000_000)
     hold = upstream + margin_of(upstream, 50_000, 0)
     key = provision_running(bank, "ten-calls", nano_to_usd(hold * 10 + hold // 2))
     barrier = threading.Barrier(200, timeout=30)

@@ -14,4 +14,4 @@ def open_store(cfg: StoreConfig, *, lock: bool = True) -> Store:
     """Open the configured store (only ``embedded`` exists so far)."""
     from meshfast.store.embedded import EmbeddedStore
 
-    return EmbeddedStore(cfg.path, lock=lock, synchronous=cfg.synchronous)
+    return EmbeddedStore(cfg.path, lock=lock, synchronous=cfg.synchronous, window_seconds=cfg.window_seconds)

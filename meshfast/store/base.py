@@ -80,17 +80,6 @@ class Account:
 
 
 @dataclass(slots=True)
-class Project:
-    id: str
-    account_id: str
-    name: str
-    created: float = 0.0
-
-    def public(self) -> dict[str, Any]:
-        return {"id": self.id, "object": "project", "account_id": self.account_id, "name": self.name, "created": int(self.created)}
-
-
-@dataclass(slots=True)
 class Limits:
     rpm: int | None = None
     tpm: int | None = None
@@ -105,6 +94,25 @@ class Limits:
             "monthly_usd": None if self.monthly_usd_nano is None else nano_to_usd(self.monthly_usd_nano),
             "daily_usd": None if self.daily_usd_nano is None else nano_to_usd(self.daily_usd_nano),
             "concurrency": self.concurrency,
+        }
+
+
+@dataclass(slots=True)
+class Project:
+    id: str
+    account_id: str
+    name: str
+    created: float = 0.0
+    limits: Limits = field(default_factory=Limits)  # apply to all the project's keys together
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "project",
+            "account_id": self.account_id,
+            "name": self.name,
+            "created": int(self.created),
+            "limits": self.limits.public(),
         }
 
 
@@ -144,6 +152,7 @@ class Hold:
     key_id: str
     amount_nano: int
     created: float
+    admission: Any = None  # meshfast.limits.Admission: the limits this call took
 
 
 @dataclass(slots=True)
@@ -213,7 +222,18 @@ class Store:
     def authenticate(self, secret: str) -> KeyRecord:
         raise NotImplementedError
 
-    def place_hold(self, key: KeyRecord, amount_nano: int) -> Hold:
+    def place_hold(self, key: KeyRecord, amount_nano: int, tokens: int = 0) -> Hold:
+        """Admit the call under the key's and project's limits (429 otherwise) and hold
+        ``amount_nano`` on the balance (402 otherwise), atomically; ``tokens`` is the TPM
+        reservation (prompt estimate plus max output)."""
+        raise NotImplementedError
+
+    def rate_headers(self, hold: Hold) -> list[tuple[bytes, bytes]]:
+        """The x-ratelimit-* (and monthly budget) headers for an admitted call."""
+        return []
+
+    def add_revoke_listener(self, listener: Any) -> None:
+        """``listener(key_id)`` runs after a key is revoked (to end its streams)."""
         raise NotImplementedError
 
     def settle(self, hold: Hold, receipt: Receipt) -> None:
@@ -254,6 +274,9 @@ class Store:
         raise NotImplementedError
 
     def update_key(self, key_id: str, limits: Limits | None = None, expires_at: float | None = None) -> KeyRecord:
+        raise NotImplementedError
+
+    def update_project(self, project_id: str, limits: Limits) -> Project:
         raise NotImplementedError
 
     def topup(self, account_ref: str, amount_nano: int, chain: str, tx_id: str) -> tuple[Topup, bool]:

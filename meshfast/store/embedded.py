@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from meshfast import errors
+from meshfast.limits import LimitState, admit, finish, rate_headers
 from meshfast.money import nano_to_usd
 from meshfast.store.base import (
     BASE62,
@@ -57,7 +58,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     margin_ppm INTEGER, fee_nano INTEGER, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS projects (
     id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(id), name TEXT NOT NULL,
-    created REAL NOT NULL, UNIQUE (account_id, name));
+    created REAL NOT NULL, limits TEXT NOT NULL DEFAULT '[null,null,null,null,null]',
+    UNIQUE (account_id, name));
 CREATE TABLE IF NOT EXISTS keys (
     id TEXT PRIMARY KEY, project_id TEXT NOT NULL, account_id TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
     prefix TEXT NOT NULL, name TEXT NOT NULL, created REAL NOT NULL, revoked_at REAL, expires_at REAL,
@@ -204,8 +206,11 @@ class _Writer(threading.Thread):
 
 
 class EmbeddedStore(Store):
-    def __init__(self, path: str, *, lock: bool = True, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, lock: bool = True, synchronous: str = "FULL", window_seconds: float = 60.0) -> None:
         self.path = os.path.abspath(path)
+        self.window_seconds = window_seconds
+        self._states: dict[str, LimitState] = {}  # key id / project id -> live limit state
+        self._revoke_listeners: list[Any] = []
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self._lockfh = None
         if lock:
@@ -241,27 +246,32 @@ class EmbeddedStore(Store):
             a = Account(row[0], row[1], row[2], 0, row[3], row[4], row[5])
             self._accounts[a.id] = a
             self._account_names[a.name] = a
-        for row in conn.execute("SELECT id, account_id, name, created FROM projects"):
-            self._projects[row[0]] = Project(*row)
+        for row in conn.execute("SELECT id, account_id, name, created, limits FROM projects"):
+            self._projects[row[0]] = Project(*row[:4], limits=_limits_from(row[4]))
         for row in conn.execute("SELECT id, project_id, account_id, hash, prefix, name, created, revoked_at, expires_at, limits FROM keys"):
             k = KeyRecord(*row[:9], limits=_limits_from(row[9]))
             self._keys[k.id] = k
             self._key_hashes[k.hash] = k
+        for p in self._projects.values():
+            self._states[p.id] = LimitState(f"project {p.name!r}", p.limits, self.window_seconds)
+        for k in self._keys.values():
+            self._states[k.id] = LimitState(f"key {k.prefix}...", k.limits, self.window_seconds)
         for row in conn.execute("SELECT id, account_id, amount_nano, chain, tx_id, created FROM topups"):
             t = Topup(*row)
             self._topups[(t.chain, t.tx_id)] = t
         now = time.time()
         month, day = month_of(now), day_of(now)
         start_of_month = calendar.timegm(time.strptime(month + "-01", "%Y-%m-%d"))
-        for account_id, created, total in conn.execute(
-            "SELECT account_id, created, total_nano FROM receipts WHERE created >= ?", (start_of_month - 86400,)
+        for account_id, project_id, key_id, created, total in conn.execute(
+            "SELECT account_id, project_id, key_id, created, total_nano FROM receipts WHERE created >= ?",
+            (start_of_month - 86400,),
         ):
-            a = self._accounts.get(account_id)
-            if a is None:
-                continue
+            owners = [self._accounts.get(account_id), self._states.get(project_id), self._states.get(key_id)]
             for bucket in (month_of(created), day_of(created)):
                 if bucket in (month, day):
-                    a.spend[bucket] = a.spend.get(bucket, 0) + total
+                    for owner in owners:
+                        if owner is not None:
+                            owner.spend[bucket] = owner.spend.get(bucket, 0) + total
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._reader_local, "conn", None)
@@ -285,10 +295,12 @@ class EmbeddedStore(Store):
             raise errors.KeyRevoked("This API key has expired.")
         return key
 
-    def place_hold(self, key: KeyRecord, amount_nano: int) -> Hold:
+    def place_hold(self, key: KeyRecord, amount_nano: int, tokens: int = 0) -> Hold:
         if self._writer.failed is not None:
             raise errors.StoreUnavailable("The gateway cannot save receipts right now; no call is taken until it can.")
         account = self._accounts[key.account_id]
+        month, day = spend_buckets(time.time())
+        states = (self._states[key.id], self._states[key.project_id])
         available = account.balance_nano - account.held_nano
         if amount_nano > available:
             raise errors.InsufficientBalance(
@@ -297,27 +309,44 @@ class EmbeddedStore(Store):
                 f"(balance ${nano_to_usd(account.balance_nano)}, held by calls in flight ${nano_to_usd(account.held_nano)}). "
                 "Top up the account to continue."
             )
+        admission = admit(states, time.monotonic(), tokens, amount_nano, month, day)
         account.held_nano += amount_nano
-        hold = Hold(new_id("hold_"), account.id, key.id, amount_nano, time.time())
+        hold = Hold(new_id("hold_"), account.id, key.id, amount_nano, time.time(), admission)
         self._holds[hold.id] = hold
         return hold
+
+    def rate_headers(self, hold: Hold) -> list[tuple[bytes, bytes]]:
+        key_state, project_state = hold.admission.states
+        now = time.monotonic()
+        out = rate_headers(key_state if (key_state.rpm or key_state.tpm) else project_state, now)
+        budget = key_state if key_state.limits.monthly_usd_nano is not None else project_state
+        if budget.limits.monthly_usd_nano is not None:
+            month, _ = spend_buckets(time.time())
+            left = budget.limits.monthly_usd_nano - budget.spend.get(month, 0) - budget.held_nano
+            out.append((b"x-mesh-monthly-remaining-usd", nano_to_usd(max(left, 0)).encode()))
+        return out
 
     def release(self, hold: Hold) -> None:
         if self._holds.pop(hold.id, None) is not None:
             self._accounts[hold.account_id].held_nano -= hold.amount_nano
+            finish(hold.admission, time.monotonic(), hold.amount_nano, None)
 
     def settle(self, hold: Hold, receipt: Receipt) -> None:
         account = self._accounts[hold.account_id]
-        self.release(hold)
+        if self._holds.pop(hold.id, None) is not None:
+            account.held_nano -= hold.amount_nano
+            finish(hold.admission, time.monotonic(), hold.amount_nano, receipt.prompt_tokens + receipt.completion_tokens)
         # The hold is the worst case; should usage exceed it, never take the balance below zero.
         if receipt.total_nano > account.balance_nano - account.held_nano:
             receipt.total_nano = max(account.balance_nano - account.held_nano, 0)
             receipt.margin_nano = receipt.total_nano - receipt.upstream_cost_nano
             receipt.capped = True
         account.balance_nano -= receipt.total_nano
-        spend = account.spend
-        for bucket in spend_buckets(receipt.created):
-            spend[bucket] = spend.get(bucket, 0) + receipt.total_nano
+        buckets = spend_buckets(receipt.created)
+        for owner in (account, *hold.admission.states):
+            spend = owner.spend
+            for bucket in buckets:
+                spend[bucket] = spend.get(bucket, 0) + receipt.total_nano
         self._writer.q.put(("settle", receipt_row(receipt), account.id, receipt.total_nano))
 
     # -- control plane ------------------------------------------------------------
@@ -349,7 +378,18 @@ class EmbeddedStore(Store):
             raise errors.Conflict(f"Account {a.name!r} already has a project named {name!r}.", param="name")
         p = Project(new_id("proj_"), a.id, name, time.time())
         self._projects[p.id] = p
-        self._write("INSERT INTO projects VALUES (?,?,?,?)", (p.id, p.account_id, p.name, p.created))
+        self._write(
+            "INSERT INTO projects (id, account_id, name, created, limits) VALUES (?,?,?,?,?)",
+            (p.id, p.account_id, p.name, p.created, _limits_json(p.limits)),
+        )
+        self._states[p.id] = LimitState(f"project {p.name!r}", p.limits, self.window_seconds)
+        return p
+
+    def update_project(self, project_id: str, limits: Limits) -> Project:
+        p = self.project(project_id)
+        p.limits = limits
+        self._states[p.id].update(limits, self.window_seconds)
+        self._write("UPDATE projects SET limits = ? WHERE id = ?", (_limits_json(limits), p.id))
         return p
 
     def project(self, ref: str, account_ref: str | None = None) -> Project:
@@ -375,6 +415,7 @@ class EmbeddedStore(Store):
         )  # fmt: skip
         self._keys[k.id] = k
         self._key_hashes[k.hash] = k
+        self._states[k.id] = LimitState(f"key {k.prefix}...", k.limits, self.window_seconds)
         self._write(
             "INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?)",
             (k.id, k.project_id, k.account_id, k.hash, k.prefix, k.name, k.created, None, expires_at, _limits_json(k.limits)),
@@ -402,12 +443,18 @@ class EmbeddedStore(Store):
         if k.revoked_at is None:
             k.revoked_at = time.time()
             self._write("UPDATE keys SET revoked_at = ? WHERE id = ?", (k.revoked_at, k.id))
+        for listener in self._revoke_listeners:
+            listener(k.id)
         return k
+
+    def add_revoke_listener(self, listener: Any) -> None:
+        self._revoke_listeners.append(listener)
 
     def update_key(self, key_id: str, limits: Limits | None = None, expires_at: float | None = None) -> KeyRecord:
         k = self.key(key_id)
         if limits is not None:
             k.limits = limits
+            self._states[k.id].update(limits, self.window_seconds)
         if expires_at is not None:
             k.expires_at = expires_at
         self._write("UPDATE keys SET limits = ?, expires_at = ? WHERE id = ?", (_limits_json(k.limits), k.expires_at, k.id))
