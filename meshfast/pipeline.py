@@ -37,6 +37,8 @@ from meshfast_core.exceptions import UpstreamError
 from meshfast_core.sse import SSEScanner
 
 Send = Any
+_KEY_PREFIX = KEY_PREFIX.encode()
+_KEY_MIN_LEN = len(KEY_PREFIX) + 32
 log = logging.getLogger("meshfast")
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = [
@@ -245,9 +247,8 @@ class Pipeline:
             raise errors.AuthenticationFailed(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer mesh_live_...'."
             )
-        scheme, _, secret = raw.decode("latin-1").partition(" ")
-        secret = secret.strip()
-        if scheme.lower() != "bearer" or not secret.startswith(KEY_PREFIX) or len(secret) < len(KEY_PREFIX) + 32:
+        secret = raw[7:].strip()
+        if raw[:7].lower() != b"bearer " or not secret.startswith(_KEY_PREFIX) or len(secret) < _KEY_MIN_LEN:
             raise errors.AuthenticationFailed("Incorrect API key provided.")
         return self.store.authenticate(secret)
 

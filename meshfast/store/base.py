@@ -209,6 +209,8 @@ class Receipt:
         d["total_usd"] = nano_to_usd(d.pop("total_nano"))
         d["object"] = "receipt"
         d["created"] = round(self.created, 3)
+        d["latency_ms"] = round(self.latency_ms, 3)
+        d["ttft_ms"] = None if self.ttft_ms is None else round(self.ttft_ms, 3)
         return d
 
 

@@ -22,6 +22,9 @@ import os
 import queue
 import secrets
 import sqlite3
+import struct
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -79,25 +82,15 @@ CREATE INDEX IF NOT EXISTS receipts_account ON receipts (account_id, created);
 CREATE INDEX IF NOT EXISTS receipts_key ON receipts (key_id, created);
 """
 
-ROWS_PER_INSERT = 64
-
-
-def _receipt_insert(rows: int) -> str:
-    one = "(" + ",".join("?" * len(RECEIPT_FIELDS)) + ")"
-    return f"INSERT INTO receipts ({', '.join(RECEIPT_FIELDS)}) VALUES " + ",".join([one] * rows)
-
-
-RECEIPT_INSERT_FULL = _receipt_insert(ROWS_PER_INSERT)
 RECEIPT_SELECT = f"SELECT {', '.join(RECEIPT_FIELDS)} FROM receipts"
 receipt_row = operator.attrgetter(*RECEIPT_FIELDS)  # Receipt -> the row tuple, in C
-DEBIT_SQL = "UPDATE accounts SET balance_nano = balance_nano - ? WHERE id = ?"
-COMMIT_INTERVAL = 0.005  # seconds changes gather before a commit (a kill -9 loses at most ~this plus one commit)
+COMMIT_INTERVAL = 0.005  # seconds changes gather before a batch goes to the writer process
 _FLUSH = object()
 _STOP = object()
 
 
-def hash_key(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+def hash_key(secret: str | bytes) -> str:
+    return hashlib.sha256(secret.encode() if isinstance(secret, str) else secret).hexdigest()
 
 
 def new_secret() -> str:
@@ -126,29 +119,32 @@ class StoreLocked(Exception):
 
 
 class _Writer(threading.Thread):
-    """Applies queued statements in one transaction per batch (group commit)."""
+    """Gathers queued changes for a moment (group commit), then hands each batch to the
+    writer process (meshfast/store/sqlite_writer.py) and waits for its commit."""
 
     def __init__(self, path: str, synchronous: str, interval: float = COMMIT_INTERVAL) -> None:
         super().__init__(name="meshfast-store-writer", daemon=True)
         self.interval = interval
-        self.path = path
-        self.synchronous = synchronous
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.commits = 0
         self.failed: BaseException | None = None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "meshfast.store.sqlite_writer", path, synchronous],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=False,
+        )
 
     def run(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
         get = self.q.get
         get_nowait = self.q.get_nowait
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None
         stop = False
         while not stop:
             batch = [get()]
-            # group commit: let changes gather for a moment, then commit them all at once
-            time.sleep(self.interval)
-            while len(batch) < 10_000:
+            time.sleep(self.interval)  # let changes gather, then commit them all at once
+            while len(batch) < 20_000:
                 try:
                     batch.append(get_nowait())
                 except queue.Empty:
@@ -156,53 +152,29 @@ class _Writer(threading.Thread):
             waiters = [item[1] for item in batch if isinstance(item, tuple) and item[0] is _FLUSH]
             work = [item for item in batch if item is not _STOP and not (isinstance(item, tuple) and item[0] is _FLUSH)]
             stop = len(work) + len(waiters) != len(batch)
-            try:
-                self._commit(conn, work)
-            except sqlite3.IntegrityError:
-                # one bad change must not take the batch with it: apply them one by one
-                for item in work:
-                    try:
-                        self._commit(conn, [item])
-                    except sqlite3.IntegrityError as exc:
-                        log.error("store writer: change refused by the database (%s): %.200r", exc, item[0])
-            except Exception as exc:  # pragma: no cover - disk full, I/O error, corruption
-                self.failed = exc
-                log.exception("store writer failed; the server refuses new calls until it is fixed")
+            if work and self.failed is None:
+                payload = orjson.dumps(work)
+                try:
+                    stdin.write(struct.pack(">I", len(payload)) + payload)
+                    stdin.flush()
+                    answer = stdout.read(1)
+                except OSError as exc:
+                    answer = b""
+                    self.failed = exc
+                if answer == b"k":
+                    self.commits += 1
+                elif self.failed is None:
+                    self.failed = RuntimeError(f"the store writer process answered {answer!r}")
+                if self.failed is not None:
+                    log.error("store writer failed (%s); the server refuses new calls until it is fixed", self.failed)
             for w in waiters:
                 w()
-        conn.close()
-
-    def _commit(self, conn: sqlite3.Connection, work: list) -> None:
-        receipts: list[tuple] = []
-        debits: dict[str, int] = {}
-        conn.execute("BEGIN")
         try:
-            for item in work:
-                if item[0] == "settle":
-                    receipts.append(item[1])
-                    debits[item[2]] = debits.get(item[2], 0) + item[3]
-                else:
-                    if receipts or debits:  # keep the order with other statements
-                        self._apply(conn, receipts, debits)
-                        receipts, debits = [], {}
-                    conn.execute(item[0], item[1])
-            self._apply(conn, receipts, debits)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self.commits += 1
-
-    @staticmethod
-    def _apply(conn: sqlite3.Connection, receipts: list[tuple], debits: dict[str, int]) -> None:
-        # Multi-row INSERTs: sqlite3 releases the GIL around every statement step, so one
-        # step per 64 receipts instead of one per receipt keeps the event loop thread running.
-        for i in range(0, len(receipts), ROWS_PER_INSERT):
-            chunk = receipts[i : i + ROWS_PER_INSERT]
-            sql = RECEIPT_INSERT_FULL if len(chunk) == ROWS_PER_INSERT else _receipt_insert(len(chunk))
-            conn.execute(sql, [v for row in chunk for v in row])
-        if debits:
-            conn.executemany(DEBIT_SQL, [(v, k) for k, v in debits.items()])
+            stdin.close()
+        except OSError:
+            pass
+        self.proc.wait()
+        stdout.close()
 
 
 class EmbeddedStore(Store):
@@ -284,7 +256,7 @@ class EmbeddedStore(Store):
         self._writer.q.put((sql, params))
 
     # -- hot path -----------------------------------------------------------------
-    def authenticate(self, secret: str) -> KeyRecord:
+    def authenticate(self, secret: str | bytes) -> KeyRecord:
         digest = hash_key(secret)
         key = self._key_hashes.get(digest)
         if key is None or not hmac.compare_digest(key.hash, digest):

@@ -1,0 +1,108 @@
+"""The embedded store's SQLite writer, run as its own process.
+
+The server's store thread sends batches of changes here over a pipe; this process applies
+each batch in one transaction and answers one byte once it is committed. Running the
+SQLite work in its own process keeps it off the server's GIL: in a thread, every
+statement step released and re-took the GIL, and the event loop waited for it.
+
+Wire format on stdin: frames of a 4-byte big-endian length and an orjson array of
+changes, each either ``["settle", receipt_row, account_id, total_nano]`` or
+``[sql, params]``. Answer on stdout per frame: ``k`` committed, ``f`` failed (the error
+is on stderr). At end of input it exits: a server killed with SIGKILL still gets
+everything it had sent committed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import sys
+
+import orjson
+
+from meshfast.store.base import RECEIPT_FIELDS
+
+ROWS_PER_INSERT = 64
+DEBIT_SQL = "UPDATE accounts SET balance_nano = balance_nano - ? WHERE id = ?"
+
+
+def receipt_insert(rows: int) -> str:
+    one = "(" + ",".join("?" * len(RECEIPT_FIELDS)) + ")"
+    return f"INSERT INTO receipts ({', '.join(RECEIPT_FIELDS)}) VALUES " + ",".join([one] * rows)
+
+
+RECEIPT_INSERT_FULL = receipt_insert(ROWS_PER_INSERT)
+
+
+def apply(conn: sqlite3.Connection, work: list) -> None:
+    """One transaction for ``work``: receipts in multi-row INSERTs, debits summed per account,
+    other statements in order."""
+    receipts: list[list] = []
+    debits: dict[str, int] = {}
+
+    def put_receipts() -> None:
+        for i in range(0, len(receipts), ROWS_PER_INSERT):
+            chunk = receipts[i : i + ROWS_PER_INSERT]
+            sql = RECEIPT_INSERT_FULL if len(chunk) == ROWS_PER_INSERT else receipt_insert(len(chunk))
+            conn.execute(sql, [v for row in chunk for v in row])
+        if debits:
+            conn.executemany(DEBIT_SQL, [(v, k) for k, v in debits.items()])
+        receipts.clear()
+        debits.clear()
+
+    conn.execute("BEGIN")
+    try:
+        for item in work:
+            if item[0] == "settle":
+                receipts.append(item[1])
+                debits[item[2]] = debits.get(item[2], 0) + item[3]
+            else:
+                put_receipts()  # keep the order with other statements
+                conn.execute(item[0], item[1])
+        put_receipts()
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def commit(conn: sqlite3.Connection, work: list) -> None:
+    try:
+        apply(conn, work)
+    except sqlite3.IntegrityError:
+        # one bad change must not take the batch with it: apply them one by one
+        for item in work:
+            try:
+                apply(conn, [item])
+            except sqlite3.IntegrityError as exc:
+                print(f"meshfast store writer: change refused ({exc}): {str(item[0])[:200]}", file=sys.stderr)
+
+
+def main(argv: list[str]) -> int:
+    path, synchronous = argv[0], argv[1]
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    read = sys.stdin.buffer.read
+    out = sys.stdout.buffer
+    while True:
+        head = read(4)
+        if len(head) < 4:
+            break
+        (size,) = struct.unpack(">I", head)
+        payload = read(size)
+        if len(payload) < size:
+            break
+        try:
+            commit(conn, orjson.loads(payload))
+            out.write(b"k")
+        except Exception as exc:  # disk full, I/O error: the server stops taking calls
+            print(f"meshfast store writer: commit failed: {exc!r}", file=sys.stderr)
+            out.write(b"f")
+        out.flush()
+    conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
