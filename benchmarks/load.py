@@ -441,20 +441,32 @@ output_usd_per_mtok = 0.60
 """
 
 
-def provision_bench_key(store_path: Path) -> str:
-    """A bench account with a balance no run can exhaust, and its key, on a fresh store."""
+def provision_bench_key(store_path: Path) -> tuple[str, str]:
+    """A bench account with a balance no run can exhaust, on a fresh store, and two keys:
+    one without limits and one with every limit set (far above what a run can reach), so
+    the cost of the limit checks can be measured in the same run."""
     from meshfast.config import StoreConfig
     from meshfast.money import usd_to_nano
     from meshfast.store import open_store
+    from meshfast.store.base import Limits
 
     store = open_store(StoreConfig(path=str(store_path)))
     try:
         account = store.create_account("bench")
         store.topup(account.id, usd_to_nano("1000000"), "manual", "bench-balance")
-        _key, secret = store.create_key(store.create_project(account.id, "bench"), name="bench")
+        project = store.create_project(account.id, "bench")
+        _key, plain = store.create_key(project, name="bench")
+        big = Limits(
+            rpm=10**9,
+            tpm=10**12,
+            monthly_usd_nano=usd_to_nano("900000"),
+            daily_usd_nano=usd_to_nano("900000"),
+            concurrency=10**6,
+        )
+        _key, limited = store.create_key(project, name="bench-limited", limits=big)
     finally:
         store.close_sync()
-    return secret
+    return plain, limited
 
 
 def start_meshfast(
@@ -905,6 +917,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_false",
         help="skip the floor (granian + upstream client passthrough, benchmarks/passthrough_app.py)",
     )
+    ap.add_argument(
+        "--no-limits",
+        dest="limits",
+        action="store_false",
+        help="skip the W1/W2 runs with a rate-limited key (limits on vs off)",
+    )
     ap.add_argument("--only", default="W1,W2,W3", help="comma-separated subset of W1,W2,W3")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     ap.add_argument(
@@ -979,10 +997,19 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
 
     load_start = os.getloadavg()
     upstream_name, up_port = start_upstream(stack, args.upstream)
+    limited_key = None
     if not args.key:
-        args.key = provision_bench_key(stack.tmp / "store" / "meshfast.db")
-        log("created a bench account and key on a fresh store (auth, holds, settlement, receipts on)")
+        args.key, limited_key = provision_bench_key(stack.tmp / "store" / "meshfast.db")
+        log(
+            "created a bench account and keys on a fresh store (auth, holds, settlement, receipts on)"
+        )
     loader = Loader(args.loader, args.loader_threads, stack.tmp, args.key)
+    (stack.tmp / "limited").mkdir(exist_ok=True)
+    limited_loader = (
+        Loader(args.loader, args.loader_threads, stack.tmp / "limited", limited_key)
+        if limited_key
+        else None
+    )
     log(f"load generator: {loader.name}")
     mesh, mesh_port = start_meshfast(stack, up_port, args.workers, args.meshfast_arg)
     floor = start_floor(stack, up_port, args.workers) if args.floor else None
@@ -1004,13 +1031,15 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
         if floor is not None:
             targets.append(("floor", floor[1], path, direct_body))
         targets.append(("meshfast", mesh_port, "/v1/chat/completions", mesh_body))
+        if limited_key and wl in ("W1", "W2") and args.limits:
+            targets.append(("meshfast+limits", mesh_port, "/v1/chat/completions", mesh_body))
         for target, port, p, body in targets:
             log(
                 f"running {wl} {target} ({WORKLOADS[wl]}; {conns} conn, {args.warmup:g}s warm-up + {args.duration:g}s)..."
             )
-            server = servers.get(target)
+            server = servers.get(target.split("+")[0])
             meter = CpuMeter(server.popen.pid) if server else None
-            run = loader.run(
+            run = (limited_loader if target == "meshfast+limits" else loader).run(
                 port, p, bodies[body], conns, args.duration, args.warmup,
                 meter.start if meter else None,
             )  # fmt: skip
@@ -1033,6 +1062,9 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
                         f"{name} exited (status {proc.popen.returncode}) during {wl}\n{proc.tail()}"
                     )
 
+    with_limits = {
+        wl: rs.pop("meshfast+limits") for wl, rs in results.items() if "meshfast+limits" in rs
+    }
     table, verdicts = report(results, args.connections, floor is not None)
     load_end = os.getloadavg()
     cores = os.cpu_count() or 0
@@ -1065,6 +1097,18 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
     ]
     for w in warnings:
         print(f"WARNING: {w}")
+    if with_limits:
+        print()
+        print(
+            "limits on (a key with every limit set: rpm, tpm, concurrency, daily and monthly USD) vs off, same run:"
+        )
+        for wl, lrun in with_limits.items():
+            base = results[wl]["meshfast"]
+            ratio = lrun.rps / base.rps if base.rps else 0.0
+            print(
+                f"  {wl}: off {base.rps:,.0f}/s (cpu {fmt_cpu(base.cpu_us_per_req)}/req)   on {lrun.rps:,.0f}/s "
+                f"(cpu {fmt_cpu(lrun.cpu_us_per_req)}/req)   on/off {ratio:.2f}x"
+            )
     print()
     summary = ", ".join(f"{wl} {'PASS' if v['pass'] else 'MISS'}" for wl, v in verdicts.items())
     print(f"budgets: {summary}")

@@ -116,6 +116,8 @@ class Billing:
         )
 
     def hold_amount(self, account: Account, endpoint: Endpoint, prompt_tokens: int, max_output: int) -> int:
+        """The worst case on one endpoint (the pipeline takes the maximum over the
+        candidates a failover may use)."""
         upstream = self.upstream_cost(endpoint, prompt_tokens, max_output)
         return upstream + self.margin(account, upstream)
 
@@ -135,6 +137,8 @@ class Billing:
         first_byte: float,
         stream: bool,
         status: str,
+        route_mode: str = "model",
+        attempts: str = "",
     ) -> Receipt:
         if usage is not None and isinstance(usage.get("prompt_tokens"), int):
             prompt = usage["prompt_tokens"]
@@ -149,10 +153,10 @@ class Billing:
         latency_ms = (time.monotonic() - started) * 1000
         # positional, in Receipt's field order (a 23-keyword call costs twice as much)
         return Receipt(
-            receipt_id, time.time(), account.id, key.project_id, key.id, kind, requested_model, "model",
-            endpoint.provider.name, endpoint.model.upstream, endpoint.provider.privacy,
+            receipt_id, time.time(), account.id, key.project_id, key.id, kind, requested_model, route_mode,
+            endpoint.provider.name, endpoint.model.upstream, endpoint.privacy,
             prompt, completion, cached, source, upstream, margin, upstream + margin,
-            latency_ms, (first_byte - started) * 1000 if first_byte else None, stream, status, False,
+            latency_ms, (first_byte - started) * 1000 if first_byte else None, stream, status, False, attempts,
         )  # fmt: skip
 
 

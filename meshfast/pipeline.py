@@ -31,7 +31,7 @@ from meshfast.billing import (
 from meshfast.config import BillingConfig
 from meshfast.providers.base import Endpoint, Reply
 from meshfast.providers.openai import map_upstream_error
-from meshfast.router import Router
+from meshfast.router import Needs, Router, needs_of_chat
 from meshfast.store.base import KEY_PREFIX, Account, Hold, KeyRecord, Receipt, Store, new_id
 from meshfast_core.exceptions import UpstreamError
 from meshfast_core.sse import SSEScanner
@@ -69,6 +69,12 @@ class Call:
         "rate_headers",
         "revoked",
         "task",
+        "candidates",
+        "mode",
+        "tried",
+        "attempt_t0",
+        "head_at",
+        "privacy",
     )
 
     def __init__(self, kind: str, requested_model: str, stream: bool) -> None:
@@ -87,6 +93,12 @@ class Call:
         self.rate_headers: list[tuple[bytes, bytes]] = []
         self.revoked = False  # the key was revoked while this stream ran
         self.task: asyncio.Task | None = None
+        self.candidates: list[Endpoint] = []  # from the router, in failover order
+        self.mode = "model"
+        self.tried: list[str] = []  # endpoint keys attempted, for the receipt
+        self.attempt_t0 = 0.0
+        self.head_at = 0.0
+        self.privacy = "standard"  # the class enforced
 
 
 def decode_json(body: bytes) -> dict[str, Any]:
@@ -252,15 +264,79 @@ class Pipeline:
             raise errors.AuthenticationFailed("Incorrect API key provided.")
         return self.store.authenticate(secret)
 
-    def route(self, call: Call) -> Endpoint:
-        call.endpoint = self.router.resolve(call.requested_model)
+    def route(self, call: Call, req: dict[str, Any], scope: dict[str, Any], max_output: int) -> Endpoint:
+        privacy = (header(scope, b"x-mesh-privacy") or b"").decode("latin-1")
+        mesh = req.pop("mesh", None)
+        if not privacy and isinstance(mesh, dict):
+            privacy = mesh.get("privacy") or ""
+        privacy = privacy or "standard"
+        if call.kind == "chat":
+            needs = needs_of_chat(req, call.prompt_estimate, max_output, privacy)
+        else:
+            needs = Needs("embedding", prompt_tokens=call.prompt_estimate, privacy=privacy)
+        call.mode, call.candidates = self.router.plan(call.requested_model, needs)
+        call.tried = []
+        call.endpoint = call.candidates[0]
+        call.privacy = privacy
         return call.endpoint
 
-    def place_hold(self, call: Call, max_output: int) -> None:
+    def route_headers(self, call: Call) -> list[tuple[bytes, bytes]]:
+        """Who served the call and under which rules: provider, model, mode, enforced privacy."""
+        return [
+            *call.endpoint.headers,
+            (b"x-mesh-route-mode", call.mode.encode()),
+            (b"x-mesh-privacy", call.privacy.encode()),
+        ]
+
+    async def open_reply(self, call: Call, req: dict[str, Any], scope: dict[str, Any]) -> Reply:
+        last: errors.MeshError | None = None
+        n = len(call.candidates)
+        for i, ep in enumerate(call.candidates):
+            call.endpoint = ep
+            call.tried.append(ep.key)
+            t0 = time.monotonic()
+            try:
+                if call.kind == "chat":
+                    reply = await ep.provider.chat(ep, req, call.stream, scope["headers"])
+                else:
+                    reply = await ep.provider.embeddings(ep, req, scope["headers"])
+            except errors.UpstreamHTTPError as exc:
+                self.router.record(ep, False, time.monotonic() - t0, None, exc.message, exc.status)
+                if i + 1 < n and self.router.should_failover(exc.status):
+                    last = exc
+                    continue
+                raise
+            except (errors.UpstreamUnreachable, errors.UpstreamTimedOut, errors.UpstreamBadResponse) as exc:
+                self.router.record(ep, False, time.monotonic() - t0, None, exc.message, None)
+                if i + 1 < n:
+                    last = exc
+                    continue
+                raise
+            if reply.status >= 400:
+                err = await _upstream_error(reply)
+                reply.close()
+                self.router.record(ep, False, time.monotonic() - t0, None, err.message, reply.status)
+                if i + 1 < n and self.router.should_failover(reply.status):
+                    last = err
+                    continue
+                raise err
+            call.attempt_t0 = t0
+            call.head_at = time.monotonic()
+            return reply
+        assert last is not None
+        raise last
+
+    def place_hold(self, call: Call, req: dict[str, Any], max_output: int | None) -> None:
         """Admit under the key's and project's limits (429) and reserve the worst case on the
-        balance (402), in one store call; tokens per minute reserve prompt + max output."""
-        amount = self.billing.hold_amount(call.account, call.endpoint, call.prompt_estimate, max_output)
-        call.hold = self.store.place_hold(call.key, amount, call.prompt_estimate + max_output)
+        balance (402), in one store call; tokens per minute reserve prompt + max output. The
+        worst case is taken over every candidate, since a failover may change the price."""
+        billing, account, prompt = self.billing, call.account, call.prompt_estimate
+        amount = tokens = 0
+        for ep in call.candidates:
+            out = output_cap(ep, req) if max_output is None else max_output
+            amount = max(amount, billing.hold_amount(account, ep, prompt, out))
+            tokens = max(tokens, prompt + out)
+        call.hold = self.store.place_hold(call.key, amount, tokens)
         call.rate_headers = self.store.rate_headers(call.hold)
 
     def settle(self, call: Call, usage: dict[str, Any] | None, completion_estimate: int, status: str) -> Receipt:
@@ -280,6 +356,8 @@ class Pipeline:
             first_byte=call.first_byte,
             stream=call.stream,
             status=status,
+            route_mode=call.mode,
+            attempts=",".join(call.tried),
         )
         self.store.settle(call.hold, receipt)
         call.hold = None
@@ -297,9 +375,10 @@ class Pipeline:
         call = Call(kind, model, stream)
         call.key = key
         call.account = self.store.account(key.account_id)
-        endpoint = self.route(call)
         call.prompt_estimate = estimate_prompt_tokens(req) if kind == "chat" else estimate_input_tokens(req)
-        self.place_hold(call, output_cap(endpoint, req) if max_output is None else max_output)
+        asked = req.get("max_completion_tokens") or req.get("max_tokens") or 0
+        self.route(call, req, scope, asked if kind == "chat" else 0)
+        self.place_hold(call, req, max_output)
         return call
 
     # -- endpoints ------------------------------------------------------------
@@ -308,16 +387,12 @@ class Pipeline:
         model, stream = validate_chat(req)
         call = self.begin("chat", model, stream, scope, None, req)
         try:
-            if call.endpoint.model.kind != "chat":
-                raise errors.UnsupportedOperation(
-                    f"The model `{call.endpoint.id}` is an embedding model; use /v1/embeddings.", param="model"
-                )
             if stream:
                 opts = req.get("stream_options")
                 call.include_usage = bool(opts and opts.get("include_usage"))
                 await run_until_disconnect(self.call_stream(call, req, scope, send), receive)
             else:
-                reply = await call.endpoint.provider.chat(call.endpoint, req, False, scope["headers"])
+                reply = await self.open_reply(call, req, scope)
                 await self.relay_body(call, reply, send)
         finally:
             self.release(call)
@@ -327,11 +402,7 @@ class Pipeline:
         model = validate_embeddings(req)
         call = self.begin("embeddings", model, False, scope, 0, req)
         try:
-            if call.endpoint.model.kind != "embedding":
-                raise errors.UnsupportedOperation(
-                    f"The model `{call.endpoint.id}` is a chat model and cannot create embeddings.", param="model"
-                )
-            reply = await call.endpoint.provider.embeddings(call.endpoint, req, scope["headers"])
+            reply = await self.open_reply(call, req, scope)
             await self.relay_body(call, reply, send)
         finally:
             self.release(call)
@@ -362,9 +433,10 @@ class Pipeline:
         finally:
             reply.close()
         call.first_byte = time.monotonic()
+        self.router.record(call.endpoint, True, call.first_byte - call.attempt_t0, call.head_at - call.attempt_t0)
         usage = extract_usage(data)
         receipt = self.settle(call, usage, 0 if usage is not None else estimate_completion_tokens(data), "ok")
-        headers = [*call.endpoint.headers, *receipt_headers(receipt), *call.rate_headers]
+        headers = [*self.route_headers(call), *receipt_headers(receipt), *call.rate_headers]
         headers.append((b"content-type", reply.header(b"content-type") or b"application/json"))
         headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -375,10 +447,8 @@ class Pipeline:
         streams = self.streams.setdefault(call.key.id, set())
         streams.add(call)
         try:
-            reply = await call.endpoint.provider.chat(call.endpoint, req, True, scope["headers"])
+            reply = await self.open_reply(call, req, scope)
             try:
-                if reply.status >= 400:
-                    raise await _upstream_error(reply)
                 await self.relay_stream(call, reply, send)
             finally:
                 reply.close()
@@ -397,7 +467,7 @@ class Pipeline:
         or with an error event when the upstream broke off: never a silent clean end.
         Settles in every case, a client that went away included (status ``cancelled``)."""
         call.receipt_id = new_id("rcpt_")
-        headers = [*call.endpoint.headers, (b"x-mesh-receipt-id", call.receipt_id.encode()), *call.rate_headers, *SSE_HEADERS]
+        headers = [*self.route_headers(call), (b"x-mesh-receipt-id", call.receipt_id.encode()), *call.rate_headers, *SSE_HEADERS]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         scanner = SSEScanner()
         tail = b""
@@ -434,6 +504,9 @@ class Pipeline:
             log.exception("stream relay failed")
             tail = errors.InternalError("The gateway failed while relaying the stream.").sse_event()
         receipt = self.settle_stream(call, scanner, status) if call.hold is not None else None
+        now = time.monotonic()
+        ttft = call.first_byte - call.attempt_t0 if call.first_byte else None
+        self.router.record(call.endpoint, status == "ok", now - call.attempt_t0, ttft, None if status == "ok" else "stream broke off", None)
         if status == "ok":
             if call.include_usage and scanner.usage_chunk is not None and receipt is not None:
                 tail = b"data: " + usage_with_costs(scanner.usage_chunk, receipt) + b"\n\n"

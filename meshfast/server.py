@@ -18,7 +18,7 @@ from meshfast import __version__, config, errors
 from meshfast.admin import AdminAPI
 from meshfast.asgi import send_error, send_json
 from meshfast.pipeline import Pipeline
-from meshfast.router import Router, build_providers
+from meshfast.router import build_router
 from meshfast.store import open_store
 
 log = logging.getLogger("meshfast")
@@ -34,8 +34,8 @@ class ClientGone(Exception):
 class App:
     def __init__(self, cfg: config.Config) -> None:
         self.cfg = cfg
-        self.providers = build_providers(cfg)
-        self.router = Router(self.providers)
+        self.router = build_router(cfg)
+        self.providers = self.router.providers
         self.store = open_store(cfg.store)
         self.pipeline = Pipeline(self.router, self.store, cfg.billing)
         self.admin = AdminAPI(self.store, cfg) if cfg.admin_token else None
@@ -97,6 +97,8 @@ class App:
             await send_json(send, 200, self.router.models_body)
         elif path.startswith("/v1/models/"):
             await send_json(send, 200, self.router.model_body(path[len("/v1/models/") :]))
+        elif path == "/v1/providers/health":
+            await send_json(send, 200, self.router.health_body())
         elif path.startswith("/v1/receipts/"):
             await send_json(send, 200, await self.pipeline.receipt(scope, path[len("/v1/receipts/") :]))
         elif path == "/v1/balance":

@@ -8,10 +8,10 @@ or piece by piece (``next_chunk``). The upstream client's ``Response``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from meshfast.config import ModelConfig
+from meshfast.config import PRIVACY_CLASSES, ModelConfig
 from meshfast.money import usd_to_nano
 
 
@@ -57,9 +57,20 @@ class Provider:
         raise NotImplementedError
 
 
+CHAT_CAPABILITIES = frozenset(("tools", "vision", "json_schema", "streaming"))
+EMBEDDING_CAPABILITIES = frozenset(("embeddings",))
+_PRIVACY_RANK = {name: i for i, name in enumerate(PRIVACY_CLASSES)}
+
+
 @dataclass(slots=True)
 class Endpoint:
-    """One model as served by one provider: what the router picks."""
+    """One model as served by one provider: what the router picks.
+
+    ``privacy`` is the effective class: the lower of the catalogue's class for this
+    endpoint and the configured provider's ``privacy``. ``key`` ("provider/model") names
+    the endpoint in receipts, health and logs. ``health`` is the router's per-endpoint
+    state (circuit breaker, statistics); it is not part of the endpoint's identity.
+    """
 
     provider: Provider
     model: ModelConfig
@@ -67,9 +78,31 @@ class Endpoint:
     output_nano_per_mtok: int
     cached_input_nano_per_mtok: int
     headers: tuple[tuple[bytes, bytes], ...] = ()  # response headers naming this endpoint
+    privacy: str = "standard"
+    capabilities: frozenset[str] = CHAT_CAPABILITIES
+    quality: int = 50
+    context_window: int = 128_000
+    family: str = "custom"
+    key: str = ""
+    privacy_rank: int = 0
+    health: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, provider: Provider, model: ModelConfig) -> Endpoint:
+    def of(
+        cls,
+        provider: Provider,
+        model: ModelConfig,
+        *,
+        privacy: str | None = None,
+        capabilities: frozenset[str] | None = None,
+        quality: int = 50,
+        family: str = "custom",
+    ) -> Endpoint:
+        """``privacy`` defaults to the provider's; capabilities to every chat capability
+        (``embeddings`` for an embedding model)."""
+        privacy = privacy or provider.privacy
+        if capabilities is None:
+            capabilities = EMBEDDING_CAPABILITIES if model.kind == "embedding" else CHAT_CAPABILITIES
         return cls(
             provider,
             model,
@@ -77,6 +110,13 @@ class Endpoint:
             usd_to_nano(model.output_usd_per_mtok),
             usd_to_nano(model.cached_input_usd_per_mtok or model.input_usd_per_mtok),
             ((b"x-mesh-provider", provider.name.encode()), (b"x-mesh-model", model.id.encode())),
+            privacy,
+            capabilities,
+            quality,
+            model.context_window,
+            family,
+            f"{provider.name}/{model.id}",
+            _PRIVACY_RANK[privacy],
         )
 
     @property

@@ -201,6 +201,7 @@ class Receipt:
     stream: bool
     status: str  # ok | error | cancelled
     capped: bool = False  # the total was capped at what the balance could cover
+    attempts: str = ""  # the endpoints tried, in order ("provider/model,provider/model")
 
     def public(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in RECEIPT_FIELDS}

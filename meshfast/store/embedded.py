@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS receipts (
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,
     tokens_source TEXT NOT NULL, upstream_cost_nano INTEGER NOT NULL, margin_nano INTEGER NOT NULL,
     total_nano INTEGER NOT NULL, latency_ms REAL NOT NULL, ttft_ms REAL, stream INTEGER NOT NULL,
-    status TEXT NOT NULL, capped INTEGER NOT NULL);
+    status TEXT NOT NULL, capped INTEGER NOT NULL, attempts TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS receipts_account ON receipts (account_id, created);
 CREATE INDEX IF NOT EXISTS receipts_key ON receipts (key_id, created);
 """
