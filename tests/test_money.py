@@ -293,16 +293,16 @@ def test_kill_9_loses_at_most_the_commit_window(tmp_path):
     server.stop()
     assert len(got) > 50, "the server was under load when it died"
     store = open_store(StoreConfig(path=str(server.store_path)))
-    try:
-        import asyncio
+    import asyncio
 
-        async def check():
+    async def check():
+        try:
             missing = [(ts, rid) for ts, rid in got if await store.receipt(rid) is None]
             return missing, await store.verify_ledger()
+        finally:
+            await store.close()
 
-        missing, problems = asyncio.run(check())
-    finally:
-        store.close_sync()
+    missing, problems = asyncio.run(check())
     assert problems == []
     window_ms = max(((killed_at - ts) * 1000 for ts, _ in missing), default=0.0)
     print(
@@ -345,13 +345,13 @@ def test_sigterm_under_load_loses_nothing(tmp_path):
     server.stop()
     assert len(got) > 20
     store = open_store(StoreConfig(path=str(server.store_path)))
-    try:
-        import asyncio
+    import asyncio
 
-        async def check():
+    async def check():
+        try:
             return [rid for rid in got if await store.receipt(rid) is None], await store.verify_ledger()
+        finally:
+            await store.close()
 
-        missing, problems = asyncio.run(check())
-    finally:
-        store.close_sync()
+    missing, problems = asyncio.run(check())
     assert missing == [] and problems == []

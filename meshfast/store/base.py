@@ -297,6 +297,9 @@ class Store:
     async def verify_ledger(self) -> list[str]:
         raise NotImplementedError
 
+    async def attach(self) -> None:
+        """Bind background work to the running event loop (called once at start-up)."""
+
     async def flush(self) -> None:
         raise NotImplementedError
 

@@ -19,7 +19,6 @@ import hmac
 import logging
 import operator
 import os
-import queue
 import secrets
 import sqlite3
 import struct
@@ -27,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import orjson
@@ -85,8 +85,6 @@ CREATE INDEX IF NOT EXISTS receipts_key ON receipts (key_id, created);
 RECEIPT_SELECT = f"SELECT {', '.join(RECEIPT_FIELDS)} FROM receipts"
 receipt_row = operator.attrgetter(*RECEIPT_FIELDS)  # Receipt -> the row tuple, in C
 COMMIT_INTERVAL = 0.005  # seconds changes gather before a batch goes to the writer process
-_FLUSH = object()
-_STOP = object()
 
 
 def hash_key(secret: str | bytes) -> str:
@@ -118,63 +116,134 @@ class StoreLocked(Exception):
     """Another process (a running server) holds the embedded store."""
 
 
-class _Writer(threading.Thread):
-    """Gathers queued changes for a moment (group commit), then hands each batch to the
-    writer process (meshfast/store/sqlite_writer.py) and waits for its commit."""
+class _Writer:
+    """Feeds the SQLite writer process (meshfast/store/sqlite_writer.py) from the event loop.
 
-    def __init__(self, path: str, synchronous: str, interval: float = COMMIT_INTERVAL) -> None:
-        super().__init__(name="meshfast-store-writer", daemon=True)
-        self.interval = interval
-        self.q: queue.SimpleQueue = queue.SimpleQueue()
-        self.commits = 0
-        self.failed: BaseException | None = None
+    Changes gather in a list; every ``COMMIT_INTERVAL`` a loop callback sends them as one
+    frame over a non-blocking pipe, and each one-byte answer marks a frame committed
+    (group commit). No thread: a thread here would contend for the GIL with the event
+    loop on every handoff. Before a loop is attached (the CLI, tests, start-up), frames
+    are written and answered synchronously.
+    """
+
+    def __init__(self, path: str, synchronous: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "meshfast.store.sqlite_writer", path, synchronous],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            start_new_session=False,
         )
+        self.pending: list[tuple] = []  # changes not yet sent
+        self.inflight: deque[list[Any]] = deque()  # per frame sent: callbacks for its commit
+        self.failed: BaseException | None = None
+        self.commits = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._transport: Any = None
+        self._reader_transport: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
 
-    def run(self) -> None:
-        get = self.q.get
-        get_nowait = self.q.get_nowait
+    def put(self, change: tuple) -> None:
+        self.pending.append(change)
+        if self._timer is None and self.loop is not None:
+            self._timer = self.loop.call_later(COMMIT_INTERVAL, self._send)
+
+    def _frame(self) -> bytes:
+        payload = orjson.dumps(self.pending)
+        self.pending = []
+        self.inflight.append([])
+        return struct.pack(">I", len(payload)) + payload
+
+    def acked(self, answer: int) -> None:
+        waiters = self.inflight.popleft() if self.inflight else []
+        if answer == 107:  # "k"
+            self.commits += 1
+        elif self.failed is None:
+            self.failed = RuntimeError("the store writer process could not commit")
+            log.error("store writer failed; the server refuses new calls until it is fixed")
+        for w in waiters:
+            w()
+
+    # -- before a loop is attached ---------------------------------------------------
+    def flush_sync(self) -> None:
         stdin, stdout = self.proc.stdin, self.proc.stdout
-        assert stdin is not None and stdout is not None
-        stop = False
-        while not stop:
-            batch = [get()]
-            time.sleep(self.interval)  # let changes gather, then commit them all at once
-            while len(batch) < 20_000:
-                try:
-                    batch.append(get_nowait())
-                except queue.Empty:
-                    break
-            waiters = [item[1] for item in batch if isinstance(item, tuple) and item[0] is _FLUSH]
-            work = [item for item in batch if item is not _STOP and not (isinstance(item, tuple) and item[0] is _FLUSH)]
-            stop = len(work) + len(waiters) != len(batch)
-            if work and self.failed is None:
-                payload = orjson.dumps(work)
-                try:
-                    stdin.write(struct.pack(">I", len(payload)) + payload)
-                    stdin.flush()
-                    answer = stdout.read(1)
-                except OSError as exc:
-                    answer = b""
-                    self.failed = exc
-                if answer == b"k":
-                    self.commits += 1
-                elif self.failed is None:
-                    self.failed = RuntimeError(f"the store writer process answered {answer!r}")
-                if self.failed is not None:
-                    log.error("store writer failed (%s); the server refuses new calls until it is fixed", self.failed)
-            for w in waiters:
-                w()
+        assert stdin is not None and stdout is not None and self.loop is None
         try:
-            stdin.close()
-        except OSError:
-            pass
+            if self.pending:
+                stdin.write(self._frame())
+                stdin.flush()
+            while self.inflight:
+                answer = stdout.read(1)
+                if not answer:
+                    raise OSError("the store writer process exited")
+                self.acked(answer[0])
+        except OSError as exc:
+            self.failed = exc
+            raise errors.StoreUnavailable(f"The store could not be written: {exc}") from None
+
+    def close_sync(self) -> None:
+        if self.loop is not None:
+            raise RuntimeError("the store is attached to an event loop: use `await store.close()`")
+        self.flush_sync()
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
         self.proc.wait()
-        stdout.close()
+        self.proc.stdout.close()
+
+    # -- on the event loop ---------------------------------------------------------------
+    async def attach(self) -> None:
+        if self.loop is not None:
+            return
+        self.flush_sync()  # what was queued before the loop
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.connect_write_pipe(asyncio.Protocol, self.proc.stdin)
+        self._reader_transport, _ = await loop.connect_read_pipe(lambda: _Answers(self), self.proc.stdout)
+        self.loop = loop
+        if self.pending:
+            self._timer = loop.call_later(COMMIT_INTERVAL, self._send)
+
+    def _send(self) -> None:
+        self._timer = None
+        if self.pending and self.failed is None:
+            self._transport.write(self._frame())
+
+    async def flush(self) -> None:
+        await self.attach()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._send()
+        if self.inflight:
+            fut = asyncio.get_running_loop().create_future()
+            self.inflight[-1].append(lambda: fut.done() or fut.set_result(None))
+            await fut
+
+    async def close(self) -> None:
+        await self.flush()
+        self._closing = True
+        self._transport.close()
+        await asyncio.to_thread(self.proc.wait)
+        self._reader_transport.close()
+
+    def lost(self) -> None:
+        if not self._closing and self.failed is None:
+            self.failed = RuntimeError("the store writer process exited")
+            log.error("store writer process exited; the server refuses new calls")
+        while self.inflight:
+            for w in self.inflight.popleft():
+                w()
+
+
+class _Answers(asyncio.Protocol):
+    """The writer process's one-byte answers, one per frame."""
+
+    def __init__(self, writer: _Writer) -> None:
+        self.writer = writer
+
+    def data_received(self, data: bytes) -> None:
+        for answer in data:
+            self.writer.acked(answer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.writer.lost()
 
 
 class EmbeddedStore(Store):
@@ -210,7 +279,6 @@ class EmbeddedStore(Store):
         conn.close()
         self._reader_local = threading.local()
         self._writer = _Writer(self.path, synchronous)
-        self._writer.start()
 
     # -- loading ----------------------------------------------------------------
     def _load(self, conn: sqlite3.Connection) -> None:
@@ -253,7 +321,7 @@ class EmbeddedStore(Store):
         return conn
 
     def _write(self, sql: str, params: tuple) -> None:
-        self._writer.q.put((sql, params))
+        self._writer.put((sql, params))
 
     # -- hot path -----------------------------------------------------------------
     def authenticate(self, secret: str | bytes) -> KeyRecord:
@@ -319,7 +387,7 @@ class EmbeddedStore(Store):
             spend = owner.spend
             for bucket in buckets:
                 spend[bucket] = spend.get(bucket, 0) + receipt.total_nano
-        self._writer.q.put(("settle", receipt_row(receipt), account.id, receipt.total_nano))
+        self._writer.put(("settle", receipt_row(receipt), account.id, receipt.total_nano))
 
     # -- control plane ------------------------------------------------------------
     def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:
@@ -557,26 +625,23 @@ class EmbeddedStore(Store):
         return await asyncio.to_thread(read)
 
     # -- lifecycle ------------------------------------------------------------------
+    async def attach(self) -> None:
+        """Move the writer onto the running event loop (the server calls this at start-up)."""
+        await self._writer.attach()
+
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._writer.q.put((_FLUSH, lambda: loop.call_soon_threadsafe(_resolve, fut)))
-        await fut
+        await self._writer.flush()
 
     def flush_sync(self) -> None:
-        done = threading.Event()
-        self._writer.q.put((_FLUSH, done.set))
-        done.wait()
+        self._writer.flush_sync()
 
     @property
     def commits(self) -> int:
         return self._writer.commits
 
     async def close(self) -> None:
-        await self.flush()
-        self._writer.q.put(_STOP)
-        await asyncio.to_thread(self._writer.join)
+        await self._writer.close()
         conn = getattr(self._reader_local, "conn", None)
         if conn is not None:
             conn.close()
@@ -585,14 +650,7 @@ class EmbeddedStore(Store):
             self._lockfh = None
 
     def close_sync(self) -> None:
-        self.flush_sync()
-        self._writer.q.put(_STOP)
-        self._writer.join()
+        self._writer.close_sync()
         if self._lockfh is not None:
             self._lockfh.close()
             self._lockfh = None
-
-
-def _resolve(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
