@@ -1,9 +1,10 @@
-"""The request pipeline: auth -> limits -> route -> hold -> call -> relay -> settle.
+"""The request pipeline: auth -> route -> limits + hold -> call (with failover) -> relay -> settle.
 
-One file a reader can follow top to bottom. Each stage is a method with one job;
-auth, limits, hold and settle are pass-through until the money core and the
-limits land, but they already sit where they belong so those issues only fill
-them in.
+One file a reader can follow top to bottom. Each stage is a method with one job:
+``begin`` runs authenticate, route and place_hold (limits and the balance check are one
+store call); ``open_reply`` tries the router's candidates in order; ``relay_body`` and
+``relay_stream`` forward the answer and settle it; ``release`` gives back any hold a
+failed call leaves open.
 """
 
 from __future__ import annotations
