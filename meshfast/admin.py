@@ -24,6 +24,7 @@ import orjson
 
 from meshfast import errors
 from meshfast.asgi import header, send_json
+from meshfast.config import PRIVACY_CLASSES
 from meshfast.money import percent_to_ppm, usd_to_nano
 from meshfast.store.base import Account, Limits, Project, Store
 
@@ -37,7 +38,7 @@ NO_STORE = [(b"cache-control", b"no-store")]
 ChainVerifier = Callable[[Account, int, str], Awaitable[None]]
 CHAINS: dict[str, ChainVerifier | None] = {"base": None, "solana": None, "manual": None}
 
-LIMIT_FIELDS = ("rpm", "tpm", "monthly_usd", "daily_usd", "concurrency")
+LIMIT_FIELDS = ("rpm", "tpm", "monthly_usd", "daily_usd", "concurrency", "privacy_default", "privacy_min")
 MAX_RECEIPTS = 1000
 
 Handler = Callable[[list[str], dict[str, str], dict[str, Any]], Awaitable[tuple[int, Any]]]
@@ -121,7 +122,16 @@ def _timestamp(value: Any, name: str) -> float:
 
 def _limits(body: dict[str, Any], base: Limits | None = None) -> Limits:
     """A Limits from the limit fields in ``body``; fields absent keep ``base``, null clears."""
-    lim = Limits() if base is None else Limits(base.rpm, base.tpm, base.monthly_usd_nano, base.daily_usd_nano, base.concurrency)
+    lim = Limits() if base is None else Limits(
+        base.rpm, base.tpm, base.monthly_usd_nano, base.daily_usd_nano, base.concurrency,
+        base.privacy_default, base.privacy_min,
+    )  # fmt: skip
+    for name in ("privacy_default", "privacy_min"):
+        if name in body:
+            value = body[name]
+            if value is not None and value not in PRIVACY_CLASSES:
+                raise _bad(name, f"must be one of {', '.join(PRIVACY_CLASSES)} or null")
+            setattr(lim, name, value)
     for name in ("rpm", "tpm", "concurrency"):
         if name in body:
             setattr(lim, name, None if body[name] is None else _int(body[name], name, minimum=1))

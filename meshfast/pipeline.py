@@ -29,7 +29,8 @@ from meshfast.billing import (
     receipt_headers,
     usage_with_costs,
 )
-from meshfast.config import BillingConfig
+from meshfast.catalogue import privacy_rank
+from meshfast.config import PRIVACY_CLASSES, BillingConfig
 from meshfast.providers.base import Endpoint, Reply
 from meshfast.providers.openai import map_upstream_error
 from meshfast.router import Needs, Router, needs_of_chat
@@ -270,7 +271,7 @@ class Pipeline:
         mesh = req.pop("mesh", None)
         if not privacy and isinstance(mesh, dict):
             privacy = mesh.get("privacy") or ""
-        privacy = privacy or "standard"
+        privacy = self.privacy_for(call, privacy)
         if call.kind == "chat":
             needs = needs_of_chat(req, call.prompt_estimate, max_output, privacy)
         else:
@@ -280,6 +281,19 @@ class Pipeline:
         call.endpoint = call.candidates[0]
         call.privacy = privacy
         return call.endpoint
+
+    def privacy_for(self, call: Call, asked: str) -> str:
+        """The class a call is served under: what it asked for, else the key's or project's
+        default, raised to the higher of the key's and project's minimum (never lowered)."""
+        key_limits = call.key.limits
+        project_limits = self.store.project(call.key.project_id).limits
+        privacy = asked or key_limits.privacy_default or project_limits.privacy_default or "standard"
+        if privacy not in PRIVACY_CLASSES:
+            return privacy  # the router answers 400 invalid_privacy_class
+        for floor in (key_limits.privacy_min, project_limits.privacy_min):
+            if floor and privacy_rank(floor) > privacy_rank(privacy):
+                privacy = floor
+        return privacy
 
     def route_headers(self, call: Call) -> list[tuple[bytes, bytes]]:
         """Who served the call and under which rules: provider, model, mode, enforced privacy."""

@@ -34,7 +34,9 @@ def test_class_above_what_endpoints_meet_is_403(priv):
     with sdk(priv) as client:
         with pytest.raises(openai.PermissionDeniedError) as exc:
             client.chat.completions.create(
-                model="sim-1", messages=[{"role": "user", "content": "x"}], extra_headers={"x-mesh-privacy": "protected"}
+                model="sim-1",
+                messages=[{"role": "user", "content": "x"}],
+                extra_headers={"x-mesh-privacy": "protected"},
             )
     assert exc.value.body["code"] == "privacy_class_unavailable"
     assert "protected" in exc.value.body["message"]
@@ -43,7 +45,9 @@ def test_class_above_what_endpoints_meet_is_403(priv):
 def test_enforced_class_is_echoed_and_body_field_works(priv, fake_upstream):
     with sdk(priv) as client:
         r = client.chat.completions.with_raw_response.create(
-            model="vault-echo", messages=[{"role": "user", "content": "x"}], extra_body={"mesh": {"privacy": "confidential"}}
+            model="vault-echo",
+            messages=[{"role": "user", "content": "x"}],
+            extra_body={"mesh": {"privacy": "confidential"}},
         )
     assert r.headers["x-mesh-privacy"] == "confidential"
     assert "mesh" not in fake_upstream.requests[-1]["body"], "the mesh field is not sent upstream"
@@ -54,12 +58,17 @@ def test_no_prompt_or_completion_text_is_kept(priv, klass):
     prompt = f"my secret is {MARKER}-{klass}"
     with sdk(priv) as client:
         r = client.chat.completions.with_raw_response.create(
-            model="vault-echo", messages=[{"role": "user", "content": prompt}], extra_headers={"x-mesh-privacy": klass}
+            model="vault-echo",
+            messages=[{"role": "user", "content": prompt}],
+            extra_headers={"x-mesh-privacy": klass},
         )
         assert MARKER in r.parse().choices[0].message.content  # the echo upstream returned it
         chunks = list(
             client.chat.completions.create(
-                model="vault-stream", messages=[{"role": "user", "content": prompt}], stream=True, extra_headers={"x-mesh-privacy": klass}
+                model="vault-stream",
+                messages=[{"role": "user", "content": prompt}],
+                stream=True,
+                extra_headers={"x-mesh-privacy": klass},
             )
         )
         assert chunks
@@ -69,8 +78,57 @@ def test_no_prompt_or_completion_text_is_kept(priv, klass):
     admin = {"Authorization": f"Bearer {ADMIN}"}
     listing = httpx.get(priv.url + "/admin/v1/receipts", headers=admin).text
     assert MARKER not in listing
-    assert httpx.get(priv.url + "/admin/v1/ledger/verify", headers=admin).json()["ok"]  # flushes the writer
+    assert httpx.get(priv.url + "/admin/v1/ledger/verify", headers=admin).json()[
+        "ok"
+    ]  # flushes the writer
     store_dir = priv.store_path.parent
     for f in store_dir.iterdir():
         assert MARKER.encode() not in f.read_bytes(), f"content found in {f.name}"
     assert MARKER not in priv.output(), "content found in the server log (debug level)"
+
+
+def test_key_default_and_minimum_class(priv):
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    r = httpx.post(priv.url + "/admin/v1/accounts", json={"name": "policy"}, headers=admin)
+    assert r.status_code == 201
+    httpx.post(
+        priv.url + "/admin/v1/accounts/policy/topups",
+        json={"amount_usd": "1", "chain": "manual", "tx_id": "policy-1"},
+        headers=admin,
+    )
+    key = httpx.post(
+        priv.url + "/admin/v1/keys",
+        json={
+            "account": "policy",
+            "project": "p",
+            "privacy_default": "private_gateway",
+            "privacy_min": "protected",
+        },
+        headers=admin,
+    ).json()
+    assert key["limits"]["privacy_min"] == "protected"
+    with openai.OpenAI(base_url=priv.base_url, api_key=key["secret"], max_retries=0) as client:
+        r = client.chat.completions.with_raw_response.create(
+            model="vault-echo", messages=[{"role": "user", "content": "x"}]
+        )
+        assert r.headers["x-mesh-privacy"] == "private_gateway", "the key's default applies"
+        r = client.chat.completions.with_raw_response.create(
+            model="vault-echo",
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-mesh-privacy": "standard"},
+        )
+        assert r.headers["x-mesh-privacy"] == "protected", (
+            "a call cannot go below the key's minimum"
+        )
+        with pytest.raises(openai.PermissionDeniedError):  # sim is standard: below the minimum
+            client.chat.completions.create(
+                model="sim-1",
+                messages=[{"role": "user", "content": "x"}],
+                extra_headers={"x-mesh-privacy": "standard"},
+            )
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="vault-echo",
+                messages=[{"role": "user", "content": "x"}],
+                extra_headers={"x-mesh-privacy": "bogus"},
+            )

@@ -86,6 +86,8 @@ class Limits:
     monthly_usd_nano: int | None = None
     daily_usd_nano: int | None = None
     concurrency: int | None = None
+    privacy_default: str | None = None  # the class a call gets when it asks for none
+    privacy_min: str | None = None  # a call asking for less is raised to this class
 
     def public(self) -> dict[str, Any]:
         return {
@@ -94,6 +96,8 @@ class Limits:
             "monthly_usd": None if self.monthly_usd_nano is None else nano_to_usd(self.monthly_usd_nano),
             "daily_usd": None if self.daily_usd_nano is None else nano_to_usd(self.daily_usd_nano),
             "concurrency": self.concurrency,
+            "privacy_default": self.privacy_default,
+            "privacy_min": self.privacy_min,
         }
 
 

@@ -97,8 +97,11 @@ def new_secret() -> str:
 
 def _limits_json(limits: Limits) -> str:
     return orjson.dumps(
-        [limits.rpm, limits.tpm, limits.monthly_usd_nano, limits.daily_usd_nano, limits.concurrency]
-    ).decode()
+        [
+            limits.rpm, limits.tpm, limits.monthly_usd_nano, limits.daily_usd_nano, limits.concurrency,
+            limits.privacy_default, limits.privacy_min,
+        ]
+    ).decode()  # fmt: skip
 
 
 def _limits_from(text: str) -> Limits:
