@@ -84,7 +84,7 @@ def test_accounts_projects_topups_keys_flow(admin):
     assert r.status_code == 201, r.text
     key = r.json()
     assert key["secret"].startswith("mesh_live_") and key["prefix"] == key["secret"][:14]
-    assert key["limits"] == {"rpm": 60, "tpm": None, "monthly_usd": "5", "daily_usd": None, "concurrency": 2}
+    assert key["limits"] == {"rpm": 60, "tpm": None, "monthly_usd": "5", "daily_usd": None, "concurrency": 2, "privacy_default": None, "privacy_min": None}
     assert "hash" not in key
     # A project that does not exist yet is created for the key.
     r = admin.post("/keys", json={"account": acct["id"], "project": "batch"})
