@@ -231,18 +231,26 @@ def test_concurrency_cannot_overspend(bank):
     body = {"model": "sim-1", "messages": MSG, "max_tokens": 2000}
     raw = orjson.dumps(body)
     # the hold for this exact request, by the documented formula (sim-1 $0.50 / $1.50, 5 % margin)
-    upstream = token_cost(estimate_prompt_tokens(body), 500_000_000) + token_cost(2000, 1_500_000_000)
+    upstream = token_cost(estimate_prompt_tokens(body), 500_000_000) + token_cost(
+        2000, 1_500_000_000
+    )
     hold = upstream + margin_of(upstream, 50_000, 0)
     key = provision_running(bank, "ten-calls", nano_to_usd(hold * 10 + hold // 2))
     barrier = threading.Barrier(200, timeout=30)
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "x-mesh-sim-ttft-ms": "2000"}
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/json",
+        "x-mesh-sim-ttft-ms": "2000",
+    }
 
     def one(_):
         with httpx.Client(timeout=30) as c:
             c.get(bank.url + "/health")  # open the connection first, so all 200 calls land at once
             barrier.wait()
             try:
-                return c.post(bank.base_url + "/chat/completions", content=raw, headers=headers).status_code
+                return c.post(
+                    bank.base_url + "/chat/completions", content=raw, headers=headers
+                ).status_code
             except httpx.HTTPError as exc:  # pragma: no cover - reported below
                 return repr(exc)
 
@@ -349,9 +357,49 @@ def test_sigterm_under_load_loses_nothing(tmp_path):
 
     async def check():
         try:
-            return [rid for rid in got if await store.receipt(rid) is None], await store.verify_ledger()
+            return [
+                rid for rid in got if await store.receipt(rid) is None
+            ], await store.verify_ledger()
         finally:
             await store.close()
 
     missing, problems = asyncio.run(check())
     assert missing == [] and problems == []
+
+
+def test_spend_survives_a_restart(tmp_path):
+    """Month and day spend per account, project and key come back from the store's summary."""
+    import asyncio
+
+    from meshfast.money import usd_to_nano
+    from meshfast.store.base import Limits, Receipt, new_id, spend_buckets
+
+    path = str(tmp_path / "m.db")
+    store = open_store(StoreConfig(path=path))
+    account = store.create_account("spender")
+    store.topup(account.id, usd_to_nano("10"), "manual", "t1")
+    project = store.create_project(account.id, "p")
+    key, _ = store.create_key(project, limits=Limits(monthly_usd_nano=usd_to_nano("5")))
+    for total in (300_000_000, 200_000_000):
+        hold = store.place_hold(key, total, 10)
+        store.settle(
+            hold,
+            Receipt(new_id("rcpt_"), time.time(), account.id, project.id, key.id, "chat", "m", "model", "p", "u",
+                    "standard", 5, 5, 0, "upstream", total, 0, total, 1.0, None, False, "ok"),
+        )  # fmt: skip
+    store.close_sync()
+    again = open_store(StoreConfig(path=path))
+    month, day = spend_buckets(time.time())
+    try:
+        assert again.account(account.id).spend[month] == 500_000_000
+        assert again._states[key.id].spend[day] == 500_000_000
+        assert again._states[project.id].spend[month] == 500_000_000
+    finally:
+
+        async def verify_and_close():
+            try:
+                return await again.verify_ledger()
+            finally:
+                await again.close()
+
+        assert asyncio.run(verify_and_close()) == []

@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS receipts (
     tokens_source TEXT NOT NULL, upstream_cost_nano INTEGER NOT NULL, margin_nano INTEGER NOT NULL,
     total_nano INTEGER NOT NULL, latency_ms REAL NOT NULL, ttft_ms REAL, stream INTEGER NOT NULL,
     status TEXT NOT NULL, capped INTEGER NOT NULL, attempts TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS spend (
+    owner TEXT NOT NULL, day INTEGER NOT NULL, total_nano INTEGER NOT NULL, PRIMARY KEY (owner, day));
 CREATE INDEX IF NOT EXISTS receipts_account ON receipts (account_id, created);
 CREATE INDEX IF NOT EXISTS receipts_key ON receipts (key_id, created);
 """
@@ -305,16 +307,17 @@ class EmbeddedStore(Store):
         now = time.time()
         month, day = month_of(now), day_of(now)
         start_of_month = calendar.timegm(time.strptime(month + "-01", "%Y-%m-%d"))
-        for account_id, project_id, key_id, created, total in conn.execute(
-            "SELECT account_id, project_id, key_id, created, total_nano FROM receipts WHERE created >= ?",
-            (start_of_month - 86400,),
+        # this month's and today's spend per account, project and key
+        # (the writer keeps a per-day summary, so start-up does not scan the receipts)
+        for owner_id, day_index, total in conn.execute(
+            "SELECT owner, day, total_nano FROM spend WHERE day >= ?", (int(start_of_month // 86400),)
         ):
-            owners = [self._accounts.get(account_id), self._states.get(project_id), self._states.get(key_id)]
-            for bucket in (month_of(created), day_of(created)):
+            owner = self._accounts.get(owner_id) or self._states.get(owner_id)
+            if owner is None:
+                continue
+            for bucket in spend_buckets(day_index * 86400 + 1):
                 if bucket in (month, day):
-                    for owner in owners:
-                        if owner is not None:
-                            owner.spend[bucket] = owner.spend.get(bucket, 0) + total
+                    owner.spend[bucket] = owner.spend.get(bucket, 0) + total
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._reader_local, "conn", None)

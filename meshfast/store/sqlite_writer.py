@@ -24,6 +24,13 @@ from meshfast.store.base import RECEIPT_FIELDS
 
 ROWS_PER_INSERT = 64
 DEBIT_SQL = "UPDATE accounts SET balance_nano = balance_nano - ? WHERE id = ?"
+SPEND_SQL = (
+    "INSERT INTO spend (owner, day, total_nano) VALUES (?, ?, ?) "
+    "ON CONFLICT (owner, day) DO UPDATE SET total_nano = total_nano + excluded.total_nano"
+)
+# positions in a receipt row (RECEIPT_FIELDS order)
+_CREATED, _ACCOUNT, _PROJECT, _KEY = 1, 2, 3, 4
+_TOTAL = RECEIPT_FIELDS.index("total_nano")
 
 
 def receipt_insert(rows: int) -> str:
@@ -39,16 +46,24 @@ def apply(conn: sqlite3.Connection, work: list) -> None:
     other statements in order."""
     receipts: list[list] = []
     debits: dict[str, int] = {}
+    spend: dict[tuple[str, int], int] = {}  # (account/project/key id, UTC day number) -> nano-USD
 
     def put_receipts() -> None:
         for i in range(0, len(receipts), ROWS_PER_INSERT):
             chunk = receipts[i : i + ROWS_PER_INSERT]
             sql = RECEIPT_INSERT_FULL if len(chunk) == ROWS_PER_INSERT else receipt_insert(len(chunk))
             conn.execute(sql, [v for row in chunk for v in row])
+        for row in receipts:
+            day = int(row[_CREATED] // 86400)
+            for owner in (row[_ACCOUNT], row[_PROJECT], row[_KEY]):
+                spend[(owner, day)] = spend.get((owner, day), 0) + row[_TOTAL]
         if debits:
             conn.executemany(DEBIT_SQL, [(v, k) for k, v in debits.items()])
+        if spend:
+            conn.executemany(SPEND_SQL, [(owner, day, total) for (owner, day), total in spend.items()])
         receipts.clear()
         debits.clear()
+        spend.clear()
 
     conn.execute("BEGIN")
     try:
