@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -923,6 +924,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_false",
         help="skip the W1/W2 runs with a rate-limited key (limits on vs off)",
     )
+    ap.add_argument(
+        "--ab-rounds",
+        type=int,
+        default=4,
+        help="interleaved rounds of the limits on/off comparison",
+    )
+    ap.add_argument(
+        "--ab-duration", type=float, default=4.0, help="seconds per run in the limits comparison"
+    )
     ap.add_argument("--only", default="W1,W2,W3", help="comma-separated subset of W1,W2,W3")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     ap.add_argument(
@@ -1031,8 +1041,6 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
         if floor is not None:
             targets.append(("floor", floor[1], path, direct_body))
         targets.append(("meshfast", mesh_port, "/v1/chat/completions", mesh_body))
-        if limited_key and wl in ("W1", "W2") and args.limits:
-            targets.append(("meshfast+limits", mesh_port, "/v1/chat/completions", mesh_body))
         for target, port, p, body in targets:
             log(
                 f"running {wl} {target} ({WORKLOADS[wl]}; {conns} conn, {args.warmup:g}s warm-up + {args.duration:g}s)..."
@@ -1062,9 +1070,35 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
                         f"{name} exited (status {proc.popen.returncode}) during {wl}\n{proc.tail()}"
                     )
 
-    with_limits = {
-        wl: rs.pop("meshfast+limits") for wl, rs in results.items() if "meshfast+limits" in rs
-    }
+    # Limits on vs off: interleaved short runs on the same server (order alternating to
+    # cancel drift), compared by the median of the per-round ratios.
+    ab: dict[str, list[tuple[Run, Run]]] = {}
+    if limited_key and limited_loader is not None and args.limits:
+        for wl in [w for w in args.only if w in ("W1", "W2")]:
+            _path, _direct_body, mesh_body, conns = plan[wl]
+            pairs: list[tuple[Run, Run]] = []
+            for rnd in range(args.ab_rounds):
+                got: dict[str, Run] = {}
+                order = (("off", loader), ("on", limited_loader))
+                for name, ld in order if rnd % 2 == 0 else order[::-1]:
+                    meter = CpuMeter(mesh.popen.pid)
+                    run = ld.run(
+                        mesh_port,
+                        "/v1/chat/completions",
+                        bodies[mesh_body],
+                        conns,
+                        args.ab_duration,
+                        1.0,
+                        meter.start,
+                    )
+                    if meter.started is not None and run.requests:
+                        run.cpu_us_per_req = round(meter.seconds() * 1e6 / run.requests, 1)
+                    got[name] = run
+                log(
+                    f"  {wl} limits round {rnd + 1}/{args.ab_rounds}: off {got['off'].rps:,.0f}/s  on {got['on'].rps:,.0f}/s"
+                )
+                pairs.append((got["off"], got["on"]))
+            ab[wl] = pairs
     table, verdicts = report(results, args.connections, floor is not None)
     load_end = os.getloadavg()
     cores = os.cpu_count() or 0
@@ -1097,17 +1131,25 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
     ]
     for w in warnings:
         print(f"WARNING: {w}")
-    if with_limits:
+    if ab:
         print()
         print(
-            "limits on (a key with every limit set: rpm, tpm, concurrency, daily and monthly USD) vs off, same run:"
+            f"limits on (a key with every limit set: rpm, tpm, concurrency, daily and monthly USD) vs off: "
+            f"{args.ab_rounds} interleaved rounds of {args.ab_duration:g}s each, medians"
         )
-        for wl, lrun in with_limits.items():
-            base = results[wl]["meshfast"]
-            ratio = lrun.rps / base.rps if base.rps else 0.0
+        for wl, pairs in ab.items():
+            rps_ratio = statistics.median(on.rps / off.rps for off, on in pairs if off.rps)
+            cpu = [
+                (off.cpu_us_per_req, on.cpu_us_per_req)
+                for off, on in pairs
+                if off.cpu_us_per_req and on.cpu_us_per_req
+            ]
+            cpu_ratio = statistics.median(on / off for off, on in cpu) if cpu else 0.0
+            off_rps = statistics.median(off.rps for off, _ in pairs)
+            on_rps = statistics.median(on.rps for _, on in pairs)
             print(
-                f"  {wl}: off {base.rps:,.0f}/s (cpu {fmt_cpu(base.cpu_us_per_req)}/req)   on {lrun.rps:,.0f}/s "
-                f"(cpu {fmt_cpu(lrun.cpu_us_per_req)}/req)   on/off {ratio:.2f}x"
+                f"  {wl}: off {off_rps:,.0f}/s   on {on_rps:,.0f}/s   on/off throughput {rps_ratio:.3f}x   "
+                f"cpu per request on/off {cpu_ratio:.3f}x"
             )
     print()
     summary = ", ".join(f"{wl} {'PASS' if v['pass'] else 'MISS'}" for wl, v in verdicts.items())
