@@ -46,6 +46,8 @@ on success, reopened on failure. State is per worker process. See docs/router.md
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
 import time
 from collections.abc import Callable
@@ -386,6 +388,14 @@ class Router:
         self._pool: dict[str, tuple[Endpoint, ...]] = {
             kind: tuple(e for e in order if e.model.kind == kind) for kind in ("chat", "embedding")
         }
+        self._tables = {kind: _ModeTable(pool) for kind, pool in self._pool.items()}
+        # The Health objects that are not pristine (circuit not closed, or a failure
+        # streak), kept by record() -- the only writer of health besides Health.group,
+        # which only turns open into half-open. While it is empty every endpoint is
+        # healthy and plan() takes the modes' shortcuts (see _plan_mode); record() also
+        # mirrors each new TTFT EWMA into the endpoint's _ModeTable (_table_of).
+        self._troubled: set[Health] = set()
+        self._table_of = {h: (t, i) for t in self._tables.values() for i, h in enumerate(t.healths)}
         self._build_listing()
 
     # -- construction ----------------------------------------------------------------
@@ -586,6 +596,10 @@ class Router:
                 param="mesh.privacy",
                 code="invalid_privacy_class",
             )
+        if model in MODES:
+            table = self._tables.get(needs.kind)
+            if table is not None:
+                return self._plan_mode(model, needs, rank, table)
         caps = needs.capabilities()
         total = needs.prompt_tokens + needs.max_output
         kind = needs.kind
@@ -622,16 +636,7 @@ class Router:
         if not fits:
             raise self._explain(model, mode, pool, needs, caps)
         if not picked:
-            wait = min(
-                max(ep.health.reopen_at, ep.health.probe_until) - now
-                for ep in pool
-                if ep.health.circuit != CLOSED
-            )
-            retry = max(1, math.ceil(wait))
-            raise errors.NoHealthyEndpoint(
-                f"Every endpoint that can serve `{model}` is failing (circuit open); retry in {retry} s.",
-                headers=[(b"retry-after", str(retry).encode())],
-            )
+            raise self._all_open(model, pool, now)
         if mode in MODES and len(picked) > 1:
             picked.sort(key=self._key_fn(mode, needs))  # stable: pool order breaks ties
         if any(g for g, _ in picked):
@@ -642,6 +647,82 @@ class Router:
             if h.circuit == HALF_OPEN:
                 h.probe_until = now + PROBE_LEASE_S  # this plan holds the one probe
         return mode, out
+
+    def _plan_mode(
+        self, mode: str, needs: Needs, rank: int, t: _ModeTable
+    ) -> tuple[str, list[Endpoint]]:
+        """:meth:`plan` for the modes, on the precomputed :class:`_ModeTable` of the kind;
+        the same result as the generic loop + ``_key_fn`` sort.
+
+        Common case -- no endpoint has breaker state (``_troubled`` empty) and every
+        static fit meets the context window: ``fast`` takes the first fits in the live
+        TTFT order, ``cheapest`` / ``best`` rank only their precomputed shortlist, ``auto``
+        scores in bound order until nothing unscored can make the list. Otherwise: pool indices in pool order, the
+        mode's keys for the healthy ones (and the degraded ones only when the healthy do
+        not fill ``max_attempts``); stable sort / ``heapq.nsmallest`` keep pool order on ties.
+        """
+        mask = needs.tools | (needs.vision << 1) | (needs.json_schema << 2) | (needs.streaming << 3)
+        idxs, min_ctx = t.static[mask][rank]
+        total = needs.prompt_tokens + needs.max_output
+        now = self._clock()
+        if total > min_ctx:
+            ctx = t.ctx
+            idxs = [i for i in idxs if total <= ctx[i]]
+        if not idxs:
+            raise self._explain(mode, mode, t.pool, needs, needs.capabilities())
+        n = self.max_attempts
+        if (
+            not self._troubled
+            and n > 0
+            and total <= min_ctx
+            and needs.prompt_tokens >= 0
+            and needs.max_output >= 0
+        ):  # every fit healthy, none dropped by the context window
+            if mode == "fast":
+                return mode, [t.pool[i] for i in t.fastest(mask, rank, n)]
+            if mode == "auto":
+                return mode, [t.pool[i] for i in t.auto_top(needs, mask, rank, n)]
+            # cheapest / best: static keys, rank the shortlist only
+            tokens = needs.prompt_tokens > 0 or needs.kind != "embedding"  # cost can be > 0
+            short = t.shortlist(mode, mask, rank, n, tokens)
+            return mode, [t.pool[i] for i in _smallest(short, t.key_fn(mode, needs), n)]
+        hs = t.healths
+        healthy = [i for i in idxs if not hs[i].circuit and not hs[i].consecutive]
+        degraded: list[int] = []
+        if len(healthy) != len(idxs):  # some breaker state: classify as Health.group does
+            demote = self.settings.breaker_cooldown_s
+            healthy = []
+            for i in idxs:
+                g = hs[i].group(now, demote)
+                if g == 0:
+                    healthy.append(i)
+                elif g > 0:
+                    degraded.append(i)
+            if not healthy and not degraded:
+                raise self._all_open(mode, t.pool, now)
+        keys = t.key_fn(mode, needs)
+        out = _smallest(healthy, keys, n)
+        if len(out) < n and degraded:
+            out += _smallest(degraded, keys, n - len(out))
+        eps = t.pool
+        picked = [eps[i] for i in out]
+        for i in out:
+            h = hs[i]
+            if h.circuit == HALF_OPEN:
+                h.probe_until = now + PROBE_LEASE_S  # this plan holds the one probe
+        return mode, picked
+
+    def _all_open(self, model: str, pool: tuple[Endpoint, ...], now: float) -> errors.MeshError:
+        wait = min(
+            max(ep.health.reopen_at, ep.health.probe_until) - now
+            for ep in pool
+            if ep.health.circuit != CLOSED
+        )
+        retry = max(1, math.ceil(wait))
+        return errors.NoHealthyEndpoint(
+            f"Every endpoint that can serve `{model}` is failing (circuit open); retry in {retry} s.",
+            headers=[(b"retry-after", str(retry).encode())],
+        )
 
     def _key_fn(self, mode: str, needs: Needs) -> Callable[[tuple[int, Endpoint]], Any]:
         p = needs.prompt_tokens
@@ -766,11 +847,17 @@ class Router:
                 first if h.ewma_ttft is None else h.ewma_ttft + EWMA_ALPHA * (first - h.ewma_ttft)
             )
             h.consecutive = 0
+            at = self._table_of.get(h)
+            if at is not None:
+                at[0].set_ttft(at[1], h.ewma_ttft)
             if h.circuit == HALF_OPEN:
                 h.circuit = CLOSED
                 h.probe_until = 0.0
                 h.window.clear()  # a fresh window: the failures that opened it are history
+            if h.circuit == CLOSED:
+                self._troubled.discard(h)
             return
+        self._troubled.add(h)
         h.consecutive += 1
         h.last_error = _clean_error(error) or (f"HTTP {status}" if status else "no response")
         h.last_status = status
@@ -870,3 +957,213 @@ class Router:
 
 def _unhealthy_last(ge: tuple[int, Endpoint]) -> bool:
     return ge[0] > 0
+
+
+def _smallest(idxs: list[int], keys: Callable[[list[int]], list[Any]], n: int) -> list[int]:
+    """The ``n`` entries of ``idxs`` with the smallest keys, ties in ``idxs`` order
+    (``sorted`` and ``heapq.nsmallest`` are both stable)."""
+    if not idxs or n <= 0:
+        return []
+    if len(idxs) == 1:
+        return list(idxs)
+    k = keys(idxs)
+    at = k.__getitem__
+    order = (
+        heapq.nsmallest(n, range(len(k)), key=at) if len(k) > n else sorted(range(len(k)), key=at)
+    )
+    return [idxs[j] for j in order]
+
+
+class _ModeTable:
+    """What the modes need of one kind's pool, precomputed so that ``plan`` does
+    integer compares and arithmetic on parallel tuples instead of attribute lookups.
+
+    Everything is indexed by the endpoint's position in ``pool`` (the tie-break order):
+
+    * ``healths``, ``ctx`` (context window), ``inp`` / ``out`` (nano-USD per Mtok),
+      the TTFT EWMA is read live from ``healths``, and mirrored by ``record()`` (via
+      :meth:`set_ttft`) in ``fast_order`` (``(fast key, index)`` ascending) and ``auto_t``;
+    * ``q_tie``: ``qmax - quality`` (>= 0, smaller is better);
+    * ``auto_q``: ``wq * quality / 100`` exactly as the auto formula computes it;
+      ``auto_ub``: ``auto_q + wp / (1 + lower price / ref)``, an upper bound of the
+      quality + price terms for any request (its estimate per Mtok is a mix of the
+      input and output prices, so never below the lower one);
+    * ``static[capability mask][privacy rank]``: ``(indices, min_ctx)`` -- the pool
+      indices (ascending) whose capabilities cover the mask (bits in ``_CAP_ORDER``)
+      and whose privacy rank is >= the asked one, and their smallest context window
+      (when the request fits that, no per-endpoint context check is needed).
+
+    Endpoint attributes are fixed once the router is built (only ``health`` changes:
+    read live, TTFTs mirrored by ``record()``), so the table never goes stale.
+    """
+
+    __slots__ = (
+        "pool",
+        "healths",
+        "ctx",
+        "inp",
+        "out",
+        "q_tie",
+        "auto_q",
+        "auto_ub",
+        "auto_t",
+        "static",
+        "static_sets",
+        "fast_t",
+        "fast_order",
+        "_shortlists",
+        "_auto_orders",
+    )
+
+    def __init__(self, pool: tuple[Endpoint, ...]) -> None:
+        self.pool = pool
+        self.healths = tuple(e.health for e in pool)
+        self.ctx = tuple(e.context_window for e in pool)
+        self.inp = tuple(e.input_nano_per_mtok for e in pool)
+        self.out = tuple(e.output_nano_per_mtok for e in pool)
+        qmax = max((e.quality for e in pool), default=0)
+        self.q_tie = tuple(qmax - e.quality for e in pool)
+        self.auto_q = tuple(AUTO_WEIGHTS[0] * e.quality / 100 for e in pool)
+        cap_bits = [
+            sum(1 << b for b, c in enumerate(_CAP_ORDER) if c in e.capabilities) for e in pool
+        ]
+        ranks = [e.privacy_rank for e in pool]
+        static = []
+        for mask in range(1 << len(_CAP_ORDER)):
+            by_rank = []
+            for rank in range(len(PRIVACY_CLASSES)):
+                idxs = tuple(
+                    i for i in range(len(pool)) if cap_bits[i] & mask == mask and ranks[i] >= rank
+                )
+                by_rank.append((idxs, min((self.ctx[i] for i in idxs), default=0)))
+            static.append(tuple(by_rank))
+        self.static = tuple(static)
+        self.static_sets = tuple(tuple(frozenset(idxs) for idxs, _ in s) for s in static)
+        self.fast_t = [UNOBSERVED_TTFT_FAST_S] * len(pool)
+        self.auto_t = [UNOBSERVED_TTFT_AUTO_S] * len(pool)
+        wp = AUTO_WEIGHTS[1]
+        self.auto_ub = tuple(
+            q + wp / (1 + min(i, o) / 1e9 / AUTO_PRICE_REF_USD_PER_MTOK)
+            for q, i, o in zip(self.auto_q, self.inp, self.out, strict=True)
+        )
+        self._auto_orders: dict[tuple[int, int], tuple[int, ...]] = {}
+        self.fast_order = [(UNOBSERVED_TTFT_FAST_S, i) for i in range(len(pool))]
+        self._shortlists: dict[tuple[str, int, int, int, bool], list[int]] = {}
+
+    def set_ttft(self, i: int, ttft: float) -> None:
+        """Mirror endpoint ``i``'s new TTFT EWMA in ``fast_order`` and ``auto_t``."""
+        order = self.fast_order
+        del order[bisect.bisect_left(order, (self.fast_t[i], i))]
+        bisect.insort(order, (ttft, i))
+        self.fast_t[i] = ttft
+        self.auto_t[i] = ttft
+
+    def auto_top(self, needs: Needs, mask: int, rank: int, n: int) -> list[int]:
+        """The first ``n`` of ``static[mask][rank]`` by the auto key (ties: index), scoring
+        them in descending ``auto_ub`` order and stopping once no unscored endpoint can
+        reach the ``n``-th score (its bound + the best speed term, with a margin far
+        above float rounding, stays below it)."""
+        order = self._auto_orders.get((mask, rank))
+        if order is None:
+            ub = self.auto_ub
+            order = tuple(sorted(self.static[mask][rank][0], key=lambda i: (-ub[i], i)))
+            self._auto_orders[(mask, rank)] = order
+        _, wp, ws = AUTO_WEIGHTS
+        s_max = ws / (1 + min(self.auto_t, default=0.0) / AUTO_TTFT_REF_S)
+        key = self.auto_key(needs)
+        ub = self.auto_ub
+        top: list[tuple[float, int]] = []  # (key, index) ascending, at most n
+        for i in order:
+            if len(top) == n and ub[i] + s_max + 1e-9 < -top[-1][0]:
+                break
+            entry = (key(i), i)
+            if len(top) < n:
+                bisect.insort(top, entry)
+            elif entry < top[-1]:
+                top.pop()
+                bisect.insort(top, entry)
+        return [i for _, i in top]
+
+    def fastest(self, mask: int, rank: int, n: int) -> list[int]:
+        """The first ``n`` of ``static[mask][rank]`` in ``fast_order``."""
+        fit = self.static_sets[mask][rank]
+        out: list[int] = []
+        for _, i in self.fast_order:
+            if i in fit:
+                out.append(i)
+                if len(out) == n:
+                    break
+        return out
+
+    def _precedes(self, mode: str, d: int, e: int, tokens: bool) -> bool:
+        """Whether ``d`` ranks before ``e`` in ``cheapest`` / ``best`` for every request
+        (any prompt and output token counts >= 0; ``tokens``: not both 0). Conservative:
+        a strictly lower cost needs both prices strictly lower."""
+        di, do, ei, eo = self.inp[d], self.out[d], self.inp[e], self.out[e]
+        cheaper = di <= ei and do <= eo
+        strictly_cheaper = tokens and di < ei and do < eo
+        qd, qe = self.q_tie[d], self.q_tie[e]  # smaller is better
+        if mode == "cheapest":
+            return strictly_cheaper or (cheaper and (qd, d) < (qe, e))
+        return qd < qe or (qd == qe and (strictly_cheaper or (cheaper and d < e)))  # best
+
+    def shortlist(self, mode: str, mask: int, rank: int, n: int, tokens: bool) -> list[int]:
+        """The fits (``static[mask][rank]``, pool order) that fewer than ``n`` other fits
+        always precede: nothing else can make the first ``n`` while every fit is healthy.
+        Computed on first use; at most 2 modes x 64 masks/ranks x 2 per ``n``."""
+        key = (mode, mask, rank, n, tokens)
+        short = self._shortlists.get(key)
+        if short is None:
+            idxs = self.static[mask][rank][0]
+            short = [
+                e for e in idxs if sum(1 for d in idxs if self._precedes(mode, d, e, tokens)) < n
+            ]
+            self._shortlists[key] = short
+        return short
+
+    def key_fn(self, mode: str, needs: Needs) -> Callable[[list[int]], list[Any]]:
+        """Sort keys of pool indices for ``mode``; the same order as ``Router._key_fn``
+        (pool order breaks the remaining ties)."""
+        p = needs.prompt_tokens
+        o = (
+            0
+            if needs.kind == "embedding"
+            else min(needs.max_output or EXPECTED_OUTPUT_TOKENS, EXPECTED_OUTPUT_TOKENS)
+        )
+        inp, out, q_tie = self.inp, self.out, self.q_tie
+        if mode == "cheapest":  # (cost, -quality)
+            return lambda idxs: [(p * inp[i] + o * out[i], q_tie[i]) for i in idxs]
+        if mode == "best":  # (-quality, cost)
+            return lambda idxs: [(q_tie[i], p * inp[i] + o * out[i]) for i in idxs]
+        hs = self.healths
+        if mode == "fast":
+            unobserved = UNOBSERVED_TTFT_FAST_S
+            return lambda idxs: [unobserved if (t := hs[i].ewma_ttft) is None else t for i in idxs]
+        key = self.auto_key(needs)
+        return lambda idxs: [key(i) for i in idxs]
+
+    def auto_key(self, needs: Needs) -> Callable[[int], float]:
+        """The auto key of pool index ``i``: ``-score``, computed as ``Router._key_fn``."""
+        p = needs.prompt_tokens
+        o = (
+            0
+            if needs.kind == "embedding"
+            else min(needs.max_output or EXPECTED_OUTPUT_TOKENS, EXPECTED_OUTPUT_TOKENS)
+        )
+        tokens = p + o
+        _, wp, ws = AUTO_WEIGHTS
+        inp, out, auto_q, hs = self.inp, self.out, self.auto_q, self.healths
+        prior = UNOBSERVED_TTFT_AUTO_S
+        price_ref = AUTO_PRICE_REF_USD_PER_MTOK
+        ttft_ref = AUTO_TTFT_REF_S
+
+        def key(i: int) -> float:
+            if tokens:
+                usd = (p * inp[i] + o * out[i]) / tokens / 1e9
+            else:
+                usd = _blended(inp[i], out[i]) / 4e9
+            t = hs[i].ewma_ttft
+            t = prior if t is None else t
+            return -(auto_q[i] + wp / (1 + usd / price_ref) + ws / (1 + t / ttft_ref))
+
+        return key
