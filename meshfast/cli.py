@@ -101,7 +101,12 @@ def prepare_store(cfg: config.Config, demo: bool) -> None:
         if demo:
             secret = create_demo(store)
             if secret is None:
-                print("meshfast: --demo: the store already has accounts; no demo account was created", file=sys.stderr)
+                print(
+                    f"meshfast: --demo: the store {cfg.store.path} already has accounts, so no demo account was "
+                    "created. For another key: stop the server and run `meshfast keys create --account demo "
+                    "--project default`, or set MESHFAST_ADMIN_TOKEN for the server and the CLI.",
+                    file=sys.stderr,
+                )
             else:
                 print(
                     f"meshfast: demo account 'demo' with ${DEMO_BALANCE_USD} created. Its API key, shown only once:\n\n"
