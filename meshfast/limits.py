@@ -81,7 +81,8 @@ class Admission:
 
     states: tuple[LimitState, ...]
     tokens: int
-    concurrency: tuple[LimitState, ...]
+    # the Concurrency objects acquired: released as they are, even if a limit changed since
+    concurrency: tuple[Concurrency, ...]
 
 
 def admit(states: tuple[LimitState, ...], now: float, tokens: int, amount_nano: int, month: str, day: str) -> Admission:
@@ -111,29 +112,26 @@ def admit(states: tuple[LimitState, ...], now: float, tokens: int, amount_nano: 
             else:
                 message = f"Token rate limit reached for this {st.owner}: {lim.tpm} tokens per minute."
             raise _refuse(errors.TokensLimited, message, st.tpm.retry_after(now, tokens))
-        if lim.daily_usd_nano is not None:
-            used = st.spend.get(day, 0) + st.held_nano
-            if used + amount_nano > lim.daily_usd_nano:
+        for ceiling, bucket, cls, name, period, reset in (
+            (lim.daily_usd_nano, day, errors.DailyBudgetExceeded, "Daily", "today", _seconds_to_next_day),
+            (lim.monthly_usd_nano, month, errors.MonthlyBudgetExceeded, "Monthly", "this month", _seconds_to_next_month),
+        ):
+            if ceiling is None:
+                continue
+            used = st.spend.get(bucket, 0) + st.held_nano
+            if used + amount_nano > ceiling:
                 raise _refuse(
-                    errors.DailyBudgetExceeded,
-                    f"Daily budget of ${nano_to_usd(lim.daily_usd_nano)} for this {st.owner} would be exceeded: "
-                    f"${nano_to_usd(used)} spent or held today, this call may cost up to ${nano_to_usd(amount_nano)}.",
-                    _seconds_to_next_day(),
+                    cls,
+                    f"{name} budget of ${nano_to_usd(ceiling)} "
+                    f"for this {st.owner} would be exceeded: ${nano_to_usd(used)} spent or held {period}, "
+                    f"this call may cost up to ${nano_to_usd(amount_nano)}.",
+                    reset(),
                 )
-        if lim.monthly_usd_nano is not None:
-            used = st.spend.get(month, 0) + st.held_nano
-            if used + amount_nano > lim.monthly_usd_nano:
-                raise _refuse(
-                    errors.MonthlyBudgetExceeded,
-                    f"Monthly budget of ${nano_to_usd(lim.monthly_usd_nano)} for this {st.owner} would be exceeded: "
-                    f"${nano_to_usd(used)} spent or held this month, this call may cost up to ${nano_to_usd(amount_nano)}.",
-                    _seconds_to_next_month(),
-                )
-    took: list[LimitState] = []
+    took: list[Concurrency] = []
     for st in states:
         if st.concurrency is not None:
             st.concurrency.try_acquire()
-            took.append(st)
+            took.append(st.concurrency)
         if st.rpm is not None:
             st.rpm.try_take(now, 1)
         if st.tpm is not None:
@@ -145,8 +143,8 @@ def admit(states: tuple[LimitState, ...], now: float, tokens: int, amount_nano: 
 def finish(adm: Admission, now: float, amount_nano: int, actual_tokens: int | None) -> None:
     """The call ended: release concurrency and the held amount; correct the token windows to
     the actual usage (``None``: nothing was used, give the reservation back)."""
-    for st in adm.concurrency:
-        st.concurrency.release()  # type: ignore[union-attr]
+    for slot in adm.concurrency:
+        slot.release()
     used = 0 if actual_tokens is None else actual_tokens
     for st in adm.states:
         st.held_nano -= amount_nano

@@ -403,3 +403,30 @@ def test_spend_survives_a_restart(tmp_path):
                 await again.close()
 
         assert asyncio.run(verify_and_close()) == []
+
+
+def test_limit_change_while_a_call_is_in_flight(tmp_path):
+    """Removing (or re-adding) a concurrency limit mid-call must not break that call's settlement."""
+    import asyncio
+
+    from meshfast.money import usd_to_nano
+    from meshfast.store.base import Limits
+
+    store = open_store(StoreConfig(path=str(tmp_path / "m.db")))
+    account = store.create_account("changer")
+    store.topup(account.id, usd_to_nano("1"), "manual", "t1")
+    key, _ = store.create_key(store.create_project(account.id, "p"), limits=Limits(concurrency=1))
+    first = store.place_hold(key, 1000, 10)
+    store.update_key(key.id, limits=Limits())  # limit removed while `first` runs
+    second = store.place_hold(key, 1000, 10)
+    store.update_key(key.id, limits=Limits(concurrency=1))  # and a new one
+    store.release(first)
+    store.release(second)
+    third = store.place_hold(key, 1000, 10)  # the new limit's slot is free
+    store.release(third)
+    assert store.account(account.id).held_nano == 0
+
+    async def close():
+        await store.close()
+
+    asyncio.run(close())
