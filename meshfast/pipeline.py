@@ -297,7 +297,6 @@ class Pipeline:
         else:
             needs = Needs("embedding", prompt_tokens=call.prompt_estimate, privacy=privacy)
         call.mode, call.candidates = self.router.plan(call.requested_model, needs)
-        call.tried = []
         call.endpoint = call.candidates[0]
         call.privacy = privacy
         return call.endpoint
@@ -324,8 +323,9 @@ class Pipeline:
         ]
 
     async def open_reply(self, call: Call, req: dict[str, Any], scope: dict[str, Any]) -> Reply:
-        last: errors.MeshError | None = None
-        n = len(call.candidates)
+        """Try the candidates in order until one answers; a connect error, a timeout, or a
+        429 / 5xx answer before anything reached the client moves on to the next."""
+        last = len(call.candidates) - 1
         for i, ep in enumerate(call.candidates):
             call.endpoint = ep
             call.tried.append(ep.key)
@@ -335,31 +335,23 @@ class Pipeline:
                     reply = await ep.provider.chat(ep, req, call.stream, scope["headers"])
                 else:
                     reply = await ep.provider.embeddings(ep, req, scope["headers"])
+                if reply.status >= 400:
+                    err = await _upstream_error(reply)
+                    reply.close()
+                    raise err
             except errors.UpstreamHTTPError as exc:
-                self.router.record(ep, False, time.monotonic() - t0, None, exc.message, exc.status)
-                if i + 1 < n and self.router.should_failover(exc.status):
-                    last = exc
-                    continue
-                raise
+                status: int | None = exc.status
+                failure: errors.MeshError = exc
             except (errors.UpstreamUnreachable, errors.UpstreamTimedOut, errors.UpstreamBadResponse) as exc:
-                self.router.record(ep, False, time.monotonic() - t0, None, exc.message, None)
-                if i + 1 < n:
-                    last = exc
-                    continue
-                raise
-            if reply.status >= 400:
-                err = await _upstream_error(reply)
-                reply.close()
-                self.router.record(ep, False, time.monotonic() - t0, None, err.message, reply.status)
-                if i + 1 < n and self.router.should_failover(reply.status):
-                    last = err
-                    continue
-                raise err
-            call.attempt_t0 = t0
-            call.head_at = time.monotonic()
-            return reply
-        assert last is not None
-        raise last
+                status, failure = None, exc
+            else:
+                call.attempt_t0 = t0
+                call.head_at = time.monotonic()
+                return reply
+            self.router.record(ep, False, time.monotonic() - t0, None, failure.message, status)
+            if i == last or (status is not None and not self.router.should_failover(status)):
+                raise failure
+        raise AssertionError("the router returned no candidates")
 
     def place_hold(self, call: Call, req: dict[str, Any], max_output: int | None) -> None:
         """Admit under the key's and project's limits (429) and reserve the worst case on the
@@ -459,12 +451,9 @@ class Pipeline:
     async def relay_body(self, call: Call, reply: Reply, send: Send) -> None:
         """A whole JSON answer: read it, settle from its usage, send it with the receipt headers."""
         try:
-            if reply.status >= 400:
-                raise await _upstream_error(reply)
-            try:
-                data = await reply.read()
-            except UpstreamError as exc:
-                raise map_upstream_error(exc, call.endpoint.provider.name) from None
+            data = await reply.read()
+        except UpstreamError as exc:
+            raise map_upstream_error(exc, call.endpoint.provider.name) from None
         finally:
             reply.close()
         call.first_byte = time.monotonic()
@@ -539,9 +528,10 @@ class Pipeline:
             log.exception("stream relay failed")
             tail = errors.InternalError("The gateway failed while relaying the stream.").sse_event()
         receipt = self.settle_stream(call, scanner, status) if call.hold is not None else None
-        now = time.monotonic()
-        ttft = call.first_byte - call.attempt_t0 if call.first_byte else None
-        self.router.record(call.endpoint, status == "ok", now - call.attempt_t0, ttft, None if status == "ok" else "stream broke off", None)
+        if status != "cancelled":  # a revoked key says nothing about the endpoint's health
+            ttft = call.first_byte - call.attempt_t0 if call.first_byte else None
+            error = None if status == "ok" else "stream broke off"
+            self.router.record(call.endpoint, status == "ok", time.monotonic() - call.attempt_t0, ttft, error, None)
         if status == "ok":
             if call.include_usage and scanner.usage_chunk is not None and receipt is not None:
                 tail = b"data: " + usage_with_costs(scanner.usage_chunk, receipt) + b"\n\n"

@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
 from typing import Any
 
 import orjson
 
 from meshfast import __version__, config, errors
 from meshfast.admin import AdminAPI
-from meshfast.asgi import send_error, send_json
+from meshfast.asgi import header, send_error, send_json
 from meshfast.pipeline import Pipeline
 from meshfast.router import build_router
 from meshfast.store import open_store
@@ -25,7 +24,6 @@ log = logging.getLogger("meshfast")
 
 GC_EVERY = 1.0  # seconds between collections of the young generations
 GC_FULL_EVERY = 30  # ... and of all generations, every this many ticks
-JSON_HEADERS = [(b"content-type", b"application/json")]
 Scope = dict[str, Any]
 
 
@@ -45,7 +43,6 @@ class App:
         self.draining = False
         self.inflight = 0
         self.idle = asyncio.Event()
-        self.started_at = time.time()
         self.post_routes = {
             "/v1/chat/completions": self.pipeline.chat,
             "/v1/embeddings": self.pipeline.embeddings,
@@ -92,7 +89,9 @@ class App:
                 raise errors.MethodNotAllowed(f"{method} is not allowed on {path}; use POST.")
             raise errors.ServerDraining("The server is shutting down; retry on another instance.")
         if method != "GET":
-            if path in ("/v1/models", "/health", "/v1/balance") or path.startswith(("/v1/models/", "/v1/receipts/")):
+            if path in ("/v1/models", "/health", "/v1/balance", "/v1/providers/health") or path.startswith(
+                ("/v1/models/", "/v1/receipts/")
+            ):
                 raise errors.MethodNotAllowed(f"{method} is not allowed on {path}; use GET.")
             raise errors.RouteNotFound(f"Unknown path {path}.")
         if path == "/v1/models":
@@ -114,17 +113,14 @@ class App:
 
     async def read_body(self, scope: Scope, receive: Any) -> bytes:
         limit = self.max_body
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    raise errors.InvalidRequest("Content-Length is not a number.") from None
-                if declared > limit:
-                    raise errors.BodyTooLarge(
-                        f"The request body is {declared} bytes; the limit is {limit} bytes."
-                    )
-                break
+        declared = header(scope, b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise errors.InvalidRequest("Content-Length is not a number.") from None
+            if size > limit:
+                raise errors.BodyTooLarge(f"The request body is {size} bytes; the limit is {limit} bytes.")
         msg = await receive()
         if msg["type"] == "http.disconnect":
             raise ClientGone

@@ -1,9 +1,9 @@
 """The embedded store: state in this process's memory, made durable in SQLite (WAL).
 
 Every change is applied to memory first, synchronously (so each hot-path operation
-is atomic on the event loop), then queued to a writer thread that commits whatever
-has queued up in one transaction (group commit). A ``kill -9`` loses at most the
-changes queued since the last commit; SIGTERM flushes the queue before exit.
+is atomic on the event loop), then queued; every 5 ms the queue goes to a writer process
+that commits it in one transaction (group commit). A ``kill -9`` loses at most the
+changes not yet sent; SIGTERM flushes the queue before exit.
 
 One process only: the file is locked while a server holds it, and ``--workers`` above
 1 is refused. The CLI talks to a running server through the admin API instead.
@@ -372,16 +372,18 @@ class EmbeddedStore(Store):
             out.append((b"x-mesh-monthly-remaining-usd", nano_to_usd(max(left, 0)).encode()))
         return out
 
-    def release(self, hold: Hold) -> None:
+    def _close_hold(self, hold: Hold, used_tokens: int | None) -> None:
+        """Give the held amount and the limits back, once (``None``: nothing was used)."""
         if self._holds.pop(hold.id, None) is not None:
             self._accounts[hold.account_id].held_nano -= hold.amount_nano
-            finish(hold.admission, time.monotonic(), hold.amount_nano, None)
+            finish(hold.admission, time.monotonic(), hold.amount_nano, used_tokens)
+
+    def release(self, hold: Hold) -> None:
+        self._close_hold(hold, None)
 
     def settle(self, hold: Hold, receipt: Receipt) -> None:
         account = self._accounts[hold.account_id]
-        if self._holds.pop(hold.id, None) is not None:
-            account.held_nano -= hold.amount_nano
-            finish(hold.admission, time.monotonic(), hold.amount_nano, receipt.prompt_tokens + receipt.completion_tokens)
+        self._close_hold(hold, receipt.prompt_tokens + receipt.completion_tokens)
         # The hold is the worst case; should usage exceed it, never take the balance below zero.
         if receipt.total_nano > account.balance_nano - account.held_nano:
             receipt.total_nano = max(account.balance_nano - account.held_nano, 0)
