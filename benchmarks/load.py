@@ -17,6 +17,7 @@ per request, and prints them side by side with the README budgets. See benchmark
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import grp
 import http.client
@@ -452,11 +453,12 @@ def provision_bench_key(store_path: Path) -> tuple[str, str]:
     from meshfast.store.base import Limits
 
     store = open_store(StoreConfig(path=str(store_path)))
-    try:
-        account = store.create_account("bench")
-        store.topup(account.id, usd_to_nano("1000000"), "manual", "bench-balance")
-        project = store.create_project(account.id, "bench")
-        _key, plain = store.create_key(project, name="bench")
+
+    async def create() -> tuple[str, str]:
+        account = await store.create_account("bench")
+        await store.topup(account.id, usd_to_nano("1000000"), "manual", "bench-balance")
+        project = await store.create_project(account.id, "bench")
+        _key, plain = await store.create_key(project, name="bench")
         big = Limits(
             rpm=10**9,
             tpm=10**12,
@@ -464,7 +466,11 @@ def provision_bench_key(store_path: Path) -> tuple[str, str]:
             daily_usd_nano=usd_to_nano("900000"),
             concurrency=10**6,
         )
-        _key, limited = store.create_key(project, name="bench-limited", limits=big)
+        _key, limited = await store.create_key(project, name="bench-limited", limits=big)
+        return plain, limited
+
+    try:
+        plain, limited = asyncio.run(create())
     finally:
         store.close_sync()
     return plain, limited

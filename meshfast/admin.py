@@ -222,22 +222,22 @@ class AdminAPI:
         name = _str(body, "name", required=True, max_len=100)
         margin = None if body.get("margin_pct") is None else _pct(body["margin_pct"], "margin_pct")
         fee = None if body.get("fee_usd") is None else _usd(body["fee_usd"], "fee_usd")
-        return 201, self.store.create_account(name, margin, fee).public()
+        return 201, (await self.store.create_account(name, margin, fee)).public()
 
     async def list_accounts(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
-        return 200, _listing([a.public() for a in self.store.accounts()])
+        return 200, _listing([a.public() for a in await self.store.accounts()])
 
     async def get_account(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
-        return 200, self.store.account(args[0]).public()
+        return 200, (await self.store.account(args[0])).public()
 
     # -- projects ---------------------------------------------------------------------
     async def create_project(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         _only(body, ("name",))
         name = _str(body, "name", required=True, max_len=100)
-        return 201, self.store.create_project(args[0], name).public()
+        return 201, (await self.store.create_project(args[0], name)).public()
 
     async def list_projects(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
-        return 200, _listing([p.public() for p in self.store.projects(args[0])])
+        return 200, _listing([p.public() for p in await self.store.projects(args[0])])
 
     # -- top-ups ----------------------------------------------------------------------
     async def create_topup(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
@@ -249,11 +249,12 @@ class AdminAPI:
             raise _bad("amount_usd", "must be greater than zero")
         chain = _str(body, "chain", required=True, max_len=32)
         tx_id = _str(body, "tx_id", required=True, max_len=256)
-        account = self.store.account(args[0])
+        account = await self.store.account(args[0])
         topup, created = await self.credit(account, amount, chain, tx_id)
         out = topup.public()
         out["duplicate"] = not created
-        out["balance_usd"] = account.public()["balance_usd"]
+        # read again: a shared store's account is a snapshot from before the credit
+        out["balance_usd"] = (await self.store.account(account.id)).public()["balance_usd"]
         return (201 if created else 200), out
 
     async def credit(self, account: Account, amount_nano: int, chain: str, tx_id: str) -> tuple[Any, bool]:
@@ -263,7 +264,7 @@ class AdminAPI:
         verifier = self.chains[chain]
         if verifier is not None:
             await verifier(account, amount_nano, tx_id)
-        return self.store.topup(account.id, amount_nano, chain, tx_id)
+        return await self.store.topup(account.id, amount_nano, chain, tx_id)
 
     # -- keys -------------------------------------------------------------------------
     async def create_key(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
@@ -276,67 +277,67 @@ class AdminAPI:
         if expires_at is not None and expires_at <= time.time():
             raise _bad("expires_at", "is in the past")
         # Everything is valid: only now may a missing project be created.
-        project = self._project_for_key(self.store.account(account_ref), project_ref)
-        key, secret = self.store.create_key(project, name, limits, expires_at)
-        out = self._key_out(key)
+        project = await self._project_for_key(await self.store.account(account_ref), project_ref)
+        key, secret = await self.store.create_key(project, name, limits, expires_at)
+        out = await self._key_out(key)
         out["secret"] = secret  # the only time it is shown
         return 201, out
 
-    def _project_for_key(self, account: Account, ref: str) -> Project:
+    async def _project_for_key(self, account: Account, ref: str) -> Project:
         try:
-            project = self.store.project(ref, account.id)
+            project = await self.store.project(ref, account.id)
         except errors.NotFound:
             if ref.startswith("proj_"):
                 raise errors.NotFound(f"No project {ref!r}.", param="project", code="project_not_found") from None
-            return self.store.create_project(account.id, ref)
+            return await self.store.create_project(account.id, ref)
         if project.account_id != account.id:
             raise _bad("project", f"project {ref!r} belongs to another account")
         return project
 
     async def list_keys(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
-        keys = self.store.keys(query.get("account") or None, query.get("project") or None)
-        return 200, _listing([self._key_out(k) for k in sorted(keys, key=lambda k: k.created)])
+        keys = await self.store.keys(query.get("account") or None, query.get("project") or None)
+        return 200, _listing([await self._key_out(k) for k in sorted(keys, key=lambda k: k.created)])
 
-    def _key_out(self, key: Any) -> dict[str, Any]:
+    async def _key_out(self, key: Any) -> dict[str, Any]:
         """key.public() (never the secret or its hash) plus the account and project names."""
         out = key.public()
         try:
-            out["account_name"] = self.store.account(key.account_id).name
-            out["project_name"] = self.store.project(key.project_id).name
+            out["account_name"] = (await self.store.account(key.account_id)).name
+            out["project_name"] = (await self.store.project(key.project_id)).name
         except errors.NotFound:
             pass
         return out
 
     async def get_project(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
-        return 200, self.store.project(args[0]).public()
+        return 200, (await self.store.project(args[0])).public()
 
     async def update_project(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         """Limits shared by all the project's keys: rpm, tpm, monthly_usd, daily_usd, concurrency."""
         _only(body, LIMIT_FIELDS)
-        project = self.store.project(args[0])
-        return 200, self.store.update_project(project.id, _limits(body, project.limits)).public()
+        project = await self.store.project(args[0])
+        return 200, (await self.store.update_project(project.id, _limits(body, project.limits))).public()
 
     async def get_key(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
-        return 200, self._key_out(self.store.key(args[0]))
+        return 200, await self._key_out(await self.store.key(args[0]))
 
     async def revoke_key(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
-        return 200, self._key_out(self.store.revoke_key(args[0]))
+        return 200, await self._key_out(await self.store.revoke_key(args[0]))
 
     async def update_key(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         _only(body, ("expires_at", *LIMIT_FIELDS))
-        key = self.store.key(args[0])
+        key = await self.store.key(args[0])
         limits = _limits(body, key.limits) if any(f in body for f in LIMIT_FIELDS) else None
         expires_at = None
         if "expires_at" in body:
             if body["expires_at"] is None:
                 raise _bad("expires_at", "cannot be cleared; give unix seconds (or revoke the key)")
             expires_at = _timestamp(body["expires_at"], "expires_at")
-        return 200, self._key_out(self.store.update_key(key.id, limits, expires_at))
+        return 200, await self._key_out(await self.store.update_key(key.id, limits, expires_at))
 
     # -- receipts, usage, ledger --------------------------------------------------------
     async def list_receipts(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
-        account_id = self.store.account(query["account"]).id if query.get("account") else None
-        key_id = self.store.key(query["key"]).id if query.get("key") else None
+        account_id = (await self.store.account(query["account"])).id if query.get("account") else None
+        key_id = (await self.store.key(query["key"])).id if query.get("key") else None
         limit = _int(query["limit"], "limit", minimum=1) if query.get("limit") else 100
         receipts = await self.store.receipts(account_id, key_id, min(limit, MAX_RECEIPTS))
         return 200, _listing([r.public() for r in receipts])
@@ -349,17 +350,17 @@ class AdminAPI:
 
     async def usage(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         group_by = query.get("group_by") or "account"
-        account_id = self.store.account(query["account"]).id if query.get("account") else None
+        account_id = (await self.store.account(query["account"])).id if query.get("account") else None
         since = _timestamp(query["since"], "since") if query.get("since") else None
         rows = await self.store.usage(group_by, account_id, since)
         if group_by == "account":  # name the accounts, not only their ids
             for row in rows:
                 try:
-                    row["account_name"] = self.store.account(row["account"]).name
+                    row["account_name"] = (await self.store.account(row["account"])).name
                 except errors.NotFound:
                     row["account_name"] = None
         return 200, {"object": "usage", "group_by": group_by, "data": rows}
 
     async def verify_ledger(self, args: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         problems = await self.store.verify_ledger()
-        return 200, {"ok": not problems, "accounts": len(self.store.accounts()), "problems": problems}
+        return 200, {"ok": not problems, "accounts": len(await self.store.accounts()), "problems": problems}

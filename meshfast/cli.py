@@ -22,7 +22,7 @@ from urllib.parse import quote
 import orjson
 
 from meshfast import __version__, config
-from meshfast.errors import ConfigError, MeshError
+from meshfast.errors import ConfigError, MeshError, StoreUnavailable
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -97,14 +97,23 @@ def prepare_store(cfg: config.Config, demo: bool) -> None:
         raise ConfigError(
             cfg.source, "store.path", f"{cfg.store.path} is in use by another meshfast process (pid {pid})"
         ) from None
-    try:
-        if demo:
-            secret = create_demo(store)
+    where = store_label(cfg)
+
+    async def prepare() -> None:
+        try:
+            await store.check()
+            if not demo:
+                return
+            secret = await create_demo(store)
             if secret is None:
+                how = (
+                    "run `meshfast keys create --account demo --project default` (the CLI works on Redis directly)"
+                    if cfg.store.kind == "redis"
+                    else "stop the server and run `meshfast keys create --account demo --project default`"
+                )
                 print(
-                    f"meshfast: --demo: the store {cfg.store.path} already has accounts, so no demo account was "
-                    "created. For another key: stop the server and run `meshfast keys create --account demo "
-                    "--project default`, or set MESHFAST_ADMIN_TOKEN for the server and the CLI.",
+                    f"meshfast: --demo: the store {where} already has accounts, so no demo account was "
+                    f"created. For another key: {how}, or set MESHFAST_ADMIN_TOKEN for the server and the CLI.",
                     file=sys.stderr,
                 )
             else:
@@ -114,8 +123,20 @@ def prepare_store(cfg: config.Config, demo: bool) -> None:
                     f"    export OPENAI_BASE_URL=http://{cfg.host}:{cfg.port}/v1 OPENAI_API_KEY={secret}\n",
                     flush=True,
                 )
-    finally:
-        store.close_sync()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(prepare())
+    except StoreUnavailable as exc:
+        raise ConfigError(cfg.source, "store.redis_url", exc.message) from None
+
+
+def store_label(cfg: config.Config) -> str:
+    """Where the state lives, for messages (a Redis URL without its password)."""
+    if cfg.store.kind != "redis" or not cfg.store.redis_url:
+        return cfg.store.path
+    return config.redacted_url(cfg.store.redis_url)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -135,7 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     models = sum(len(p.models) for p in cfg.providers) + (3 if cfg.sim.enabled else 0)
     print(
         f"meshfast {__version__}: serving {models} models on http://{cfg.host}:{cfg.port}/v1 "
-        f"with {cfg.workers} worker(s) (config: {cfg.source}, store: {cfg.store.path})",
+        f"with {cfg.workers} worker(s) (config: {cfg.source}, store: {store_label(cfg)})",
         file=sys.stderr,
         flush=True,
     )

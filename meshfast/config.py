@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,9 @@ class StoreConfig:
     path: str = DEFAULT_STORE_PATH  # relative paths are relative to the working directory
     synchronous: str = "FULL"  # SQLite: FULL survives power loss, NORMAL only process crashes
     window_seconds: float = 60.0  # [limits] window_seconds: the RPM / TPM window (60: per minute)
+    redis_url: str | None = None  # kind "redis": redis://[:password@]host:port/db (MESHFAST_REDIS_URL)
+    redis_prefix: str = "meshfast"  # every Redis key starts with this (several deployments, one Redis)
+    hold_ttl_seconds: float = 900.0  # a hold left open this long (its worker died) is released
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,20 +294,35 @@ def _billing(source: str, table: Any) -> BillingConfig:
     return BillingConfig(margin_ppm, fee_nano)
 
 
+def redacted_url(url: str) -> str:
+    """A URL fit for messages and logs: any password replaced by ***."""
+    _head, sep, tail = url.rpartition("@")
+    return f"{url.split('://')[0]}://***@{tail}" if sep else url
+
+
 def _store(source: str, table: Any) -> StoreConfig:
     if not isinstance(table, dict):
         raise ConfigError(source, "store", "must be a table")
     r = _Reader(source, table, "store.")
-    kind = r.get("kind", str, "embedded")
-    if kind != "embedded":
-        raise r.fail("kind", f"must be 'embedded' (the Redis store is not built yet), got {kind!r}")
+    redis_url = os.environ.get("MESHFAST_REDIS_URL") or r.get("redis_url", str, "") or None
+    kind = r.get("kind", str, "redis" if redis_url else "embedded")
+    if kind not in ("embedded", "redis"):
+        raise r.fail("kind", f"must be 'embedded' or 'redis', got {kind!r}")
+    if kind == "redis" and not redis_url:
+        raise r.fail("redis_url", "is required with kind = 'redis' (or set MESHFAST_REDIS_URL)")
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise r.fail("redis_url", f"must start with redis://, rediss:// or unix://, got {redis_url!r}")
+    prefix = os.environ.get("MESHFAST_REDIS_PREFIX") or r.get("redis_prefix", str, "meshfast")
+    if not prefix or any(c in prefix for c in "{} "):
+        raise r.fail("redis_prefix", f"must be non-empty, without braces or spaces, got {prefix!r}")
+    hold_ttl = _positive(r, "hold_ttl_seconds", float, 900.0)
     path = r.get("path", str, DEFAULT_STORE_PATH)
     path = os.environ.get("MESHFAST_STORE_PATH") or path
     sync = r.get("synchronous", str, "FULL").upper()
     if sync not in ("FULL", "NORMAL"):
         raise r.fail("synchronous", f"must be FULL or NORMAL, got {sync!r}")
     r.done()
-    return StoreConfig(kind, path, sync)
+    return StoreConfig(kind, path, sync, redis_url=redis_url if kind == "redis" else None, redis_prefix=prefix, hold_ttl_seconds=hold_ttl)
 
 
 def _router(source: str, table: Any) -> RouterConfig:
@@ -404,7 +422,7 @@ def load(
     if not 0 < window <= 86400:
         raise limits.fail("window_seconds", f"must be in (0, 86400], got {window!r}")
     limits.done()
-    store = StoreConfig(store.kind, store.path, store.synchronous, window)
+    store = replace(store, window_seconds=window)
     router = _router(source, top.get("router", dict, {}))
     names = [p.name for p in providers]
     for i, name in enumerate(names):

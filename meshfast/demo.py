@@ -10,13 +10,13 @@ DEMO_PROJECT = "default"
 DEMO_BALANCE_USD = "5"
 
 
-def create_demo(store: Store) -> str | None:
+async def create_demo(store: Store) -> str | None:
     """Create the demo account, project, top-up and key; return the key, or None when the
     store already has accounts (a demo never touches a store in use)."""
-    if store.accounts():
+    if await store.accounts():
         return None
-    account = store.create_account(DEMO_ACCOUNT)
-    project = store.create_project(account.id, DEMO_PROJECT)
-    store.topup(account.id, usd_to_nano(DEMO_BALANCE_USD), "manual", "demo-initial-balance")
-    _key, secret = store.create_key(project, name="demo")
+    account = await store.create_account(DEMO_ACCOUNT)
+    project = await store.create_project(account.id, DEMO_PROJECT)
+    await store.topup(account.id, usd_to_nano(DEMO_BALANCE_USD), "manual", "demo-initial-balance")
+    _key, secret = await store.create_key(project, name="demo")
     return secret

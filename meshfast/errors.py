@@ -193,6 +193,24 @@ class StoreUnavailable(MeshError):
     code = "store_unavailable"
 
 
+class RevocationUnconfirmed(MeshError):
+    """A key was revoked in the store, but a live instance did not acknowledge in time."""
+
+    status = 503
+    type = "server_error"
+    code = "revocation_unconfirmed"
+
+
+class StaleContext(MeshError):
+    """The account or project the call was admitted under changed before its hold was
+    placed (a shared store's cache was stale). An internal signal: the pipeline retries
+    the call's start once."""
+
+    status = 503
+    type = "server_error"
+    code = "stale_context"
+
+
 class RateLimited(MeshError):
     status = 429
     type = "requests"

@@ -85,6 +85,51 @@ class Admission:
     concurrency: tuple[Concurrency, ...]
 
 
+def refusal(limit: str, st_owner: str, lim: Limits, tokens: int, amount_nano: int, used_nano: int, retry_after: float) -> errors.MeshError:
+    """The 429 for one refused limit (``limit``: concurrency, rpm, tpm, daily or monthly)
+    of one owner ("key mesh_live_AbCd..." or "project 'name'"); every store words it so."""
+    if limit == "concurrency":
+        return _refuse(
+            errors.ConcurrencyLimited,
+            f"Too many concurrent requests for this {st_owner}: the limit is {lim.concurrency}.",
+            1,
+        )
+    if limit == "rpm":
+        return _refuse(
+            errors.RateLimited, f"Rate limit reached for this {st_owner}: {lim.rpm} requests per minute.", retry_after
+        )
+    if limit == "tpm":
+        if lim.tpm is not None and tokens > lim.tpm:
+            message = (
+                f"This request may use up to {tokens} tokens (prompt estimate plus max output), more than the "
+                f"{lim.tpm} tokens per minute allowed for this {st_owner}. Lower max_tokens."
+            )
+        else:
+            message = f"Token rate limit reached for this {st_owner}: {lim.tpm} tokens per minute."
+        return _refuse(errors.TokensLimited, message, retry_after)
+    daily = limit == "daily"
+    ceiling = lim.daily_usd_nano if daily else lim.monthly_usd_nano
+    assert ceiling is not None
+    return _refuse(
+        errors.DailyBudgetExceeded if daily else errors.MonthlyBudgetExceeded,
+        f"{'Daily' if daily else 'Monthly'} budget of ${nano_to_usd(ceiling)} "
+        f"for this {st_owner} would be exceeded: ${nano_to_usd(used_nano)} spent or held "
+        f"{'today' if daily else 'this month'}, this call may cost up to ${nano_to_usd(amount_nano)}.",
+        _seconds_to_next_day() if daily else _seconds_to_next_month(),
+    )
+
+
+def insufficient_balance(amount_nano: int, balance_nano: int, held_nano: int) -> errors.InsufficientBalance:
+    """The 402 for a hold the available balance (balance minus open holds) cannot cover."""
+    available = balance_nano - held_nano
+    return errors.InsufficientBalance(
+        f"Insufficient balance: this call may cost up to ${nano_to_usd(amount_nano)} "
+        f"but the account has ${nano_to_usd(max(available, 0))} available "
+        f"(balance ${nano_to_usd(balance_nano)}, held by calls in flight ${nano_to_usd(held_nano)}). "
+        "Top up the account to continue."
+    )
+
+
 def admit(states: tuple[LimitState, ...], now: float, tokens: int, amount_nano: int, month: str, day: str) -> Admission:
     """Check every limit of every state (key first, then project); take them all or none.
 
@@ -92,41 +137,17 @@ def admit(states: tuple[LimitState, ...], now: float, tokens: int, amount_nano: 
     for st in states:
         lim = st.limits
         if st.concurrency is not None and st.concurrency.active >= st.concurrency.limit:
-            raise _refuse(
-                errors.ConcurrencyLimited,
-                f"Too many concurrent requests for this {st.owner}: the limit is {lim.concurrency}.",
-                1,
-            )
+            raise refusal("concurrency", st.owner, lim, tokens, amount_nano, 0, 1)
         if st.rpm is not None and st.rpm.retry_after(now, 1) > 0:
-            raise _refuse(
-                errors.RateLimited,
-                f"Rate limit reached for this {st.owner}: {lim.rpm} requests per minute.",
-                st.rpm.retry_after(now, 1),
-            )
+            raise refusal("rpm", st.owner, lim, tokens, amount_nano, 0, st.rpm.retry_after(now, 1))
         if st.tpm is not None and st.tpm.retry_after(now, tokens) > 0:
-            if tokens > st.tpm.limit:
-                message = (
-                    f"This request may use up to {tokens} tokens (prompt estimate plus max output), more than the "
-                    f"{lim.tpm} tokens per minute allowed for this {st.owner}. Lower max_tokens."
-                )
-            else:
-                message = f"Token rate limit reached for this {st.owner}: {lim.tpm} tokens per minute."
-            raise _refuse(errors.TokensLimited, message, st.tpm.retry_after(now, tokens))
-        for ceiling, bucket, cls, name, period, reset in (
-            (lim.daily_usd_nano, day, errors.DailyBudgetExceeded, "Daily", "today", _seconds_to_next_day),
-            (lim.monthly_usd_nano, month, errors.MonthlyBudgetExceeded, "Monthly", "this month", _seconds_to_next_month),
-        ):
+            raise refusal("tpm", st.owner, lim, tokens, amount_nano, 0, st.tpm.retry_after(now, tokens))
+        for ceiling, bucket, name in ((lim.daily_usd_nano, day, "daily"), (lim.monthly_usd_nano, month, "monthly")):
             if ceiling is None:
                 continue
             used = st.spend.get(bucket, 0) + st.held_nano
             if used + amount_nano > ceiling:
-                raise _refuse(
-                    cls,
-                    f"{name} budget of ${nano_to_usd(ceiling)} "
-                    f"for this {st.owner} would be exceeded: ${nano_to_usd(used)} spent or held {period}, "
-                    f"this call may cost up to ${nano_to_usd(amount_nano)}.",
-                    reset(),
-                )
+                raise refusal(name, st.owner, lim, tokens, amount_nano, used, 0)
     took: list[Concurrency] = []
     for st in states:
         if st.concurrency is not None:

@@ -1,10 +1,10 @@
 """The request pipeline: auth -> route -> limits + hold -> call (with failover) -> relay -> settle.
 
 One file a reader can follow top to bottom. Each stage is a method with one job:
-``begin`` runs authenticate, route and place_hold (limits and the balance check are one
-store call); ``open_reply`` tries the router's candidates in order; ``relay_body`` and
-``relay_stream`` forward the answer and settle it; ``release`` gives back any hold a
-failed call leaves open.
+``begin`` runs authenticate, context (the key's account and project), route and
+place_hold (limits and the balance check are one store call); ``open_reply`` tries the
+router's candidates in order; ``relay_body`` and ``relay_stream`` forward the answer and
+settle it; ``release`` gives back any hold a failed call leaves open.
 """
 
 from __future__ import annotations
@@ -34,7 +34,16 @@ from meshfast.config import PRIVACY_CLASSES, BillingConfig
 from meshfast.providers.base import Endpoint, Reply
 from meshfast.providers.openai import map_upstream_error
 from meshfast.router import Needs, Router, needs_of_chat
-from meshfast.store.base import KEY_PREFIX, Account, Hold, KeyRecord, Receipt, Store, new_id
+from meshfast.store.base import (
+    KEY_PREFIX,
+    Account,
+    Hold,
+    KeyRecord,
+    Project,
+    Receipt,
+    Store,
+    new_id,
+)
 from meshfast_core.exceptions import UpstreamError
 from meshfast_core.sse import SSEScanner
 
@@ -273,7 +282,7 @@ class Pipeline:
                 call.task.cancel()
 
     # -- stages ---------------------------------------------------------------
-    def authenticate(self, scope: dict[str, Any]) -> KeyRecord:
+    async def authenticate(self, scope: dict[str, Any]) -> KeyRecord:
         """``Authorization: Bearer mesh_live_...`` -> the key record (401 otherwise, with no
         hint whether a key exists; revoked and expired keys say so)."""
         raw = header(scope, b"authorization")
@@ -284,14 +293,19 @@ class Pipeline:
         secret = raw[7:].strip()
         if raw[:7].lower() != b"bearer " or not secret.startswith(_KEY_PREFIX) or len(secret) < _KEY_MIN_LEN:
             raise errors.AuthenticationFailed("Incorrect API key provided.")
-        return self.store.authenticate(secret)
+        return await self.store.authenticate(secret)
 
-    def route(self, call: Call, req: dict[str, Any], scope: dict[str, Any], max_output: int) -> Endpoint:
+    def asked_privacy(self, req: dict[str, Any], scope: dict[str, Any]) -> str:
+        """The privacy class the call asks for (header, else the body's ``mesh`` object,
+        which is taken out of the request here: it is never forwarded)."""
         privacy = (header(scope, b"x-mesh-privacy") or b"").decode("latin-1")
         mesh = req.pop("mesh", None)
         if not privacy and isinstance(mesh, dict):
             privacy = mesh.get("privacy") or ""
-        privacy = self.privacy_for(call, privacy)
+        return privacy
+
+    def route(self, call: Call, req: dict[str, Any], project: Project, asked: str, max_output: int) -> Endpoint:
+        privacy = self.privacy_for(call, project, asked)
         if call.kind == "chat":
             needs = needs_of_chat(req, call.prompt_estimate, max_output, privacy)
         else:
@@ -301,11 +315,11 @@ class Pipeline:
         call.privacy = privacy
         return call.endpoint
 
-    def privacy_for(self, call: Call, asked: str) -> str:
+    def privacy_for(self, call: Call, project: Project, asked: str) -> str:
         """The class a call is served under: what it asked for, else the key's or project's
         default, raised to the higher of the key's and project's minimum (never lowered)."""
         key_limits = call.key.limits
-        project_limits = self.store.project(call.key.project_id).limits
+        project_limits = project.limits
         privacy = asked or key_limits.privacy_default or project_limits.privacy_default or "standard"
         if privacy not in PRIVACY_CLASSES:
             return privacy  # the router answers 400 invalid_privacy_class
@@ -353,7 +367,7 @@ class Pipeline:
                 raise failure
         raise AssertionError("the router returned no candidates")
 
-    def place_hold(self, call: Call, req: dict[str, Any], max_output: int | None) -> None:
+    async def place_hold(self, call: Call, req: dict[str, Any], max_output: int | None) -> None:
         """Admit under the key's and project's limits (429) and reserve the worst case on the
         balance (402), in one store call; tokens per minute reserve prompt + max output. The
         worst case is taken over every candidate, since a failover may change the price."""
@@ -363,10 +377,10 @@ class Pipeline:
             out = output_cap(ep, req) if max_output is None else max_output
             amount = max(amount, billing.hold_amount(account, ep, prompt, out))
             tokens = max(tokens, prompt + out)
-        call.hold = self.store.place_hold(call.key, amount, tokens)
+        call.hold = await self.store.place_hold(call.key, amount, tokens)
         call.rate_headers = self.store.rate_headers(call.hold)
 
-    def settle(self, call: Call, usage: dict[str, Any] | None, completion_estimate: int, status: str) -> Receipt:
+    async def settle(self, call: Call, usage: dict[str, Any] | None, completion_estimate: int, status: str) -> Receipt:
         """Actual cost -> receipt; debit the balance and release the hold in one store call."""
         assert call.hold is not None
         receipt = self.billing.receipt(
@@ -386,33 +400,44 @@ class Pipeline:
             route_mode=call.mode,
             attempts=",".join(call.tried),
         )
-        self.store.settle(call.hold, receipt)
+        await self.store.settle(call.hold, receipt)
         call.hold = None
         return receipt
 
-    def release(self, call: Call) -> None:
+    async def release(self, call: Call) -> None:
         """Nothing to bill (the upstream failed without usage): give the hold back."""
         if call.hold is not None:
-            self.store.release(call.hold)
+            await self.store.release(call.hold)
             call.hold = None
 
-    def begin(self, kind: str, model: str, stream: bool, scope: dict[str, Any], max_output: int | None, req: dict[str, Any]) -> Call:
-        """auth -> route -> limits -> hold: everything before the upstream call."""
-        key = self.authenticate(scope)
+    async def begin(self, kind: str, model: str, stream: bool, scope: dict[str, Any], max_output: int | None, req: dict[str, Any]) -> Call:
+        """auth -> route -> limits -> hold: everything before the upstream call. Should the
+        store find the account or project changed under it (``StaleContext``), the whole
+        start runs once more on fresh state."""
+        key = await self.authenticate(scope)
         call = Call(kind, model, stream)
-        call.key = key
-        call.account = self.store.account(key.account_id)
         call.prompt_estimate = estimate_prompt_tokens(req) if kind == "chat" else estimate_input_tokens(req)
         asked = req.get("max_completion_tokens") or req.get("max_tokens") or 0
-        self.route(call, req, scope, asked if kind == "chat" else 0)
-        self.place_hold(call, req, max_output)
+        route_output = asked if kind == "chat" else 0
+        privacy = self.asked_privacy(req, scope)
+        try:
+            await self.admit(call, key, req, privacy, route_output, max_output)
+        except errors.StaleContext:  # once more, from authentication on; a second one propagates
+            await self.admit(call, await self.authenticate(scope), req, privacy, route_output, max_output)
         return call
+
+    async def admit(self, call: Call, key: KeyRecord, req: dict[str, Any], privacy: str, route_output: int, max_output: int | None) -> None:
+        """The key's account and project -> route -> limits and hold."""
+        call.key = key
+        call.account, project = await self.store.context(key)
+        self.route(call, req, project, privacy, route_output)
+        await self.place_hold(call, req, max_output)
 
     # -- endpoints ------------------------------------------------------------
     async def chat(self, scope: dict[str, Any], body: bytes, send: Send, receive: Any) -> None:
         req = decode_json(body)
         model, stream = validate_chat(req)
-        call = self.begin("chat", model, stream, scope, None, req)
+        call = await self.begin("chat", model, stream, scope, None, req)
         try:
             if stream:
                 opts = req.get("stream_options")
@@ -422,28 +447,28 @@ class Pipeline:
                 reply = await self.open_reply(call, req, scope)
                 await self.relay_body(call, reply, send)
         finally:
-            self.release(call)
+            await self.release(call)
 
     async def embeddings(self, scope: dict[str, Any], body: bytes, send: Send, receive: Any) -> None:
         req = decode_json(body)
         model = validate_embeddings(req)
-        call = self.begin("embeddings", model, False, scope, 0, req)
+        call = await self.begin("embeddings", model, False, scope, 0, req)
         try:
             reply = await self.open_reply(call, req, scope)
             await self.relay_body(call, reply, send)
         finally:
-            self.release(call)
+            await self.release(call)
 
     async def receipt(self, scope: dict[str, Any], receipt_id: str) -> bytes:
-        key = self.authenticate(scope)
+        key = await self.authenticate(scope)
         r = await self.store.receipt(receipt_id) if receipt_id.startswith("rcpt_") else None
         if r is None or r.account_id != key.account_id:
             raise errors.NotFound(f"No receipt {receipt_id!r} for this account.", code="receipt_not_found")
         return orjson.dumps(r.public())
 
     async def balance(self, scope: dict[str, Any]) -> bytes:
-        key = self.authenticate(scope)
-        out = self.store.account(key.account_id).public()
+        key = await self.authenticate(scope)
+        out = (await self.store.account(key.account_id)).public()
         out["object"] = "balance"
         return orjson.dumps(out)
 
@@ -459,7 +484,7 @@ class Pipeline:
         call.first_byte = time.monotonic()
         self.router.record(call.endpoint, True, call.first_byte - call.attempt_t0, call.head_at - call.attempt_t0)
         usage = extract_usage(data)
-        receipt = self.settle(call, usage, 0 if usage is not None else estimate_completion_tokens(data), "ok")
+        receipt = await self.settle(call, usage, 0 if usage is not None else estimate_completion_tokens(data), "ok")
         headers = [*self.route_headers(call), *receipt_headers(receipt), *call.rate_headers]
         headers.append((b"content-type", reply.header(b"content-type") or b"application/json"))
         headers.append((b"content-length", str(len(data)).encode()))
@@ -517,7 +542,7 @@ class Pipeline:
             status = "error"
             tail = exc.sse_event()
         except asyncio.CancelledError:
-            self.settle_stream(call, scanner, "cancelled")
+            await self.settle_stream(call, scanner, "cancelled")  # before re-raising: it must complete
             if not call.revoked:
                 raise  # the client went away: nobody to tell
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
@@ -527,7 +552,7 @@ class Pipeline:
             status = "error"
             log.exception("stream relay failed")
             tail = errors.InternalError("The gateway failed while relaying the stream.").sse_event()
-        receipt = self.settle_stream(call, scanner, status) if call.hold is not None else None
+        receipt = await self.settle_stream(call, scanner, status) if call.hold is not None else None
         if status != "cancelled":  # a revoked key says nothing about the endpoint's health
             ttft = call.first_byte - call.attempt_t0 if call.first_byte else None
             error = None if status == "ok" else "stream broke off"
@@ -538,11 +563,11 @@ class Pipeline:
             tail += DONE
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    def settle_stream(self, call: Call, scanner: Any, status: str) -> Receipt | None:
+    async def settle_stream(self, call: Call, scanner: Any, status: str) -> Receipt | None:
         usage = scanner.usage if isinstance(scanner.usage, dict) else None
         delivered = scanner.content_length
         if status == "error" and usage is None and not delivered:
-            self.release(call)  # the upstream failed before producing anything: no charge
+            await self.release(call)  # the upstream failed before producing anything: no charge
             return None
         completion = -(-delivered // CONTENT_CHARS_PER_TOKEN)
-        return self.settle(call, usage, completion, status)
+        return await self.settle(call, usage, completion, status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -61,15 +62,20 @@ def provision(store_path: Path, *, usd: str = "100", account: str = "test", limi
     from meshfast.store import open_store
 
     store = open_store(StoreConfig(path=str(store_path), synchronous="NORMAL"))
-    try:
+
+    async def create() -> str:
         try:
-            acct = store.account(account)
+            acct = await store.account(account)
         except Exception:
-            acct = store.create_account(account)
-        project = store.create_project(acct.id, f"p{len(store.projects(acct.id))}")
+            acct = await store.create_account(account)
+        project = await store.create_project(acct.id, f"p{len(await store.projects(acct.id))}")
         if usd != "0":
-            store.topup(acct.id, usd_to_nano(usd), "manual", f"test-{os.urandom(6).hex()}")
-        _key, secret = store.create_key(project, name="test", limits=limits)
+            await store.topup(acct.id, usd_to_nano(usd), "manual", f"test-{os.urandom(6).hex()}")
+        _key, secret = await store.create_key(project, name="test", limits=limits)
+        return secret
+
+    try:
+        secret = asyncio.run(create())
     finally:
         store.close_sync()
     return secret

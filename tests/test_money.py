@@ -376,22 +376,27 @@ def test_spend_survives_a_restart(tmp_path):
 
     path = str(tmp_path / "m.db")
     store = open_store(StoreConfig(path=path))
-    account = store.create_account("spender")
-    store.topup(account.id, usd_to_nano("10"), "manual", "t1")
-    project = store.create_project(account.id, "p")
-    key, _ = store.create_key(project, limits=Limits(monthly_usd_nano=usd_to_nano("5")))
-    for total in (300_000_000, 200_000_000):
-        hold = store.place_hold(key, total, 10)
-        store.settle(
-            hold,
-            Receipt(new_id("rcpt_"), time.time(), account.id, project.id, key.id, "chat", "m", "model", "p", "u",
-                    "standard", 5, 5, 0, "upstream", total, 0, total, 1.0, None, False, "ok"),
-        )  # fmt: skip
+
+    async def spend():
+        account = await store.create_account("spender")
+        await store.topup(account.id, usd_to_nano("10"), "manual", "t1")
+        project = await store.create_project(account.id, "p")
+        key, _ = await store.create_key(project, limits=Limits(monthly_usd_nano=usd_to_nano("5")))
+        for total in (300_000_000, 200_000_000):
+            hold = await store.place_hold(key, total, 10)
+            await store.settle(
+                hold,
+                Receipt(new_id("rcpt_"), time.time(), account.id, project.id, key.id, "chat", "m", "model", "p", "u",
+                        "standard", 5, 5, 0, "upstream", total, 0, total, 1.0, None, False, "ok"),
+            )  # fmt: skip
+        return account, project, key
+
+    account, project, key = asyncio.run(spend())
     store.close_sync()
     again = open_store(StoreConfig(path=path))
     month, day = spend_buckets(time.time())
     try:
-        assert again.account(account.id).spend[month] == 500_000_000
+        assert asyncio.run(again.account(account.id)).spend[month] == 500_000_000
         assert again._states[key.id].spend[day] == 500_000_000
         assert again._states[project.id].spend[month] == 500_000_000
     finally:
@@ -413,20 +418,22 @@ def test_limit_change_while_a_call_is_in_flight(tmp_path):
     from meshfast.store.base import Limits
 
     store = open_store(StoreConfig(path=str(tmp_path / "m.db")))
-    account = store.create_account("changer")
-    store.topup(account.id, usd_to_nano("1"), "manual", "t1")
-    key, _ = store.create_key(store.create_project(account.id, "p"), limits=Limits(concurrency=1))
-    first = store.place_hold(key, 1000, 10)
-    store.update_key(key.id, limits=Limits())  # limit removed while `first` runs
-    second = store.place_hold(key, 1000, 10)
-    store.update_key(key.id, limits=Limits(concurrency=1))  # and a new one
-    store.release(first)
-    store.release(second)
-    third = store.place_hold(key, 1000, 10)  # the new limit's slot is free
-    store.release(third)
-    assert store.account(account.id).held_nano == 0
 
-    async def close():
+    async def run():
+        account = await store.create_account("changer")
+        await store.topup(account.id, usd_to_nano("1"), "manual", "t1")
+        key, _ = await store.create_key(
+            await store.create_project(account.id, "p"), limits=Limits(concurrency=1)
+        )
+        first = await store.place_hold(key, 1000, 10)
+        await store.update_key(key.id, limits=Limits())  # limit removed while `first` runs
+        second = await store.place_hold(key, 1000, 10)
+        await store.update_key(key.id, limits=Limits(concurrency=1))  # and a new one
+        await store.release(first)
+        await store.release(second)
+        third = await store.place_hold(key, 1000, 10)  # the new limit's slot is free
+        await store.release(third)
+        assert (await store.account(account.id)).held_nano == 0
         await store.close()
 
-    asyncio.run(close())
+    asyncio.run(run())

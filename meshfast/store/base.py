@@ -1,25 +1,50 @@
 """The Store interface and its records.
 
-Every hot-path state change is one call: ``authenticate`` (key -> record), ``place_hold``
-(check available balance and reserve, atomically), ``settle`` (debit, release the hold,
-write the receipt, atomically) and ``revoke_key``. On the embedded backend each is a
-synchronous run of Python with no await inside, so it is atomic on the event loop; on a
-shared backend each maps to one server-side function call.
+Every hot-path state change is one call: ``authenticate`` (key -> record), ``context``
+(the key's account and project), ``place_hold`` (check available balance and reserve,
+atomically), ``settle`` (debit, release the hold, write the receipt, atomically) and
+``revoke_key``. Every method that reads or changes state is a coroutine (only
+``rate_headers`` and ``add_revoke_listener`` are plain calls). The embedded backend's
+never suspend (no await inside), so each is atomic on the event loop; on a shared backend
+each hot-path one maps to one server-side function call.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import secrets
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import orjson
+
+from meshfast import errors
 from meshfast.money import nano_to_usd
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KEY_PREFIX = "mesh_live_"
 KEY_BODY_LEN = 40
+
+
+def hash_key(secret: str | bytes) -> str:
+    """What a store keeps of a key: the SHA-256 of the whole secret, in hex."""
+    return hashlib.sha256(secret.encode() if isinstance(secret, str) else secret).hexdigest()
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + "".join(secrets.choice(BASE62) for _ in range(KEY_BODY_LEN))
+
+
+def check_topup(amount_nano: int, chain: str, tx_id: str) -> None:
+    if chain not in ("base", "solana", "manual"):
+        raise errors.InvalidRequest("chain must be one of base, solana, manual.", param="chain")
+    if not tx_id:
+        raise errors.InvalidRequest("A transaction id is required.", param="tx_id")
+    if amount_nano <= 0:
+        raise errors.InvalidRequest("The amount must be greater than zero.", param="amount_usd")
 
 
 _ID_PREFIX = os.urandom(8).hex()  # per process: ids are unique across processes and restarts
@@ -99,6 +124,20 @@ class Limits:
             "privacy_default": self.privacy_default,
             "privacy_min": self.privacy_min,
         }
+
+
+def limits_json(limits: Limits) -> str:
+    """Limits as stored (a JSON array, in field order)."""
+    return orjson.dumps(
+        [
+            limits.rpm, limits.tpm, limits.monthly_usd_nano, limits.daily_usd_nano, limits.concurrency,
+            limits.privacy_default, limits.privacy_min,
+        ]
+    ).decode()  # fmt: skip
+
+
+def limits_from(text: str | None) -> Limits:
+    return Limits(*orjson.loads(text)) if text else Limits()
 
 
 @dataclass(slots=True)
@@ -226,10 +265,16 @@ class Store:
     """The interface every backend implements. Methods raise meshfast.errors classes."""
 
     # -- hot path -------------------------------------------------------------
-    def authenticate(self, secret: str) -> KeyRecord:
+    async def authenticate(self, secret: str) -> KeyRecord:
         raise NotImplementedError
 
-    def place_hold(self, key: KeyRecord, amount_nano: int, tokens: int = 0) -> Hold:
+    async def context(self, key: KeyRecord) -> tuple[Account, Project]:
+        """The key's account and project as the hot path needs them (billing terms, limits,
+        privacy defaults). A shared backend may answer from a local cache whose freshness
+        ``place_hold`` verifies atomically (raising errors.StaleContext when it changed)."""
+        raise NotImplementedError
+
+    async def place_hold(self, key: KeyRecord, amount_nano: int, tokens: int = 0) -> Hold:
         """Admit the call under the key's and project's limits (429 otherwise) and hold
         ``amount_nano`` on the balance (402 otherwise), atomically; ``tokens`` is the TPM
         reservation (prompt estimate plus max output)."""
@@ -243,50 +288,50 @@ class Store:
         """``listener(key_id)`` runs after a key is revoked (to end its streams)."""
         raise NotImplementedError
 
-    def settle(self, hold: Hold, receipt: Receipt) -> None:
+    async def settle(self, hold: Hold, receipt: Receipt) -> None:
         raise NotImplementedError
 
-    def release(self, hold: Hold) -> None:
+    async def release(self, hold: Hold) -> None:
         raise NotImplementedError
 
     # -- control plane --------------------------------------------------------
-    def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:
+    async def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:
         raise NotImplementedError
 
-    def account(self, ref: str) -> Account:
+    async def account(self, ref: str) -> Account:
         raise NotImplementedError
 
-    def accounts(self) -> list[Account]:
+    async def accounts(self) -> list[Account]:
         raise NotImplementedError
 
-    def create_project(self, account_ref: str, name: str) -> Project:
+    async def create_project(self, account_ref: str, name: str) -> Project:
         raise NotImplementedError
 
-    def project(self, ref: str, account_ref: str | None = None) -> Project:
+    async def project(self, ref: str, account_ref: str | None = None) -> Project:
         raise NotImplementedError
 
-    def projects(self, account_ref: str | None = None) -> list[Project]:
+    async def projects(self, account_ref: str | None = None) -> list[Project]:
         raise NotImplementedError
 
-    def create_key(self, project: Project, name: str = "", limits: Limits | None = None, expires_at: float | None = None) -> tuple[KeyRecord, str]:
+    async def create_key(self, project: Project, name: str = "", limits: Limits | None = None, expires_at: float | None = None) -> tuple[KeyRecord, str]:
         raise NotImplementedError
 
-    def key(self, key_id: str) -> KeyRecord:
+    async def key(self, key_id: str) -> KeyRecord:
         raise NotImplementedError
 
-    def keys(self, account_ref: str | None = None, project_ref: str | None = None) -> list[KeyRecord]:
+    async def keys(self, account_ref: str | None = None, project_ref: str | None = None) -> list[KeyRecord]:
         raise NotImplementedError
 
-    def revoke_key(self, key_id: str) -> KeyRecord:
+    async def revoke_key(self, key_id: str) -> KeyRecord:
         raise NotImplementedError
 
-    def update_key(self, key_id: str, limits: Limits | None = None, expires_at: float | None = None) -> KeyRecord:
+    async def update_key(self, key_id: str, limits: Limits | None = None, expires_at: float | None = None) -> KeyRecord:
         raise NotImplementedError
 
-    def update_project(self, project_id: str, limits: Limits) -> Project:
+    async def update_project(self, project_id: str, limits: Limits) -> Project:
         raise NotImplementedError
 
-    def topup(self, account_ref: str, amount_nano: int, chain: str, tx_id: str) -> tuple[Topup, bool]:
+    async def topup(self, account_ref: str, amount_nano: int, chain: str, tx_id: str) -> tuple[Topup, bool]:
         raise NotImplementedError
 
     async def receipt(self, receipt_id: str) -> Receipt | None:
@@ -300,6 +345,9 @@ class Store:
 
     async def verify_ledger(self) -> list[str]:
         raise NotImplementedError
+
+    async def check(self) -> None:
+        """Fail now, with StoreUnavailable and the reason, if the store cannot be used."""
 
     async def attach(self) -> None:
         """Bind background work to the running event loop (called once at start-up)."""

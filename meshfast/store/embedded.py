@@ -1,9 +1,10 @@
 """The embedded store: state in this process's memory, made durable in SQLite (WAL).
 
-Every change is applied to memory first, synchronously (so each hot-path operation
-is atomic on the event loop), then queued; every 5 ms the queue goes to a writer process
-that commits it in one transaction (group commit). A ``kill -9`` loses at most the
-changes not yet sent; SIGTERM flushes the queue before exit.
+Every change is applied to memory first, synchronously (the store's coroutines never
+suspend, so each hot-path operation is atomic on the event loop), then queued; every
+5 ms the queue goes to a writer process that commits it in one transaction (group
+commit). A ``kill -9`` loses at most the changes not yet sent; SIGTERM flushes the queue
+before exit.
 
 One process only: the file is locked while a server holds it, and ``--workers`` above
 1 is refused. The CLI talks to a running server through the admin API instead.
@@ -14,12 +15,10 @@ from __future__ import annotations
 import asyncio
 import calendar
 import fcntl
-import hashlib
 import hmac
 import logging
 import operator
 import os
-import secrets
 import sqlite3
 import struct
 import subprocess
@@ -32,11 +31,9 @@ from typing import Any
 import orjson
 
 from meshfast import errors
-from meshfast.limits import LimitState, admit, finish, rate_headers
+from meshfast.limits import LimitState, admit, finish, insufficient_balance, rate_headers
 from meshfast.money import nano_to_usd
 from meshfast.store.base import (
-    BASE62,
-    KEY_BODY_LEN,
     KEY_PREFIX,
     RECEIPT_FIELDS,
     Account,
@@ -47,9 +44,14 @@ from meshfast.store.base import (
     Receipt,
     Store,
     Topup,
+    check_topup,
     day_of,
+    hash_key,
+    limits_from,
+    limits_json,
     month_of,
     new_id,
+    new_secret,
     spend_buckets,
 )
 
@@ -87,27 +89,6 @@ CREATE INDEX IF NOT EXISTS receipts_key ON receipts (key_id, created);
 RECEIPT_SELECT = f"SELECT {', '.join(RECEIPT_FIELDS)} FROM receipts"
 receipt_row = operator.attrgetter(*RECEIPT_FIELDS)  # Receipt -> the row tuple, in C
 COMMIT_INTERVAL = 0.005  # seconds changes gather before a batch goes to the writer process
-
-
-def hash_key(secret: str | bytes) -> str:
-    return hashlib.sha256(secret.encode() if isinstance(secret, str) else secret).hexdigest()
-
-
-def new_secret() -> str:
-    return KEY_PREFIX + "".join(secrets.choice(BASE62) for _ in range(KEY_BODY_LEN))
-
-
-def _limits_json(limits: Limits) -> str:
-    return orjson.dumps(
-        [
-            limits.rpm, limits.tpm, limits.monthly_usd_nano, limits.daily_usd_nano, limits.concurrency,
-            limits.privacy_default, limits.privacy_min,
-        ]
-    ).decode()  # fmt: skip
-
-
-def _limits_from(text: str) -> Limits:
-    return Limits(*orjson.loads(text))
 
 
 def receipt_from_row(row: tuple) -> Receipt:
@@ -292,9 +273,9 @@ class EmbeddedStore(Store):
             self._accounts[a.id] = a
             self._account_names[a.name] = a
         for row in conn.execute("SELECT id, account_id, name, created, limits FROM projects"):
-            self._projects[row[0]] = Project(*row[:4], limits=_limits_from(row[4]))
+            self._projects[row[0]] = Project(*row[:4], limits=limits_from(row[4]))
         for row in conn.execute("SELECT id, project_id, account_id, hash, prefix, name, created, revoked_at, expires_at, limits FROM keys"):
-            k = KeyRecord(*row[:9], limits=_limits_from(row[9]))
+            k = KeyRecord(*row[:9], limits=limits_from(row[9]))
             self._keys[k.id] = k
             self._key_hashes[k.hash] = k
         for p in self._projects.values():
@@ -330,7 +311,7 @@ class EmbeddedStore(Store):
         self._writer.put((sql, params))
 
     # -- hot path -----------------------------------------------------------------
-    def authenticate(self, secret: str | bytes) -> KeyRecord:
+    async def authenticate(self, secret: str | bytes) -> KeyRecord:
         digest = hash_key(secret)
         key = self._key_hashes.get(digest)
         if key is None or not hmac.compare_digest(key.hash, digest):
@@ -341,7 +322,10 @@ class EmbeddedStore(Store):
             raise errors.KeyRevoked("This API key has expired.")
         return key
 
-    def place_hold(self, key: KeyRecord, amount_nano: int, tokens: int = 0) -> Hold:
+    async def context(self, key: KeyRecord) -> tuple[Account, Project]:
+        return self._accounts[key.account_id], self._projects[key.project_id]
+
+    async def place_hold(self, key: KeyRecord, amount_nano: int, tokens: int = 0) -> Hold:
         if self._writer.failed is not None:
             raise errors.StoreUnavailable("The gateway cannot save receipts right now; no call is taken until it can.")
         account = self._accounts[key.account_id]
@@ -349,12 +333,7 @@ class EmbeddedStore(Store):
         states = (self._states[key.id], self._states[key.project_id])
         available = account.balance_nano - account.held_nano
         if amount_nano > available:
-            raise errors.InsufficientBalance(
-                f"Insufficient balance: this call may cost up to ${nano_to_usd(amount_nano)} "
-                f"but the account has ${nano_to_usd(max(available, 0))} available "
-                f"(balance ${nano_to_usd(account.balance_nano)}, held by calls in flight ${nano_to_usd(account.held_nano)}). "
-                "Top up the account to continue."
-            )
+            raise insufficient_balance(amount_nano, account.balance_nano, account.held_nano)
         admission = admit(states, time.monotonic(), tokens, amount_nano, month, day)
         account.held_nano += amount_nano
         hold = Hold(new_id("hold_"), account.id, key.id, amount_nano, time.time(), admission)
@@ -378,10 +357,10 @@ class EmbeddedStore(Store):
             self._accounts[hold.account_id].held_nano -= hold.amount_nano
             finish(hold.admission, time.monotonic(), hold.amount_nano, used_tokens)
 
-    def release(self, hold: Hold) -> None:
+    async def release(self, hold: Hold) -> None:
         self._close_hold(hold, None)
 
-    def settle(self, hold: Hold, receipt: Receipt) -> None:
+    async def settle(self, hold: Hold, receipt: Receipt) -> None:
         account = self._accounts[hold.account_id]
         self._close_hold(hold, receipt.prompt_tokens + receipt.completion_tokens)
         # The hold is the worst case; should usage exceed it, never take the balance below zero.
@@ -398,7 +377,7 @@ class EmbeddedStore(Store):
         self._writer.put(("settle", receipt_row(receipt), account.id, receipt.total_nano))
 
     # -- control plane ------------------------------------------------------------
-    def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:
+    async def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:
         if not name or name.startswith("acct_"):
             raise errors.InvalidRequest("An account name must be non-empty and not start with 'acct_'.", param="name")
         if name in self._account_names:
@@ -409,17 +388,20 @@ class EmbeddedStore(Store):
         self._write("INSERT INTO accounts VALUES (?,?,?,?,?,?)", (a.id, a.name, 0, margin_ppm, fee_nano, a.created))
         return a
 
-    def account(self, ref: str) -> Account:
+    async def account(self, ref: str) -> Account:
+        return self._account(ref)
+
+    def _account(self, ref: str) -> Account:
         a = self._accounts.get(ref) or self._account_names.get(ref)
         if a is None:
             raise errors.NotFound(f"No account {ref!r}.", code="account_not_found")
         return a
 
-    def accounts(self) -> list[Account]:
+    async def accounts(self) -> list[Account]:
         return list(self._accounts.values())
 
-    def create_project(self, account_ref: str, name: str) -> Project:
-        a = self.account(account_ref)
+    async def create_project(self, account_ref: str, name: str) -> Project:
+        a = self._account(account_ref)
         if not name or name.startswith("proj_"):
             raise errors.InvalidRequest("A project name must be non-empty and not start with 'proj_'.", param="name")
         if any(p.account_id == a.id and p.name == name for p in self._projects.values()):
@@ -428,34 +410,37 @@ class EmbeddedStore(Store):
         self._projects[p.id] = p
         self._write(
             "INSERT INTO projects (id, account_id, name, created, limits) VALUES (?,?,?,?,?)",
-            (p.id, p.account_id, p.name, p.created, _limits_json(p.limits)),
+            (p.id, p.account_id, p.name, p.created, limits_json(p.limits)),
         )
         self._states[p.id] = LimitState(f"project {p.name!r}", p.limits, self.window_seconds)
         return p
 
-    def update_project(self, project_id: str, limits: Limits) -> Project:
-        p = self.project(project_id)
+    async def update_project(self, project_id: str, limits: Limits) -> Project:
+        p = self._project(project_id)
         p.limits = limits
         self._states[p.id].update(limits, self.window_seconds)
-        self._write("UPDATE projects SET limits = ? WHERE id = ?", (_limits_json(limits), p.id))
+        self._write("UPDATE projects SET limits = ? WHERE id = ?", (limits_json(limits), p.id))
         return p
 
-    def project(self, ref: str, account_ref: str | None = None) -> Project:
+    async def project(self, ref: str, account_ref: str | None = None) -> Project:
+        return self._project(ref, account_ref)
+
+    def _project(self, ref: str, account_ref: str | None = None) -> Project:
         p = self._projects.get(ref)
         if p is None and account_ref is not None:
-            a = self.account(account_ref)
+            a = self._account(account_ref)
             p = next((x for x in self._projects.values() if x.account_id == a.id and x.name == ref), None)
         if p is None:
             raise errors.NotFound(f"No project {ref!r}.", code="project_not_found")
         return p
 
-    def projects(self, account_ref: str | None = None) -> list[Project]:
+    async def projects(self, account_ref: str | None = None) -> list[Project]:
         if account_ref is None:
             return list(self._projects.values())
-        a = self.account(account_ref)
+        a = self._account(account_ref)
         return [p for p in self._projects.values() if p.account_id == a.id]
 
-    def create_key(self, project: Project, name: str = "", limits: Limits | None = None, expires_at: float | None = None) -> tuple[KeyRecord, str]:
+    async def create_key(self, project: Project, name: str = "", limits: Limits | None = None, expires_at: float | None = None) -> tuple[KeyRecord, str]:
         secret = new_secret()
         k = KeyRecord(
             new_id("key_"), project.id, project.account_id, hash_key(secret), secret[: len(KEY_PREFIX) + 4],
@@ -466,28 +451,31 @@ class EmbeddedStore(Store):
         self._states[k.id] = LimitState(f"key {k.prefix}...", k.limits, self.window_seconds)
         self._write(
             "INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (k.id, k.project_id, k.account_id, k.hash, k.prefix, k.name, k.created, None, expires_at, _limits_json(k.limits)),
+            (k.id, k.project_id, k.account_id, k.hash, k.prefix, k.name, k.created, None, expires_at, limits_json(k.limits)),
         )
         return k, secret
 
-    def key(self, key_id: str) -> KeyRecord:
+    async def key(self, key_id: str) -> KeyRecord:
+        return self._key(key_id)
+
+    def _key(self, key_id: str) -> KeyRecord:
         k = self._keys.get(key_id)
         if k is None:
             raise errors.NotFound(f"No key {key_id!r}.", code="key_not_found")
         return k
 
-    def keys(self, account_ref: str | None = None, project_ref: str | None = None) -> list[KeyRecord]:
+    async def keys(self, account_ref: str | None = None, project_ref: str | None = None) -> list[KeyRecord]:
         out = list(self._keys.values())
         if account_ref is not None:
-            a = self.account(account_ref)
+            a = self._account(account_ref)
             out = [k for k in out if k.account_id == a.id]
         if project_ref is not None:
-            p = self.project(project_ref, account_ref)
+            p = self._project(project_ref, account_ref)
             out = [k for k in out if k.project_id == p.id]
         return out
 
-    def revoke_key(self, key_id: str) -> KeyRecord:
-        k = self.key(key_id)
+    async def revoke_key(self, key_id: str) -> KeyRecord:
+        k = self._key(key_id)
         if k.revoked_at is None:
             k.revoked_at = time.time()
             self._write("UPDATE keys SET revoked_at = ? WHERE id = ?", (k.revoked_at, k.id))
@@ -498,24 +486,19 @@ class EmbeddedStore(Store):
     def add_revoke_listener(self, listener: Any) -> None:
         self._revoke_listeners.append(listener)
 
-    def update_key(self, key_id: str, limits: Limits | None = None, expires_at: float | None = None) -> KeyRecord:
-        k = self.key(key_id)
+    async def update_key(self, key_id: str, limits: Limits | None = None, expires_at: float | None = None) -> KeyRecord:
+        k = self._key(key_id)
         if limits is not None:
             k.limits = limits
             self._states[k.id].update(limits, self.window_seconds)
         if expires_at is not None:
             k.expires_at = expires_at
-        self._write("UPDATE keys SET limits = ?, expires_at = ? WHERE id = ?", (_limits_json(k.limits), k.expires_at, k.id))
+        self._write("UPDATE keys SET limits = ?, expires_at = ? WHERE id = ?", (limits_json(k.limits), k.expires_at, k.id))
         return k
 
-    def topup(self, account_ref: str, amount_nano: int, chain: str, tx_id: str) -> tuple[Topup, bool]:
-        if chain not in ("base", "solana", "manual"):
-            raise errors.InvalidRequest("chain must be one of base, solana, manual.", param="chain")
-        if not tx_id:
-            raise errors.InvalidRequest("A transaction id is required.", param="tx_id")
-        if amount_nano <= 0:
-            raise errors.InvalidRequest("The amount must be greater than zero.", param="amount_usd")
-        a = self.account(account_ref)
+    async def topup(self, account_ref: str, amount_nano: int, chain: str, tx_id: str) -> tuple[Topup, bool]:
+        check_topup(amount_nano, chain, tx_id)
+        a = self._account(account_ref)
         existing = self._topups.get((chain, tx_id))
         if existing is not None:
             if existing.account_id != a.id or existing.amount_nano != amount_nano:

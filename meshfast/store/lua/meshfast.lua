@@ -1,0 +1,392 @@
+#!lua name=__LIB__
+-- meshfast's Redis functions: every hot-path state change of the Redis store is one call
+-- of one function here, so it is atomic across all instances.
+--
+-- Versioned by name: the loader (meshfast/store/redis.py) replaces __LIB__ with
+-- "meshfast_" plus a hash of this file, so two versions of these rules never share a
+-- name and a rolling upgrade runs each instance against its own version.
+--
+-- Key layout (P is the configured prefix, A an account id; every key a function touches
+-- carries the hash tag {A}, so the functions also run on Redis Cluster):
+--   P:{A}:a            hash  account: id name balance held spent topped margin_ppm fee_nano created ver
+--   P:{A}:k:<key>      hash  key: id project_id account_id hash prefix name created revoked_at expires_at limits
+--   P:{A}:p:<proj>     hash  project: id account_id name created limits
+--   P:{A}:held         hash  owner (key or project id) -> nano-USD held by its open calls
+--   P:{A}:sp           hash  "<owner>:<YYYY-MM or YYYY-MM-DD>" -> nano-USD settled (owner: account, key, project)
+--   P:{A}:hs           zset  open hold id -> expiry (ms);  P:{A}:h:<hold> hash a k p t kt pt kc pc
+--   P:{A}:cc:<owner>   zset  hold ids counted against the owner's concurrency limit -> expiry (ms)
+--   P:{A}:w:<owner>:r|t       GCRA state of the owner's requests / tokens window
+--   P:{A}:r:<receipt>  hash  j = receipt JSON (c = the total when it was capped at the balance)
+--   P:{A}:rs           zset  receipt id -> created (ms)
+--   P:{A}:tu           hash  "<chain>:<tx>" -> top-up JSON
+-- "ver" counts changes to what instances cache about the account (terms, key and project
+-- limits, revocations); admit refuses with "stale" when the caller's copy is older.
+--
+-- Money is integer nano-USD. Lua numbers are doubles: exact up to 2^53 nano-USD
+-- (about 9 million USD), which topup enforces per account.
+
+local MAX_NANO = 9007199254740991
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- floor(a / b) for a >= 0, exact below 2^53
+local function idiv(a, b)
+  return (a - math.fmod(a, b)) / b
+end
+
+local function num(v)
+  return tonumber(v) or 0
+end
+
+-- an integer as Redis wants it: a Lua number alone would be sent as "%.14g" (1e+15)
+local function I(x)
+  return string.format('%d', x)
+end
+
+-- GCRA windows: the rules of meshfast_core/limits_py.py in milliseconds (see gcra.lua for
+-- them written out). State "<tat_ms>:<rem>:<N>"; rel = max(tat - now, 0) * N, in 1/N ms.
+local function g_load(key, n, now)
+  local s = redis.call('GET', key)
+  if not s then
+    return 0
+  end
+  local t, r, old = string.match(s, '^(%d+):(%d+):(%d+)$')
+  if not t then
+    return 0
+  end
+  if tonumber(old) ~= n then
+    r = 0
+  end
+  local rel = (tonumber(t) - now) * n + tonumber(r)
+  if rel < 0 then
+    return 0
+  end
+  return rel
+end
+
+local function g_save(key, rel, n, now)
+  if rel <= 0 then
+    redis.call('DEL', key)
+    return
+  end
+  local ahead = idiv(rel, n)
+  redis.call('SET', key, string.format('%d:%d:%d', now + ahead, math.fmod(rel, n), n), 'PX', ahead + 1)
+end
+
+local function g_fits(rel, n, p, cost)
+  return cost <= n and rel + cost * p < (p + 1) * n
+end
+
+local function g_retry(rel, n, p, cost)
+  if cost > n then
+    return -1
+  end
+  return math.max(0, idiv(rel + cost * p, n) - p)
+end
+
+local function g_remaining(rel, n, p)
+  local room = (p + 1) * n - rel
+  if room <= 0 then
+    return 0
+  end
+  return math.min(n, idiv(room - 1, p))
+end
+
+-- tokens window correction when a call ends: give back (used < reserved) or take more
+local function g_correct(key, n, p, now, reserved, used)
+  if n <= 0 or used == reserved then
+    return
+  end
+  local rel = g_load(key, n, now)
+  if used < reserved then
+    rel = math.max(rel - (reserved - used) * p, 0)
+  else
+    rel = rel + (used - reserved) * p
+  end
+  g_save(key, rel, n, now)
+end
+
+-- Close an open hold: give its amount and concurrency slots back and correct its token
+-- reservations to `used` (nil: nothing was used, or the hold expired). false if it was not open.
+local function close_hold(base, hid, now, p, used, expired)
+  local h = redis.call('HMGET', base .. 'h:' .. hid, 'a', 'k', 'p', 't', 'kt', 'pt')
+  redis.call('ZREM', base .. 'hs', hid)
+  if not h[1] then
+    return false
+  end
+  local amount, kid, pid, tokens = num(h[1]), h[2], h[3], num(h[4])
+  redis.call('HINCRBY', base .. 'a', 'held', I(-amount))
+  redis.call('HINCRBY', base .. 'held', kid, I(-amount))
+  redis.call('HINCRBY', base .. 'held', pid, I(-amount))
+  redis.call('ZREM', base .. 'cc:' .. kid, hid)
+  redis.call('ZREM', base .. 'cc:' .. pid, hid)
+  if not expired then
+    local u = used or 0
+    g_correct(base .. 'w:' .. kid .. ':t', num(h[5]), p, now, tokens, u)
+    g_correct(base .. 'w:' .. pid .. ':t', num(h[6]), p, now, tokens, u)
+  end
+  redis.call('DEL', base .. 'h:' .. hid)
+  return true
+end
+
+-- Release the holds of this account whose time ran out (their instance died or hung).
+local function purge(base, now, p)
+  local expired = redis.call('ZRANGEBYSCORE', base .. 'hs', '-inf', now, 'LIMIT', 0, 64)
+  for _, hid in ipairs(expired) do
+    close_hold(base, hid, now, p, nil, true)
+  end
+  return #expired
+end
+
+local function base_of(keys)
+  return string.sub(keys[1], 1, -2) -- "P:{A}:a" -> "P:{A}:"
+end
+
+-- Check one owner's limits (key, then project) without taking anything.
+-- lim = {rpm, tpm, monthly, daily, concurrency}; budgets < 0 mean none.
+local function refusal(base, owner, kind, lim, now, p, tokens, amount, month, day)
+  if lim[5] > 0 and redis.call('ZCARD', base .. 'cc:' .. owner) >= lim[5] then
+    return {'concurrency', kind, lim[5], 1000}
+  end
+  if lim[1] > 0 then
+    local rel = g_load(base .. 'w:' .. owner .. ':r', lim[1], now)
+    if not g_fits(rel, lim[1], p, 1) then
+      return {'rpm', kind, lim[1], g_retry(rel, lim[1], p, 1)}
+    end
+  end
+  if lim[2] > 0 then
+    local rel = g_load(base .. 'w:' .. owner .. ':t', lim[2], now)
+    if not g_fits(rel, lim[2], p, tokens) then
+      return {'tpm', kind, lim[2], g_retry(rel, lim[2], p, tokens)}
+    end
+  end
+  local held = num(redis.call('HGET', base .. 'held', owner))
+  if lim[4] >= 0 then
+    local used = num(redis.call('HGET', base .. 'sp', owner .. ':' .. day)) + held
+    if used + amount > lim[4] then
+      return {'daily', kind, lim[4], used}
+    end
+  end
+  if lim[3] >= 0 then
+    local used = num(redis.call('HGET', base .. 'sp', owner .. ':' .. month)) + held
+    if used + amount > lim[3] then
+      return {'monthly', kind, lim[3], used}
+    end
+  end
+  return nil
+end
+
+local function take(base, owner, lim, now, p, tokens, amount, hid, expiry)
+  if lim[5] > 0 then
+    redis.call('ZADD', base .. 'cc:' .. owner, I(expiry), hid)
+  end
+  if lim[1] > 0 then
+    local key = base .. 'w:' .. owner .. ':r'
+    g_save(key, g_load(key, lim[1], now) + p, lim[1], now)
+  end
+  if lim[2] > 0 then
+    local key = base .. 'w:' .. owner .. ':t'
+    g_save(key, g_load(key, lim[2], now) + tokens * p, lim[2], now)
+  end
+  redis.call('HINCRBY', base .. 'held', owner, I(amount))
+end
+
+-- admit: auth + limits + hold in one call.
+-- KEYS  P:{A}:a
+-- ARGV  ver key_id project_id amount tokens hold_id hold_ttl_ms window_ms month day
+--       key: rpm tpm monthly daily concurrency   project: rpm tpm monthly daily concurrency
+-- ->    {'ok', hold_id, expiry_ms, now_ms, rpm_limit, rpm_remaining, rpm_reset_ms,
+--        tpm_limit, tpm_remaining, tpm_reset_ms, monthly_left}   (the header owner's windows;
+--        0 limits mean none, monthly_left -1 none)
+--       or {'stale'} {'unknown'} {'revoked'} {'expired'} {'balance', balance, held}
+--       or {limit_name, 'key'|'project', limit, retry_ms or used}
+local function admit(keys, args)
+  local base = base_of(keys)
+  local acct = keys[1]
+  local ver, kid, pid = args[1], args[2], args[3]
+  local amount, tokens, hid = tonumber(args[4]), tonumber(args[5]), args[6]
+  local ttl, p, month, day = tonumber(args[7]), tonumber(args[8]), args[9], args[10]
+  local klim = {tonumber(args[11]), tonumber(args[12]), tonumber(args[13]), tonumber(args[14]), tonumber(args[15])}
+  local plim = {tonumber(args[16]), tonumber(args[17]), tonumber(args[18]), tonumber(args[19]), tonumber(args[20])}
+  local now = now_ms()
+  local k = redis.call('HMGET', base .. 'k:' .. kid, 'revoked_at', 'expires_at', 'project_id')
+  if not k[3] then
+    return {'unknown'}
+  end
+  if k[1] and k[1] ~= '' then
+    return {'revoked'}
+  end
+  if k[2] and k[2] ~= '' and tonumber(k[2]) * 1000 <= now then
+    return {'expired'}
+  end
+  local a = redis.call('HMGET', acct, 'ver', 'balance')
+  if (a[1] or '0') ~= ver then
+    return {'stale'}
+  end
+  purge(base, now, p)
+  local balance, held = num(a[2]), num(redis.call('HGET', acct, 'held'))
+  if amount > balance - held then
+    return {'balance', balance, held}
+  end
+  local r = refusal(base, kid, 'key', klim, now, p, tokens, amount, month, day)
+    or refusal(base, pid, 'project', plim, now, p, tokens, amount, month, day)
+  if r then
+    return r
+  end
+  local expiry = now + ttl
+  take(base, kid, klim, now, p, tokens, amount, hid, expiry)
+  take(base, pid, plim, now, p, tokens, amount, hid, expiry)
+  redis.call('HINCRBY', acct, 'held', I(amount))
+  redis.call('HSET', base .. 'h:' .. hid, 'a', I(amount), 'k', kid, 'p', pid, 't', I(tokens), 'kt', I(klim[2]), 'pt', I(plim[2]))
+  redis.call('ZADD', base .. 'hs', I(expiry), hid)
+
+  local out = {'ok', hid, expiry, now, 0, 0, 0, 0, 0, 0, -1}
+  local howner, hlim = kid, klim
+  if klim[1] <= 0 and klim[2] <= 0 then
+    howner, hlim = pid, plim
+  end
+  if hlim[1] > 0 then
+    local rel = g_load(base .. 'w:' .. howner .. ':r', hlim[1], now)
+    out[5], out[6], out[7] = hlim[1], g_remaining(rel, hlim[1], p), idiv(rel, hlim[1])
+  end
+  if hlim[2] > 0 then
+    local rel = g_load(base .. 'w:' .. howner .. ':t', hlim[2], now)
+    out[8], out[9], out[10] = hlim[2], g_remaining(rel, hlim[2], p), idiv(rel, hlim[2])
+  end
+  local bowner, ceiling = kid, klim[3]
+  if ceiling < 0 then
+    bowner, ceiling = pid, plim[3]
+  end
+  if ceiling >= 0 then
+    local used = num(redis.call('HGET', base .. 'sp', bowner .. ':' .. month))
+      + num(redis.call('HGET', base .. 'held', bowner))
+    out[11] = math.max(ceiling - used, 0)
+  end
+  return out
+end
+
+-- settle: close the hold, debit the balance (never below zero), write the receipt and
+-- the spend summaries, in one call. Idempotent by receipt id (a retried settle is a no-op).
+-- KEYS  P:{A}:a
+-- ARGV  hold_id receipt_id total upstream used_tokens created_ms month day key_id project_id
+--       window_ms receipt_json
+-- ->    {total, capped 0/1}  ({'dup', total} when this receipt was already written)
+local function settle(keys, args)
+  local base = base_of(keys)
+  local acct = keys[1]
+  local hid, rid = args[1], args[2]
+  local total, upstream, used = tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
+  local created, month, day, kid, pid = args[6], args[7], args[8], args[9], args[10]
+  local p = tonumber(args[11])
+  local rkey = base .. 'r:' .. rid
+  if redis.call('EXISTS', rkey) == 1 then
+    local prior = redis.call('HGET', rkey, 'c')
+    return {'dup', prior or total}
+  end
+  local now = now_ms()
+  close_hold(base, hid, now, p, used, false)
+  purge(base, now, p)
+  local a = redis.call('HMGET', acct, 'balance', 'held')
+  local available = num(a[1]) - num(a[2])
+  local capped = 0
+  if total > available then
+    total = math.max(available, 0)
+    capped = 1
+  end
+  redis.call('HINCRBY', acct, 'balance', I(-total))
+  redis.call('HINCRBY', acct, 'spent', I(total))
+  local aid = redis.call('HGET', acct, 'id')
+  for _, owner in ipairs({aid, kid, pid}) do
+    redis.call('HINCRBY', base .. 'sp', owner .. ':' .. month, I(total))
+    redis.call('HINCRBY', base .. 'sp', owner .. ':' .. day, I(total))
+  end
+  if capped == 1 then
+    redis.call('HSET', rkey, 'j', args[12], 'c', I(total))
+  else
+    redis.call('HSET', rkey, 'j', args[12])
+  end
+  redis.call('ZADD', base .. 'rs', created, rid)
+  return {total, capped}
+end
+
+-- release: nothing to bill; give the hold back (tokens reservation included).
+-- KEYS P:{A}:a   ARGV hold_id window_ms   -> 1 if the hold was open
+local function release(keys, args)
+  local base = base_of(keys)
+  if close_hold(base, args[1], now_ms(), tonumber(args[2]), nil, false) then
+    return 1
+  end
+  return 0
+end
+
+-- revoke: mark the key revoked (once), bump the account's ver, and announce it on the
+-- revocation channel so every instance ends the key's streams and acknowledges.
+-- KEYS P:{A}:a   ARGV key_id revoked_at channel nonce   -> revoked_at, or false if no such key
+local function revoke(keys, args)
+  local base = base_of(keys)
+  local kkey = base .. 'k:' .. args[1]
+  if redis.call('EXISTS', kkey) == 0 then
+    return false
+  end
+  local at = redis.call('HGET', kkey, 'revoked_at')
+  if not at or at == '' then
+    at = args[2]
+    redis.call('HSET', kkey, 'revoked_at', at)
+    redis.call('HINCRBY', keys[1], 'ver', 1)
+  end
+  redis.call('PUBLISH', args[3], args[4] .. ' ' .. args[1])
+  return at
+end
+
+-- topup: credit once per (chain, tx).  KEYS P:{A}:a   ARGV field amount topup_json
+-- -> {'ok', balance} | {'dup', existing_json} | {'max', balance}
+local function topup(keys, args)
+  local base = base_of(keys)
+  local existing = redis.call('HGET', base .. 'tu', args[1])
+  if existing then
+    return {'dup', existing}
+  end
+  local amount = tonumber(args[2])
+  local balance = num(redis.call('HGET', keys[1], 'balance'))
+  if balance + amount > MAX_NANO then
+    return {'max', balance}
+  end
+  redis.call('HSET', base .. 'tu', args[1], args[3])
+  redis.call('HINCRBY', keys[1], 'topped', I(amount))
+  return {'ok', redis.call('HINCRBY', keys[1], 'balance', I(amount))}
+end
+
+-- context: what an instance caches for a key: the key, its account and its project.
+-- KEYS P:{A}:a   ARGV key_id   -> {key fields, account fields, project fields} (flat lists)
+local function context(keys, args)
+  local base = base_of(keys)
+  local k = redis.call('HGETALL', base .. 'k:' .. args[1])
+  if #k == 0 then
+    return {k, {}, {}}
+  end
+  local pid = redis.call('HGET', base .. 'k:' .. args[1], 'project_id')
+  return {k, redis.call('HGETALL', keys[1]), redis.call('HGETALL', base .. 'p:' .. pid)}
+end
+
+-- bump: something instances cache changed (limits, expiry): HSET fields and bump ver.
+-- KEYS P:{A}:a   ARGV hash_suffix field value [field value ...]
+local function bump(keys, args)
+  local base = base_of(keys)
+  local target = base .. args[1]
+  if redis.call('EXISTS', target) == 0 then
+    return false
+  end
+  redis.call('HSET', target, unpack(args, 2))
+  return redis.call('HINCRBY', keys[1], 'ver', 1)
+end
+
+redis.register_function('__LIB___admit', admit)
+redis.register_function('__LIB___settle', settle)
+redis.register_function('__LIB___release', release)
+redis.register_function('__LIB___revoke', revoke)
+redis.register_function('__LIB___topup', topup)
+redis.register_function('__LIB___context', context)
+redis.register_function('__LIB___bump', bump)

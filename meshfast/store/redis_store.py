@@ -1,0 +1,779 @@
+"""The Redis store: state shared by many workers and hosts, exact under concurrency.
+
+Every hot-path state change is one call of a Redis function (meshfast/store/lua/meshfast.lua):
+``admit`` (revocation and expiry, balance, every limit of the key and its project, and the
+hold, atomically), ``settle`` (close the hold, debit, receipt, spend summaries) and
+``revoke``. So a call costs two round trips: admit and settle.
+
+What an instance reads per key (the key's limits, its project's limits and privacy
+rules, the account's billing terms) is cached here, stamped with the account's ``ver``;
+admit refuses a stale stamp (``errors.StaleContext``, which the pipeline retries once
+with a fresh copy), so a change of limits applies to the very next call everywhere.
+
+Revocation: the revoke function publishes on ``<prefix>:revoke``; every instance
+(registered by a heartbeat key) ends the key's streams, drops it from its cache and
+acknowledges; ``revoke_key`` returns only when every live instance has, and fails loudly
+naming those that did not within ``ack_timeout``.
+
+Redis unreachable: authentication and holds fail closed (503 ``store_unavailable``); a
+settlement that cannot be written is kept and retried until Redis answers (settle is
+idempotent by receipt id), so a call that was served is never lost while this process
+lives. redis-py reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import socket
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from meshfast import errors
+from meshfast.config import redacted_url
+from meshfast.limits import _duration, insufficient_balance, refusal
+from meshfast.money import nano_to_usd
+from meshfast.store.base import (
+    KEY_PREFIX,
+    RECEIPT_FIELDS,
+    Account,
+    Hold,
+    KeyRecord,
+    Limits,
+    Project,
+    Receipt,
+    Store,
+    Topup,
+    check_topup,
+    hash_key,
+    limits_from,
+    limits_json,
+    month_of,
+    new_id,
+    new_secret,
+    spend_buckets,
+)
+
+log = logging.getLogger("meshfast.store")
+
+LUA_SOURCE = (Path(__file__).parent / "lua" / "meshfast.lua").read_text()
+LIBRARY = "meshfast_" + hashlib.sha1(LUA_SOURCE.encode()).hexdigest()[:12]
+HEARTBEAT_EVERY = 0.5  # seconds between an instance's heartbeats
+HEARTBEAT_TTL_MS = 2000  # an instance silent this long is no longer live
+ACK_TIMEOUT = 1.0  # seconds a revoke waits for every live instance
+SETTLE_RETRY_EVERY = 0.2  # seconds between attempts to write settlements Redis refused
+CACHE_MAX = 100_000  # cached key contexts; the cache is emptied when it grows past this
+_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _opt_int(v: str | None) -> int | None:
+    return None if v in (None, "") else int(v)
+
+
+def _opt_float(v: str | None) -> float | None:
+    return None if v in (None, "") else float(v)
+
+
+def _limit_args(lim: Limits) -> tuple[int, int, int, int, int]:
+    """rpm tpm monthly daily concurrency as the admit function takes them (0 / -1: none)."""
+    return (
+        lim.rpm or 0,
+        lim.tpm or 0,
+        -1 if lim.monthly_usd_nano is None else lim.monthly_usd_nano,
+        -1 if lim.daily_usd_nano is None else lim.daily_usd_nano,
+        lim.concurrency or 0,
+    )
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _account_from(h: dict[str, str], month_spend: int | None = None) -> Account:
+    a = Account(
+        h["id"], h["name"], int(h.get("balance", 0)), int(h.get("held", 0)),
+        _opt_int(h.get("margin_ppm")), _opt_int(h.get("fee_nano")), float(h.get("created", 0)),
+    )  # fmt: skip
+    if month_spend is not None:
+        a.spend[month_of(time.time())] = month_spend
+    return a
+
+
+def _project_from(h: dict[str, str]) -> Project:
+    return Project(h["id"], h["account_id"], h["name"], float(h["created"]), limits_from(h.get("limits")))
+
+
+def _key_from(h: dict[str, str]) -> KeyRecord:
+    return KeyRecord(
+        h["id"], h["project_id"], h["account_id"], h["hash"], h["prefix"], h.get("name", ""),
+        float(h["created"]), _opt_float(h.get("revoked_at")), _opt_float(h.get("expires_at")),
+        limits_from(h.get("limits")),
+    )  # fmt: skip
+
+
+def _receipt_from(h: dict[str, str]) -> Receipt:
+    r = Receipt(**orjson.loads(h["j"]))
+    if "c" in h:  # capped at what the balance could cover when it settled
+        r.total_nano = int(h["c"])
+        r.margin_nano = r.total_nano - r.upstream_cost_nano
+        r.capped = True
+    return r
+
+
+class _Context:
+    """What this instance caches for one key: its record, account terms and project."""
+
+    __slots__ = ("key", "account", "project", "ver", "project_label")
+
+    def __init__(self, key: KeyRecord, account: Account, project: Project, ver: str) -> None:
+        self.key = key
+        self.account = account
+        self.project = project
+        self.ver = ver
+        self.project_label = f"project {project.name!r}"
+
+
+class RedisStore(Store):
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "meshfast",
+        window_seconds: float = 60.0,
+        hold_ttl_seconds: float = 900.0,
+        ack_timeout: float = ACK_TIMEOUT,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.window_ms = int(window_seconds * 1000)
+        self.hold_ttl_ms = int(hold_ttl_seconds * 1000)
+        self.ack_timeout = ack_timeout
+        self.r = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0, single_connection_client=False
+        )
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.channel = f"{prefix}:revoke"
+        self._fn = {name: f"{LIBRARY}_{name}" for name in ("admit", "settle", "release", "revoke", "topup", "context", "bump")}
+        self._cache: dict[str, _Context] = {}  # sha256 of the secret -> context
+        self._by_key: dict[str, str] = {}  # key id -> sha256, to drop a key's context
+        self._generation = 0  # bumped on every revocation seen: loads that straddle one are not cached
+        self._listeners: list[Any] = []
+        self._unsettled: deque[tuple[str, list[Any]]] = deque()  # (account id, settle args) Redis refused
+        self._tasks: list[asyncio.Task] = []
+        self._retry_task: asyncio.Task | None = None
+        self._subscribed = asyncio.Event()
+        self._closing = False
+        self.round_trips = 0  # hot-path calls to Redis, for the benchmarks
+
+    # -- keys -----------------------------------------------------------------------
+    def _acct(self, aid: str) -> str:
+        return f"{self.prefix}:{{{aid}}}:a"
+
+    def _base(self, aid: str) -> str:
+        return f"{self.prefix}:{{{aid}}}:"
+
+    def _g(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    # -- Redis calls ------------------------------------------------------------------
+    async def load_functions(self) -> None:
+        """Load this version's function library unless Redis already has it."""
+        try:
+            await self.r.function_load(LUA_SOURCE.replace("__LIB__", LIBRARY))
+        except ResponseError as exc:
+            if "already exists" not in str(exc):
+                raise
+
+    async def _fcall(self, name: str, aid: str, *args: Any) -> Any:
+        """One function call (the library is loaded again if Redis lost it, e.g. a restart
+        without persistence). Redis down -> StoreUnavailable."""
+        fn = self._fn[name]
+        try:
+            try:
+                return await self.r.fcall(fn, 1, self._acct(aid), *args)
+            except ResponseError as exc:
+                if "Function not found" not in str(exc):
+                    raise
+                await self.load_functions()
+                return await self.r.fcall(fn, 1, self._acct(aid), *args)
+        except _DOWN as exc:
+            raise errors.StoreUnavailable("The gateway's store (Redis) is unreachable; no call is taken until it is back.") from exc
+
+    async def _do(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except _DOWN as exc:
+            raise errors.StoreUnavailable("The gateway's store (Redis) is unreachable; try again shortly.") from exc
+
+    # -- hot path ---------------------------------------------------------------------
+    async def authenticate(self, secret: str | bytes) -> KeyRecord:
+        digest = hash_key(secret)
+        ctx = self._cache.get(digest)
+        if ctx is None:
+            ctx = await self._load(digest)
+        key = ctx.key
+        if not hmac.compare_digest(key.hash, digest):
+            raise errors.AuthenticationFailed("Incorrect API key provided.")
+        if key.revoked_at is not None:
+            raise errors.KeyRevoked("This API key has been revoked.")
+        if key.expires_at is not None and key.expires_at <= time.time():
+            raise errors.KeyRevoked("This API key has expired.")
+        return key
+
+    async def _load(self, digest: str) -> _Context:
+        generation = self._generation
+        ref = await self._do(self.r.get(self._g(f"kh:{digest}")))
+        if not ref:
+            raise errors.AuthenticationFailed("Incorrect API key provided.")
+        kid, aid = ref.split(" ")
+        self.round_trips += 2
+        k, a, p = await self._fcall("context", aid, kid)
+        if not k:
+            raise errors.AuthenticationFailed("Incorrect API key provided.")
+        ah = _pairs(a)
+        ctx = _Context(_key_from(_pairs(k)), _account_from(ah), _project_from(_pairs(p)), ah.get("ver", "0"))
+        if generation == self._generation:  # no revocation arrived meanwhile
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+                self._by_key.clear()
+            self._cache[digest] = ctx
+            self._by_key[kid] = digest
+        return ctx
+
+    def _drop(self, key_id: str) -> None:
+        digest = self._by_key.pop(key_id, None)
+        if digest is not None:
+            self._cache.pop(digest, None)
+
+    def _context_of(self, key: KeyRecord) -> _Context:
+        ctx = self._cache.get(key.hash)
+        if ctx is None:  # dropped since authenticate (a revocation or a change): start over
+            raise errors.StaleContext("The key changed while the call started.")
+        return ctx
+
+    async def context(self, key: KeyRecord) -> tuple[Account, Project]:
+        ctx = self._context_of(key)
+        return ctx.account, ctx.project
+
+    async def place_hold(self, key: KeyRecord, amount_nano: int, tokens: int = 0) -> Hold:
+        ctx = self._context_of(key)
+        month, day = spend_buckets(time.time())
+        hid = new_id("hold_")
+        self.round_trips += 1
+        out = await self._fcall(
+            "admit", key.account_id, ctx.ver, key.id, key.project_id, amount_nano, tokens, hid,
+            self.hold_ttl_ms, self.window_ms, month, day,
+            *_limit_args(key.limits), *_limit_args(ctx.project.limits),
+        )  # fmt: skip
+        status = out[0]
+        if status == "ok":
+            return Hold(hid, key.account_id, key.id, amount_nano, time.time(), self._headers(key, ctx, out))
+        if status in ("stale", "unknown", "revoked"):
+            self._drop(key.id)
+        if status == "stale":
+            raise errors.StaleContext("The key's limits or terms changed; reload and retry.")
+        if status == "revoked":
+            raise errors.KeyRevoked("This API key has been revoked.")
+        if status == "expired":
+            raise errors.KeyRevoked("This API key has expired.")
+        if status == "unknown":
+            raise errors.AuthenticationFailed("Incorrect API key provided.")
+        if status == "balance":
+            raise insufficient_balance(amount_nano, int(out[1]), int(out[2]))
+        is_key = out[1] == "key"
+        owner = f"key {key.prefix}..." if is_key else ctx.project_label
+        lim = key.limits if is_key else ctx.project.limits
+        number = int(out[3])
+        if status in ("daily", "monthly"):
+            raise refusal(status, owner, lim, tokens, amount_nano, number, 0)
+        retry_after = float("inf") if number < 0 else number / 1000
+        raise refusal(status, owner, lim, tokens, amount_nano, 0, retry_after)
+
+    @staticmethod
+    def _headers(key: KeyRecord, ctx: _Context, out: list[Any]) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = []
+        rpm, rpm_left, rpm_reset, tpm, tpm_left, tpm_reset, monthly_left = (int(x) for x in out[4:11])
+        if rpm:
+            headers += [
+                (b"x-ratelimit-limit-requests", str(rpm).encode()),
+                (b"x-ratelimit-remaining-requests", str(rpm_left).encode()),
+                (b"x-ratelimit-reset-requests", _duration(rpm_reset / 1000).encode()),
+            ]
+        if tpm:
+            headers += [
+                (b"x-ratelimit-limit-tokens", str(tpm).encode()),
+                (b"x-ratelimit-remaining-tokens", str(tpm_left).encode()),
+                (b"x-ratelimit-reset-tokens", _duration(tpm_reset / 1000).encode()),
+            ]
+        if monthly_left >= 0:
+            headers.append((b"x-mesh-monthly-remaining-usd", nano_to_usd(monthly_left).encode()))
+        return headers
+
+    def rate_headers(self, hold: Hold) -> list[tuple[bytes, bytes]]:
+        return hold.admission
+
+    def add_revoke_listener(self, listener: Any) -> None:
+        self._listeners.append(listener)
+
+    async def settle(self, hold: Hold, receipt: Receipt) -> None:
+        month, day = spend_buckets(receipt.created)
+        doc = orjson.dumps({name: getattr(receipt, name) for name in RECEIPT_FIELDS})
+        args = [
+            hold.id, receipt.id, receipt.total_nano, receipt.upstream_cost_nano,
+            receipt.prompt_tokens + receipt.completion_tokens, int(receipt.created * 1000), month, day,
+            receipt.key_id, receipt.project_id, self.window_ms, doc,
+        ]  # fmt: skip
+        self.round_trips += 1
+        try:
+            out = await self._fcall("settle", hold.account_id, *args)
+        except errors.StoreUnavailable:
+            self._keep_unsettled(hold.account_id, args)
+            return
+        if out[0] != "dup" and int(out[1]):
+            receipt.total_nano = int(out[0])
+            receipt.margin_nano = receipt.total_nano - receipt.upstream_cost_nano
+            receipt.capped = True
+
+    def _keep_unsettled(self, aid: str, args: list[Any]) -> None:
+        self._unsettled.append((aid, args))
+        log.warning("Redis unreachable: receipt %s kept in memory until it can be written (%d waiting)", args[1], len(self._unsettled))
+        if self._retry_task is None or self._retry_task.done():
+            self._retry_task = asyncio.get_running_loop().create_task(self._retry_settles())
+
+    async def _retry_settles(self) -> None:
+        while self._unsettled:
+            await asyncio.sleep(SETTLE_RETRY_EVERY)
+            await self._write_unsettled()
+
+    async def _write_unsettled(self) -> None:
+        while self._unsettled:
+            aid, args = self._unsettled[0]
+            try:
+                await self._fcall("settle", aid, *args)
+            except errors.StoreUnavailable:
+                return
+            self._unsettled.popleft()
+            if not self._unsettled:
+                log.warning("Redis is back: every kept receipt is written")
+
+    async def release(self, hold: Hold) -> None:
+        try:
+            await self._fcall("release", hold.account_id, hold.id, self.window_ms)
+        except errors.StoreUnavailable:
+            pass  # the hold expires by itself (hold_ttl_seconds)
+
+    # -- revocation across instances ---------------------------------------------------
+    def _on_revoked(self, key_id: str) -> None:
+        self._generation += 1
+        self._drop(key_id)
+        for listener in self._listeners:
+            listener(key_id)
+
+    async def _listen(self) -> None:
+        """Follow the revocation channel; acknowledge each revocation once handled."""
+        while not self._closing:
+            pubsub = self.r.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                # Revocations may have been missed while unsubscribed: forget every cached key.
+                self._generation += 1
+                self._cache.clear()
+                self._by_key.clear()
+                self._subscribed.set()
+                await self._beat()
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is None or msg["type"] != "message":
+                        continue
+                    nonce, _, key_id = msg["data"].partition(" ")
+                    self._on_revoked(key_id)
+                    ack = self._g(f"ack:{nonce}")
+                    async with self.r.pipeline(transaction=False) as pipe:
+                        pipe.rpush(ack, self.instance_id).expire(ack, 60)
+                        await pipe.execute()
+            except asyncio.CancelledError:
+                raise
+            except (*_DOWN, RedisError) as exc:
+                if self._subscribed.is_set():
+                    log.warning("revocation channel lost (%s); reconnecting", exc)
+                self._subscribed.clear()
+                await asyncio.sleep(0.2)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:  # noqa: BLE001 - the connection may already be gone
+                    pass
+
+    async def _beat(self) -> None:
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.set(self._g(f"instance:{self.instance_id}"), "1", px=HEARTBEAT_TTL_MS)
+            pipe.sadd(self._g("instances"), self.instance_id)
+            await pipe.execute()
+
+    async def _heartbeat(self) -> None:
+        """Register this instance as live while it follows the revocation channel."""
+        while not self._closing:
+            await asyncio.sleep(HEARTBEAT_EVERY)
+            if self._subscribed.is_set():
+                try:
+                    await self._beat()
+                except (*_DOWN, RedisError):
+                    pass
+
+    async def live_instances(self) -> list[str]:
+        """Instances whose heartbeat is current; forgets the others."""
+        members = sorted(await self._do(self.r.smembers(self._g("instances"))))
+        if not members:
+            return []
+        async with self.r.pipeline(transaction=False) as pipe:
+            for iid in members:
+                pipe.exists(self._g(f"instance:{iid}"))
+            flags = await self._do(pipe.execute())
+        dead = [iid for iid, up in zip(members, flags, strict=True) if not up]
+        if dead:
+            await self._do(self.r.srem(self._g("instances"), *dead))
+        return [iid for iid, up in zip(members, flags, strict=True) if up]
+
+    async def revoke_key(self, key_id: str) -> KeyRecord:
+        aid = await self._account_of_key(key_id)
+        nonce = os.urandom(8).hex()
+        at = await self._fcall("revoke", aid, key_id, repr(time.time()), self.channel, nonce)
+        if not at:
+            raise errors.NotFound(f"No key {key_id!r}.", code="key_not_found")
+        self._drop(key_id)
+        live = set(await self.live_instances())
+        ack = self._g(f"ack:{nonce}")
+        deadline = time.monotonic() + self.ack_timeout
+        while True:
+            missing = live - set(await self._do(self.r.lrange(ack, 0, -1)))
+            if not missing:
+                break
+            if time.monotonic() >= deadline:
+                raise errors.RevocationUnconfirmed(
+                    f"Key {key_id} is revoked in the store, but {len(missing)} instance(s) did not acknowledge "
+                    f"within {self.ack_timeout:g} s: {', '.join(sorted(missing))}. They refuse the key on its next "
+                    "call, but may still be streaming with it; check those instances."
+                )
+            await asyncio.sleep(0.002)
+        return await self.key(key_id)
+
+    # -- control plane ----------------------------------------------------------------
+    async def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:
+        if not name or name.startswith("acct_"):
+            raise errors.InvalidRequest("An account name must be non-empty and not start with 'acct_'.", param="name")
+        a = Account(new_id("acct_"), name, 0, 0, margin_ppm, fee_nano, time.time())
+        if not await self._do(self.r.hsetnx(self._g("account_names"), name, a.id)):
+            raise errors.Conflict(f"An account named {name!r} already exists.", param="name")
+        fields: dict[str, Any] = {"id": a.id, "name": name, "balance": 0, "held": 0, "spent": 0, "topped": 0, "created": repr(a.created), "ver": 0}
+        if margin_ppm is not None:
+            fields["margin_ppm"] = margin_ppm
+        if fee_nano is not None:
+            fields["fee_nano"] = fee_nano
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self._acct(a.id), mapping=fields).sadd(self._g("accounts"), a.id)
+            await self._do(pipe.execute())
+        return a
+
+    async def _account_id(self, ref: str) -> str:
+        if ref.startswith("acct_"):
+            return ref
+        aid = await self._do(self.r.hget(self._g("account_names"), ref))
+        if aid is None:
+            raise errors.NotFound(f"No account {ref!r}.", code="account_not_found")
+        return aid
+
+    async def account(self, ref: str) -> Account:
+        aid = await self._account_id(ref)
+        month = month_of(time.time())
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._acct(aid)).hget(self._base(aid) + "sp", f"{aid}:{month}")
+            h, spent = await self._do(pipe.execute())
+        if not h:
+            raise errors.NotFound(f"No account {ref!r}.", code="account_not_found")
+        return _account_from(h, int(spent or 0))
+
+    async def _account_ids(self) -> list[str]:
+        return sorted(await self._do(self.r.smembers(self._g("accounts"))))
+
+    async def accounts(self) -> list[Account]:
+        out = [await self.account(aid) for aid in await self._account_ids()]
+        return sorted(out, key=lambda a: a.created)
+
+    async def create_project(self, account_ref: str, name: str) -> Project:
+        a = await self.account(account_ref)
+        if not name or name.startswith("proj_"):
+            raise errors.InvalidRequest("A project name must be non-empty and not start with 'proj_'.", param="name")
+        p = Project(new_id("proj_"), a.id, name, time.time())
+        base = self._base(a.id)
+        if not await self._do(self.r.hsetnx(base + "pn", name, p.id)):
+            raise errors.Conflict(f"Account {a.name!r} already has a project named {name!r}.", param="name")
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hset(
+                base + f"p:{p.id}",
+                mapping={"id": p.id, "account_id": a.id, "name": name, "created": repr(p.created), "limits": limits_json(p.limits)},
+            )
+            pipe.sadd(base + "ps", p.id).hset(self._g("project_accounts"), p.id, a.id)
+            await self._do(pipe.execute())
+        return p
+
+    async def project(self, ref: str, account_ref: str | None = None) -> Project:
+        if ref.startswith("proj_"):
+            aid = await self._do(self.r.hget(self._g("project_accounts"), ref))
+            pid = ref
+        elif account_ref is not None:
+            aid = await self._account_id(account_ref)
+            pid = await self._do(self.r.hget(self._base(aid) + "pn", ref))
+        else:
+            aid = pid = None
+        h = await self._do(self.r.hgetall(self._base(aid) + f"p:{pid}")) if aid and pid else None
+        if not h:
+            raise errors.NotFound(f"No project {ref!r}.", code="project_not_found")
+        return _project_from(h)
+
+    async def projects(self, account_ref: str | None = None) -> list[Project]:
+        aids = [await self._account_id(account_ref)] if account_ref is not None else await self._account_ids()
+        out = []
+        for aid in aids:
+            for pid in await self._do(self.r.smembers(self._base(aid) + "ps")):
+                out.append(_project_from(await self._do(self.r.hgetall(self._base(aid) + f"p:{pid}"))))
+        return sorted(out, key=lambda p: p.created)
+
+    async def update_project(self, project_id: str, limits: Limits) -> Project:
+        p = await self.project(project_id)
+        await self._fcall("bump", p.account_id, f"p:{p.id}", "limits", limits_json(limits))
+        p.limits = limits
+        return p
+
+    async def create_key(self, project: Project, name: str = "", limits: Limits | None = None, expires_at: float | None = None) -> tuple[KeyRecord, str]:
+        secret = new_secret()
+        k = KeyRecord(
+            new_id("key_"), project.id, project.account_id, hash_key(secret), secret[: len(KEY_PREFIX) + 4],
+            name, time.time(), None, expires_at, limits or Limits(),
+        )  # fmt: skip
+        base = self._base(k.account_id)
+        fields = {
+            "id": k.id, "project_id": k.project_id, "account_id": k.account_id, "hash": k.hash, "prefix": k.prefix,
+            "name": name, "created": repr(k.created), "revoked_at": "",
+            "expires_at": "" if expires_at is None else repr(expires_at), "limits": limits_json(k.limits),
+        }  # fmt: skip
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hset(base + f"k:{k.id}", mapping=fields).sadd(base + "ks", k.id)
+            pipe.hset(self._g("key_accounts"), k.id, k.account_id)
+            pipe.set(self._g(f"kh:{k.hash}"), f"{k.id} {k.account_id}")
+            await self._do(pipe.execute())
+        return k, secret
+
+    async def _account_of_key(self, key_id: str) -> str:
+        aid = await self._do(self.r.hget(self._g("key_accounts"), key_id))
+        if aid is None:
+            raise errors.NotFound(f"No key {key_id!r}.", code="key_not_found")
+        return aid
+
+    async def key(self, key_id: str) -> KeyRecord:
+        aid = await self._account_of_key(key_id)
+        h = await self._do(self.r.hgetall(self._base(aid) + f"k:{key_id}"))
+        if not h:
+            raise errors.NotFound(f"No key {key_id!r}.", code="key_not_found")
+        return _key_from(h)
+
+    async def keys(self, account_ref: str | None = None, project_ref: str | None = None) -> list[KeyRecord]:
+        aids = [await self._account_id(account_ref)] if account_ref is not None else await self._account_ids()
+        pid = (await self.project(project_ref, account_ref)).id if project_ref is not None else None
+        out = []
+        for aid in aids:
+            base = self._base(aid)
+            for kid in await self._do(self.r.smembers(base + "ks")):
+                k = _key_from(await self._do(self.r.hgetall(base + f"k:{kid}")))
+                if pid is None or k.project_id == pid:
+                    out.append(k)
+        return sorted(out, key=lambda k: k.created)
+
+    async def update_key(self, key_id: str, limits: Limits | None = None, expires_at: float | None = None) -> KeyRecord:
+        k = await self.key(key_id)
+        fields: list[Any] = []
+        if limits is not None:
+            fields += ["limits", limits_json(limits)]
+        if expires_at is not None:
+            fields += ["expires_at", repr(expires_at)]
+        if fields:
+            await self._fcall("bump", k.account_id, f"k:{k.id}", *fields)
+            self._drop(k.id)
+        return await self.key(key_id)
+
+    async def topup(self, account_ref: str, amount_nano: int, chain: str, tx_id: str) -> tuple[Topup, bool]:
+        check_topup(amount_nano, chain, tx_id)
+        a = await self.account(account_ref)
+        owner = await self._do(self.r.set(self._g(f"tx:{chain}:{tx_id}"), a.id, nx=True, get=True))
+        if owner is not None and owner != a.id:
+            raise errors.Conflict(f"Transaction {chain}:{tx_id} was already credited with different details.", param="tx_id")
+        t = Topup(new_id("top_"), a.id, amount_nano, chain, tx_id, time.time())
+        doc = orjson.dumps({"id": t.id, "amount_nano": amount_nano, "chain": chain, "tx_id": tx_id, "created": t.created})
+        out = await self._fcall("topup", a.id, f"{chain}:{tx_id}", amount_nano, doc)
+        if out[0] == "dup":
+            prior = orjson.loads(out[1])
+            if prior["amount_nano"] != amount_nano:
+                raise errors.Conflict(f"Transaction {chain}:{tx_id} was already credited with different details.", param="tx_id")
+            return Topup(prior["id"], a.id, amount_nano, chain, tx_id, prior["created"]), False
+        if out[0] == "max":
+            raise errors.InvalidRequest(
+                f"This top-up would take the balance above ${nano_to_usd(2**53 - 1)}, the most one account can hold.",
+                param="amount_usd",
+            )
+        return t, True
+
+    # -- reads --------------------------------------------------------------------------
+    async def receipt(self, receipt_id: str) -> Receipt | None:
+        await self.flush()
+        aids = await self._account_ids()
+        if not aids:
+            return None
+        async with self.r.pipeline(transaction=False) as pipe:
+            for aid in aids:
+                pipe.hgetall(self._base(aid) + f"r:{receipt_id}")
+            found = await self._do(pipe.execute())
+        for h in found:
+            if h:
+                return _receipt_from(h)
+        return None
+
+    async def _receipts_of(self, aid: str, since: float | None = None, newest: int | None = None) -> list[Receipt]:
+        base = self._base(aid)
+        if newest is not None:
+            ids = await self._do(self.r.zrevrange(base + "rs", 0, newest - 1))
+        else:
+            lo = int(since * 1000) if since else "-inf"
+            ids = await self._do(self.r.zrangebyscore(base + "rs", lo, "+inf"))
+        out = []
+        for start in range(0, len(ids), 500):
+            async with self.r.pipeline(transaction=False) as pipe:
+                for rid in ids[start : start + 500]:
+                    pipe.hgetall(base + f"r:{rid}")
+                out += [_receipt_from(h) for h in await self._do(pipe.execute()) if h]
+        return out
+
+    async def receipts(self, account_id: str | None = None, key_id: str | None = None, limit: int = 100) -> list[Receipt]:
+        await self.flush()
+        aids = [account_id] if account_id else await self._account_ids()
+        out: list[Receipt] = []
+        for aid in aids:
+            rs = await self._receipts_of(aid, newest=None if key_id else limit)
+            out += [r for r in rs if key_id is None or r.key_id == key_id]
+        out.sort(key=lambda r: r.created, reverse=True)
+        return out[:limit]
+
+    async def usage(self, group_by: str, account_id: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        getters = {
+            "account": lambda r: r.account_id,
+            "project": lambda r: r.project_id,
+            "key": lambda r: r.key_id,
+            "model": lambda r: r.model,
+            "day": lambda r: time.strftime("%Y-%m-%d", time.gmtime(r.created)),
+        }
+        if group_by not in getters:
+            raise errors.InvalidRequest(f"group_by must be one of {', '.join(getters)}.", param="group_by")
+        await self.flush()
+        get = getters[group_by]
+        groups: dict[str, list[int]] = {}
+        for aid in [account_id] if account_id else await self._account_ids():
+            for r in await self._receipts_of(aid, since=since):
+                g = groups.setdefault(get(r), [0, 0, 0, 0, 0, 0])
+                for i, v in enumerate((1, r.prompt_tokens, r.completion_tokens, r.upstream_cost_nano, r.margin_nano, r.total_nano)):
+                    g[i] += v
+        return [
+            {
+                group_by: name,
+                "calls": g[0],
+                "prompt_tokens": g[1],
+                "completion_tokens": g[2],
+                "upstream_cost_usd": nano_to_usd(g[3]),
+                "margin_usd": nano_to_usd(g[4]),
+                "total_usd": nano_to_usd(g[5]),
+            }
+            for name, g in sorted(groups.items())
+        ]
+
+    async def verify_ledger(self) -> list[str]:
+        """Per account: top-ups minus receipt totals equals the balance, the running totals
+        agree with the records, the held amount equals the open holds, no balance below zero,
+        and every receipt's total is upstream cost plus margin."""
+        await self.flush()
+        problems = []
+        for aid in await self._account_ids():
+            base = self._base(aid)
+            a = await self._do(self.r.hgetall(self._acct(aid)))
+            name, balance, held = a.get("name"), int(a.get("balance", 0)), int(a.get("held", 0))
+            label = f"account {name} ({aid})"
+            topups = [orjson.loads(v) for v in (await self._do(self.r.hgetall(base + "tu"))).values()]
+            topped = sum(t["amount_nano"] for t in topups)
+            receipts = await self._receipts_of(aid)
+            spent = sum(r.total_nano for r in receipts)
+            if topped - spent != balance:
+                problems.append(
+                    f"{label}: top-ups minus receipts is {nano_to_usd(topped - spent)} but the balance is {nano_to_usd(balance)}"
+                )
+            if int(a.get("topped", 0)) != topped or int(a.get("spent", 0)) != spent:
+                problems.append(f"{label}: running totals (topped {a.get('topped')}, spent {a.get('spent')}) differ from the records ({topped}, {spent})")
+            if balance < 0:
+                problems.append(f"{label}: balance is below zero ({nano_to_usd(balance)})")
+            hold_ids = await self._do(self.r.zrange(base + "hs", 0, -1))
+            open_held = 0
+            for hid in hold_ids:
+                open_held += int(await self._do(self.r.hget(base + f"h:{hid}", "a")) or 0)
+            if open_held != held:
+                problems.append(f"{label}: held {nano_to_usd(held)} but the open holds add up to {nano_to_usd(open_held)}")
+            for r in receipts:
+                if r.total_nano != r.upstream_cost_nano + r.margin_nano:
+                    problems.append(f"{label}: receipt {r.id} total {r.total_nano} != upstream {r.upstream_cost_nano} + margin {r.margin_nano}")
+        return problems
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def check(self) -> None:
+        """Reach Redis now and load the functions; StoreUnavailable with the reason if not."""
+        try:
+            await self.load_functions()
+        except _DOWN as exc:
+            raise errors.StoreUnavailable(f"Redis at {redacted_url(self.url)} is unreachable: {exc}") from exc
+        except ResponseError as exc:
+            raise errors.StoreUnavailable(f"Redis at {redacted_url(self.url)} refused the meshfast functions: {exc}") from exc
+
+    async def attach(self) -> None:
+        """Load the functions, follow the revocation channel, start the heartbeat."""
+        await self.check()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._heartbeat())]
+        await asyncio.wait_for(self._subscribed.wait(), 5.0)
+
+    async def flush(self) -> None:
+        """Write any settlement Redis refused earlier (as far as Redis answers now)."""
+        if self._unsettled:
+            await self._write_unsettled()
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in [*self._tasks, self._retry_task]:
+            if task is not None:
+                task.cancel()
+        await self.flush()
+        if self._unsettled:
+            log.error(
+                "Redis unreachable at exit: %d receipt(s) could not be written: %s",
+                len(self._unsettled), ", ".join(args[1] for _, args in self._unsettled),
+            )  # fmt: skip
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                pipe.delete(self._g(f"instance:{self.instance_id}")).srem(self._g("instances"), self.instance_id)
+                await pipe.execute()
+        except (*_DOWN, RedisError):
+            pass
+        await self.r.aclose()

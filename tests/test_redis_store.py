@@ -1,0 +1,358 @@
+"""The Redis store through its own interface, on the real Redis at 127.0.0.1:6379.
+
+Each test gets a key prefix of its own (and deletes its keys afterwards), so tests never
+see each other's state. The end-to-end checks with two server processes are in
+tests/test_redis_servers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+import redis
+
+from meshfast import errors
+from meshfast.money import usd_to_nano
+from meshfast.store.base import Limits, Receipt, new_id
+from meshfast.store.redis_store import RedisStore
+
+REDIS_URL = os.environ.get("MESHFAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _redis_up() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _redis_up(), reason=f"no Redis at {REDIS_URL} (the test machines run one)")
+
+
+@pytest.fixture
+def prefix():
+    p = "mftest-" + os.urandom(4).hex()
+    yield p
+    r = redis.Redis.from_url(REDIS_URL)
+    keys = list(r.scan_iter(match=p + ":*", count=1000))
+    if keys:
+        r.delete(*keys)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def opened(prefix: str, **kw) -> RedisStore:
+    store = RedisStore(REDIS_URL, prefix=prefix, **kw)
+    await store.attach()
+    return store
+
+
+async def funded(store: RedisStore, usd: str = "10", limits: Limits | None = None, project_limits: Limits | None = None):
+    account = await store.create_account("acme-" + os.urandom(3).hex())
+    project = await store.create_project(account.id, "default")
+    if project_limits is not None:
+        project = await store.update_project(project.id, project_limits)
+    await store.topup(account.id, usd_to_nano(usd), "manual", "tx-" + os.urandom(4).hex())
+    key, secret = await store.create_key(project, "k", limits)
+    return account, project, key, secret
+
+
+def receipt_for(key, total: int, upstream: int, tokens: int = 10) -> Receipt:
+    return Receipt(
+        id=new_id("rcpt_"), created=time.time(), account_id=key.account_id, project_id=key.project_id,
+        key_id=key.id, kind="chat", model="m", route_mode="model", provider="p", upstream_model="m",
+        privacy="standard", prompt_tokens=tokens, completion_tokens=0, cached_tokens=0, tokens_source="upstream",
+        upstream_cost_nano=upstream, margin_nano=total - upstream, total_nano=total, latency_ms=1.0,
+        ttft_ms=None, stream=False, status="ok",
+    )  # fmt: skip
+
+
+def test_a_call_holds_settles_and_leaves_a_receipt(prefix):
+    async def main():
+        store = await opened(prefix)
+        try:
+            account, project, key, secret = await funded(store, "1")
+            assert (await store.authenticate(secret)).id == key.id
+            acct, proj = await store.context(key)
+            assert (acct.id, proj.id) == (account.id, project.id)
+            hold = await store.place_hold(key, 300_000_000, 100)
+            assert (await store.account(account.id)).held_nano == 300_000_000
+            r = receipt_for(key, 120_000_000, 100_000_000)
+            await store.settle(hold, r)
+            after = await store.account(account.id)
+            assert (after.balance_nano, after.held_nano) == (880_000_000, 0)
+            assert after.spend[time.strftime("%Y-%m", time.gmtime())] == 120_000_000
+            got = await store.receipt(r.id)
+            assert got is not None and got.public() == r.public()
+            assert [x.id for x in await store.receipts(account.id)] == [r.id]
+            await store.settle(hold, r)  # a retried settle (reply lost) changes nothing
+            assert (await store.account(account.id)).balance_nano == 880_000_000
+            assert await store.verify_ledger() == []
+            usage = await store.usage("model", account.id)
+            assert usage[0]["calls"] == 1 and usage[0]["total_usd"] == "0.12"
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_bad_secret_and_a_balance_that_does_not_cover(prefix):
+    async def main():
+        store = await opened(prefix)
+        try:
+            _, _, key, secret = await funded(store, "0.000001")
+            with pytest.raises(errors.AuthenticationFailed):
+                await store.authenticate("mesh_live_" + "x" * 40)
+            await store.authenticate(secret)
+            with pytest.raises(errors.InsufficientBalance, match=r"may cost up to \$0.01 .* \$0.000001 available"):
+                await store.place_hold(key, 10_000_000, 1)
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_concurrent_holds_never_overspend(prefix):
+    """200 concurrent holds from two instances against a balance that covers ten."""
+
+    async def main():
+        a, b = await opened(prefix), await opened(prefix)
+        try:
+            _, _, key, secret = await funded(a, "1")
+            await a.authenticate(secret)
+            await b.authenticate(secret)
+            results = await asyncio.gather(
+                *[(a if i % 2 else b).place_hold(key, 100_000_000, 1) for i in range(200)], return_exceptions=True
+            )
+            held = [h for h in results if not isinstance(h, BaseException)]
+            refused = [e for e in results if isinstance(e, errors.InsufficientBalance)]
+            assert len(held) == 10 and len(refused) == 190
+            for h in held:
+                await a.settle(h, receipt_for(key, 100_000_000, 90_000_000))
+            acct = await a.account(key.account_id)
+            assert (acct.balance_nano, acct.held_nano) == (0, 0)
+            assert await a.verify_ledger() == []
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+
+
+def test_settle_never_takes_the_balance_below_zero(prefix):
+    async def main():
+        store = await opened(prefix)
+        try:
+            account, _, key, secret = await funded(store, "1")
+            await store.authenticate(secret)
+            hold = await store.place_hold(key, 100_000_000, 1)
+            r = receipt_for(key, 3_000_000_000, 2_500_000_000)  # usage far above the hold
+            await store.settle(hold, r)
+            assert r.capped and r.total_nano == 1_000_000_000 and r.margin_nano == 1_000_000_000 - 2_500_000_000
+            assert (await store.account(account.id)).balance_nano == 0
+            stored = await store.receipt(r.id)
+            assert stored is not None and stored.capped and stored.total_nano == 1_000_000_000
+            assert await store.verify_ledger() == []
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_rpm_window_is_exact_across_instances(prefix):
+    async def main():
+        a, b = await opened(prefix, window_seconds=2.0), await opened(prefix, window_seconds=2.0)
+        try:
+            _, _, key, secret = await funded(a, "10", Limits(rpm=50))
+            await a.authenticate(secret)
+            await b.authenticate(secret)
+            results = await asyncio.gather(
+                *[(a if i % 2 else b).place_hold(key, 1, 1) for i in range(80)], return_exceptions=True
+            )
+            ok = [h for h in results if not isinstance(h, BaseException)]
+            limited = [e for e in results if isinstance(e, errors.RateLimited)]
+            assert len(ok) == 50 and len(limited) == 30
+            assert limited[0].headers and limited[0].headers[0][0] == b"retry-after"
+            headers = dict(a.rate_headers(ok[-1]))
+            assert headers[b"x-ratelimit-limit-requests"] == b"50"
+            for h in ok:
+                await a.release(h)
+            await asyncio.sleep(2.05)  # one whole window later: the full limit again
+            again = await asyncio.gather(*[a.place_hold(key, 1, 1) for _ in range(50)])
+            assert len(again) == 50
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+
+
+def test_limits_tpm_concurrency_and_budgets(prefix):
+    async def main():
+        store = await opened(prefix)
+        try:
+            _, _, key, secret = await funded(
+                store, "10", Limits(tpm=1000, concurrency=2, daily_usd_nano=usd_to_nano("0.5"), monthly_usd_nano=usd_to_nano("0.8"))
+            )
+            await store.authenticate(secret)
+            with pytest.raises(errors.TokensLimited, match="more than the 1000 tokens per minute"):
+                await store.place_hold(key, 1, 1001)
+            h1 = await store.place_hold(key, usd_to_nano("0.2"), 600)
+            with pytest.raises(errors.TokensLimited):
+                await store.place_hold(key, 1, 600)
+            h2 = await store.place_hold(key, usd_to_nano("0.2"), 100)
+            with pytest.raises(errors.ConcurrencyLimited):
+                await store.place_hold(key, 1, 1)
+            await store.settle(h1, receipt_for(key, usd_to_nano("0.2"), usd_to_nano("0.1"), tokens=100))
+            # TPM corrected to actual use: 600 reserved, 100 used -> 500 back
+            h3 = await store.place_hold(key, usd_to_nano("0.05"), 500)
+            headers = dict(store.rate_headers(h3))  # 0.8 - 0.2 settled - 0.25 held
+            assert headers[b"x-mesh-monthly-remaining-usd"] == b"0.35"
+            await store.release(h2)
+            # the daily ceiling counts what is held: 0.2 settled + 0.05 held + 0.3 > 0.5
+            with pytest.raises(errors.DailyBudgetExceeded, match=r"Daily budget of \$0.5"):
+                await store.place_hold(key, usd_to_nano("0.3"), 1)
+            await store.release(h3)
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_project_limits_apply_to_all_its_keys(prefix):
+    async def main():
+        store = await opened(prefix)
+        try:
+            account, project, key, secret = await funded(store, "10", project_limits=Limits(concurrency=1))
+            key2, secret2 = await store.create_key(project, "second")
+            await store.authenticate(secret)
+            await store.authenticate(secret2)
+            hold = await store.place_hold(key, 1, 1)
+            with pytest.raises(errors.ConcurrencyLimited, match="project 'default'"):
+                await store.place_hold(key2, 1, 1)
+            await store.release(hold)
+            await store.release(await store.place_hold(key2, 1, 1))
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_a_limit_change_reaches_other_instances_at_once(prefix):
+    async def main():
+        a, b = await opened(prefix), await opened(prefix)
+        try:
+            _, _, key, secret = await funded(a, "10")
+            kb = await b.authenticate(secret)
+            await b.release(await b.place_hold(kb, 1, 1))  # b now caches the key
+            await a.update_key(key.id, limits=Limits(concurrency=1))
+            with pytest.raises(errors.StaleContext):
+                await b.place_hold(kb, 1, 1)
+            kb = await b.authenticate(secret)  # the pipeline starts over once
+            assert kb.limits.concurrency == 1
+            hold = await b.place_hold(kb, 1, 1)
+            with pytest.raises(errors.ConcurrencyLimited):
+                await b.place_hold(kb, 1, 1)
+            await b.release(hold)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+
+
+def test_expired_holds_are_released(prefix):
+    """A worker that dies with holds open does not lock the balance forever."""
+
+    async def main():
+        dying = RedisStore(REDIS_URL, prefix=prefix, hold_ttl_seconds=0.3)
+        account, _, key, secret = await funded(dying, "1")
+        await dying.authenticate(secret)
+        for _ in range(10):
+            await dying.place_hold(key, 100_000_000, 1)
+        with pytest.raises(errors.InsufficientBalance):
+            await dying.place_hold(key, 100_000_000, 1)
+        await dying.r.aclose()  # gone without releasing anything
+        await asyncio.sleep(0.4)
+        store = await opened(prefix)
+        try:
+            await store.authenticate(secret)
+            hold = await store.place_hold(key, 100_000_000, 1)  # the expired holds were purged first
+            acct = await store.account(account.id)
+            assert acct.held_nano == 100_000_000
+            await store.settle(hold, receipt_for(key, 50_000_000, 40_000_000))
+            assert await store.verify_ledger() == []
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_revocation_is_acknowledged_by_every_instance(prefix):
+    async def main():
+        a, b = await opened(prefix), await opened(prefix)
+        ended = []
+        b.add_revoke_listener(ended.append)
+        try:
+            _, _, key, secret = await funded(a, "10")
+            await b.authenticate(secret)
+            t0 = time.monotonic()
+            revoked = await a.revoke_key(key.id)
+            took = time.monotonic() - t0
+            assert revoked.revoked_at is not None
+            assert ended == [key.id]  # b ended the key's streams before a's call returned
+            assert took < 1.0
+            with pytest.raises(errors.KeyRevoked):
+                await b.authenticate(secret)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+
+
+def test_revocation_names_an_instance_that_does_not_acknowledge(prefix):
+    async def main():
+        a = await opened(prefix, ack_timeout=0.3)
+        try:
+            _, _, key, _ = await funded(a, "10")
+            # an instance that registered, then hung: its heartbeat is current, it never answers
+            await a.r.set(f"{prefix}:instance:hung-host:4242:abc", "1", px=5000)
+            await a.r.sadd(f"{prefix}:instances", "hung-host:4242:abc")
+            with pytest.raises(errors.RevocationUnconfirmed, match="hung-host:4242:abc"):
+                await a.revoke_key(key.id)
+            assert (await a.key(key.id)).revoked_at is not None  # revoked in the store regardless
+            await a.r.delete(f"{prefix}:instance:hung-host:4242:abc")
+            assert "hung-host:4242:abc" not in await a.live_instances()
+        finally:
+            await a.close()
+
+    run(main())
+
+
+def test_topups_are_idempotent_per_transaction(prefix):
+    async def main():
+        store = await opened(prefix)
+        try:
+            a = await store.create_account("one")
+            b = await store.create_account("two")
+            t, new = await store.topup(a.id, usd_to_nano("5"), "base", "0xabc")
+            again, new2 = await store.topup(a.id, usd_to_nano("5"), "base", "0xabc")
+            assert new and not new2 and again.id == t.id
+            with pytest.raises(errors.Conflict):
+                await store.topup(b.id, usd_to_nano("5"), "base", "0xabc")
+            with pytest.raises(errors.Conflict):
+                await store.topup(a.id, usd_to_nano("6"), "base", "0xabc")
+            with pytest.raises(errors.Conflict):
+                await store.create_account("one")
+            assert (await store.account("one")).balance_nano == usd_to_nano("5")
+            assert await store.verify_ledger() == []
+        finally:
+            await store.close()
+
+    run(main())
