@@ -335,15 +335,20 @@ class RedisStore(Store):
             receipt.key_id, receipt.project_id, self.window_ms, doc,
         ]  # fmt: skip
         self.round_trips += 1
-        try:
-            out = await self._fcall("settle", hold.account_id, *args)
-        except errors.StoreUnavailable:
-            self._keep_unsettled(hold.account_id, args)
-            return
-        if out[0] != "dup" and int(out[1]):
+        # Shielded: a caller cancelled meanwhile (a client gone, a revocation) must not
+        # leave the receipt half-sent; it is written, or kept for a retry, either way.
+        out = await asyncio.shield(self._settle_or_keep(hold.account_id, args))
+        if out is not None and out[0] != "dup" and int(out[1]):
             receipt.total_nano = int(out[0])
             receipt.margin_nano = receipt.total_nano - receipt.upstream_cost_nano
             receipt.capped = True
+
+    async def _settle_or_keep(self, aid: str, args: list[Any]) -> Any:
+        try:
+            return await self._fcall("settle", aid, *args)
+        except errors.StoreUnavailable:
+            self._keep_unsettled(aid, args)
+            return None
 
     def _keep_unsettled(self, aid: str, args: list[Any]) -> None:
         self._unsettled.append((aid, args))

@@ -13,7 +13,7 @@
 --   P:{A}:p:<proj>     hash  project: id account_id name created limits
 --   P:{A}:held         hash  owner (key or project id) -> nano-USD held by its open calls
 --   P:{A}:sp           hash  "<owner>:<YYYY-MM or YYYY-MM-DD>" -> nano-USD settled (owner: account, key, project)
---   P:{A}:hs           zset  open hold id -> expiry (ms);  P:{A}:h:<hold> hash a k p t kt pt kc pc
+--   P:{A}:hs           zset  open hold id -> expiry (ms);  P:{A}:h:<hold> hash a k p t kt pt
 --   P:{A}:cc:<owner>   zset  hold ids counted against the owner's concurrency limit -> expiry (ms)
 --   P:{A}:w:<owner>:r|t       GCRA state of the owner's requests / tokens window
 --   P:{A}:r:<receipt>  hash  j = receipt JSON (c = the total when it was capped at the balance)
@@ -194,7 +194,8 @@ local function take(base, owner, lim, now, p, tokens, amount, hid, expiry)
   redis.call('HINCRBY', base .. 'held', owner, I(amount))
 end
 
--- admit: auth + limits + hold in one call.
+-- admit: auth + limits + hold in one call. Idempotent by hold id (redis-py retries a
+-- command whose connection broke, and the first attempt may have run).
 -- KEYS  P:{A}:a
 -- ARGV  ver key_id project_id amount tokens hold_id hold_ttl_ms window_ms month day
 --       key: rpm tpm monthly daily concurrency   project: rpm tpm monthly daily concurrency
@@ -221,6 +222,9 @@ local function admit(keys, args)
   end
   if k[2] and k[2] ~= '' and tonumber(k[2]) * 1000 <= now then
     return {'expired'}
+  end
+  if redis.call('EXISTS', base .. 'h:' .. hid) == 1 then
+    return {'ok', hid, 0, now, 0, 0, 0, 0, 0, 0, -1} -- a retry of an admit whose reply was lost
   end
   local a = redis.call('HMGET', acct, 'ver', 'balance')
   if (a[1] or '0') ~= ver then
