@@ -281,7 +281,8 @@ def test_expired_holds_are_released(prefix):
             await dying.place_hold(key, 100_000_000, 1)
         with pytest.raises(errors.InsufficientBalance):
             await dying.place_hold(key, 100_000_000, 1)
-        await dying.r.aclose()  # gone without releasing anything
+        dying.hot.close()  # gone without releasing anything
+        await dying.r.aclose()
         await asyncio.sleep(0.4)
         store = await opened(prefix)
         try:

@@ -1,5 +1,9 @@
 """The Redis store: state shared by many workers and hosts, exact under concurrency.
 
+The hot path talks to Redis through one pipelined connection of our own
+(meshfast/store/resp.py, hiredis parsing); redis-py serves the control plane, the
+revocation channel and the heartbeat.
+
 Every hot-path state change is one call of a Redis function (meshfast/store/lua/meshfast.lua):
 ``admit`` (revocation and expiry, balance, every limit of the key and its project, and the
 hold, atomically), ``settle`` (close the hold, debit, receipt, spend summaries) and
@@ -64,6 +68,7 @@ from meshfast.store.base import (
     new_secret,
     spend_buckets,
 )
+from meshfast.store.resp import RespConnection
 
 log = logging.getLogger("meshfast.store")
 
@@ -75,6 +80,8 @@ ACK_TIMEOUT = 1.0  # seconds a revoke waits for every live instance
 SETTLE_RETRY_EVERY = 0.2  # seconds between attempts to write settlements Redis refused
 CACHE_MAX = 100_000  # cached key contexts; the cache is emptied when it grows past this
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis answers these while it cannot serve (starting, a failover, a long script): an outage
+_UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
 
 
 def _opt_int(v: str | None) -> int | None:
@@ -162,6 +169,7 @@ class RedisStore(Store):
         self.r = aioredis.Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0, single_connection_client=False
         )
+        self.hot = RespConnection(url)  # the hot path's pipelined connection (meshfast/store/resp.py)
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.channel = f"{prefix}:revoke"
         self._fn = {name: f"{LIBRARY}_{name}" for name in ("admit", "settle", "release", "revoke", "topup", "context", "bump")}
@@ -174,7 +182,6 @@ class RedisStore(Store):
         self._retry_task: asyncio.Task | None = None
         self._subscribed = asyncio.Event()
         self._closing = False
-        self.round_trips = 0  # hot-path calls to Redis, for the benchmarks
 
     # -- keys -----------------------------------------------------------------------
     def _acct(self, aid: str) -> str:
@@ -201,12 +208,16 @@ class RedisStore(Store):
         fn = self._fn[name]
         try:
             try:
-                return await self.r.fcall(fn, 1, self._acct(aid), *args)
+                return await self.hot.call("FCALL", fn, 1, self._acct(aid), *args)
             except ResponseError as exc:
                 if "Function not found" not in str(exc):
                     raise
                 await self.load_functions()
-                return await self.r.fcall(fn, 1, self._acct(aid), *args)
+                return await self.hot.call("FCALL", fn, 1, self._acct(aid), *args)
+        except ResponseError as exc:
+            if not str(exc).startswith(_UNAVAILABLE):
+                raise  # a bug, not an outage: the caller reports an internal error
+            raise errors.StoreUnavailable("The gateway's store (Redis) is not ready; no call is taken until it is.") from exc
         except _DOWN as exc:
             raise errors.StoreUnavailable("The gateway's store (Redis) is unreachable; no call is taken until it is back.") from exc
 
@@ -233,11 +244,10 @@ class RedisStore(Store):
 
     async def _load(self, digest: str) -> _Context:
         generation = self._generation
-        ref = await self._do(self.r.get(self._g(f"kh:{digest}")))
+        ref = await self._do(self.hot.call("GET", self._g(f"kh:{digest}")))
         if not ref:
             raise errors.AuthenticationFailed("Incorrect API key provided.")
         kid, aid = ref.split(" ")
-        self.round_trips += 2
         k, a, p = await self._fcall("context", aid, kid)
         if not k:
             raise errors.AuthenticationFailed("Incorrect API key provided.")
@@ -270,7 +280,6 @@ class RedisStore(Store):
         ctx = self._context_of(key)
         month, day = spend_buckets(time.time())
         hid = new_id("hold_")
-        self.round_trips += 1
         out = await self._fcall(
             "admit", key.account_id, ctx.ver, key.id, key.project_id, amount_nano, tokens, hid,
             self.hold_ttl_ms, self.window_ms, month, day,
@@ -334,7 +343,6 @@ class RedisStore(Store):
             receipt.prompt_tokens + receipt.completion_tokens, int(receipt.created * 1000), month, day,
             receipt.key_id, receipt.project_id, self.window_ms, doc,
         ]  # fmt: skip
-        self.round_trips += 1
         # Shielded: a caller cancelled meanwhile (a client gone, a revocation) must not
         # leave the receipt half-sent; it is written, or kept for a retry, either way.
         out = await asyncio.shield(self._settle_or_keep(hold.account_id, args))
@@ -781,4 +789,5 @@ class RedisStore(Store):
                 await pipe.execute()
         except (*_DOWN, RedisError):
             pass
+        self.hot.close()
         await self.r.aclose()
