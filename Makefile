@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install compile debug serve test test-py lint bench bench-micro clean
+.PHONY: install compile debug serve test test-py lint bench bench-stores bench-micro clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,9 @@ test: compile lint
 
 bench: compile
 	$(BIN)/python -m benchmarks.load
+
+bench-stores: compile
+	$(BIN)/python -m benchmarks.stores
 
 bench-micro: compile
 	$(BIN)/python -m pytest benchmarks --timeout=0 --benchmark-only --benchmark-group-by=group

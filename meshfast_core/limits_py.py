@@ -32,7 +32,7 @@ Rules (``N = limit``, ``P = period`` rounded to whole nanoseconds, ``T = P / N``
 * ``set_limit(n)`` keeps ``tat`` (floored to the ns), hence the fraction of the window
   used: 5 of 10 used becomes 10 of 20 used.
 
-``meshfast/store/lua/gcra.lua`` applies the same rules in Redis (in milliseconds).
+``meshfast/store/lua/meshfast.lua`` applies the same rules in Redis (in milliseconds).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -197,6 +198,29 @@ def test_revoke_on_a_ends_a_stream_on_b_within_100ms(pair):
     assert b'"code":"key_revoked"' in body and not body.endswith(b"data: [DONE]\n\n")
     receipt = admin(a, "GET", f"/receipts/{chunks[0].decode()}")
     assert receipt["status"] == "cancelled" and receipt["completion_tokens"] > 0
+
+
+def test_the_cli_works_on_redis_while_servers_run(pair):
+    """`meshfast keys revoke` and `meshfast ledger verify` talk to Redis directly; the
+    revoke returns once both running servers acknowledged it."""
+    a, b = pair
+    key, meta = new_key(a, "1")
+    with sdk(b, key) as client:
+        client.chat.completions.create(model="sim-1", messages=MSG, max_tokens=2)
+    env = {**a.env, "MESHFAST_ADMIN_TOKEN": ""}
+    out = subprocess.run(
+        [sys.executable, "-m", "meshfast", "keys", "revoke", meta["id"]], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"revoked key {meta['id']}" in out.stdout
+    with sdk(b, key) as client:
+        with pytest.raises(openai.AuthenticationError) as exc:
+            client.chat.completions.create(model="sim-1", messages=MSG)
+        assert exc.value.body["code"] == "key_revoked"
+    out = subprocess.run(
+        [sys.executable, "-m", "meshfast", "ledger", "verify"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and out.stdout.startswith("ledger ok"), out.stdout + out.stderr
 
 
 def test_limit_changes_apply_on_the_other_instance_at_once(pair):

@@ -46,8 +46,16 @@ local function I(x)
   return string.format('%d', x)
 end
 
--- GCRA windows: the rules of meshfast_core/limits_py.py in milliseconds (see gcra.lua for
--- them written out). State "<tat_ms>:<rem>:<N>"; rel = max(tat - now, 0) * N, in 1/N ms.
+-- GCRA windows: the rules of meshfast_core/limits_py.py, in milliseconds.
+--   N = limit, P = period in ms, T = P/N; tat = theoretical arrival time, kept exactly as
+--   "<tat_ms>:<rem>:<N>" meaning tat_ms + rem/N ms. Below, rel = max(tat - now, 0) * N.
+--   take c:  refused if c > N; else granted iff floor(max(tat, now) + c*T) <= now + P,
+--            i.e. rel + c*P < (P + 1) * N; then tat = max(tat, now) + c*T.
+--   give back u: tat = max(tat - u*T, now);   take more u: tat = max(tat, now) + u*T.
+--   remaining = the largest c in [0, N] take would grant; reset = floor(tat) - now;
+--   retry_after(c) = max(0, floor(tat + c*T) - P - now), -1 (never) if c > N.
+--   A change of N keeps floor(tat) and drops rem (the fraction of the window used stays).
+--   Exact while (P + 1) * N stays below 2^53 (Lua numbers are doubles).
 local function g_load(key, n, now)
   local s = redis.call('GET', key)
   if not s then
