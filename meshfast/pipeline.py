@@ -272,7 +272,7 @@ class Pipeline:
         self.store = store
         self.billing = Billing(billing)
         self.streams: dict[str, set[Call]] = {}  # key id -> its streams in flight
-        store.add_revoke_listener(self.end_streams_of)
+        store.add_revoke_listener(self.end_streams_of, lambda: list(self.streams))
 
     def end_streams_of(self, key_id: str) -> None:
         """A key was revoked: its streams in flight end now with an error event."""

@@ -77,7 +77,9 @@ def test_a_call_holds_settles_and_leaves_a_receipt(prefix):
         store = await opened(prefix)
         try:
             account, project, key, secret = await funded(store, "1")
-            assert (await store.authenticate(secret)).id == key.id
+            created_id = key.id
+            key = await store.authenticate(secret)  # the hot path uses the record it authenticated
+            assert (key.id, key.project_id) == (created_id, project.id)
             acct, proj = await store.context(key)
             assert (acct.id, proj.id) == (account.id, project.id)
             hold = await store.place_hold(key, 300_000_000, 100)
@@ -108,7 +110,7 @@ def test_bad_secret_and_a_balance_that_does_not_cover(prefix):
             _, _, key, secret = await funded(store, "0.000001")
             with pytest.raises(errors.AuthenticationFailed):
                 await store.authenticate("mesh_live_" + "x" * 40)
-            await store.authenticate(secret)
+            key = await store.authenticate(secret)
             with pytest.raises(errors.InsufficientBalance, match=r"may cost up to \$0.01 .* \$0.000001 available"):
                 await store.place_hold(key, 10_000_000, 1)
         finally:
@@ -124,16 +126,16 @@ def test_concurrent_holds_never_overspend(prefix):
         a, b = await opened(prefix), await opened(prefix)
         try:
             _, _, key, secret = await funded(a, "1")
-            await a.authenticate(secret)
-            await b.authenticate(secret)
+            ka, kb = await a.authenticate(secret), await b.authenticate(secret)
             results = await asyncio.gather(
-                *[(a if i % 2 else b).place_hold(key, 100_000_000, 1) for i in range(200)], return_exceptions=True
+                *[(a.place_hold(ka, 100_000_000, 1) if i % 2 else b.place_hold(kb, 100_000_000, 1)) for i in range(200)],
+                return_exceptions=True,
             )
             held = [h for h in results if not isinstance(h, BaseException)]
             refused = [e for e in results if isinstance(e, errors.InsufficientBalance)]
             assert len(held) == 10 and len(refused) == 190
             for h in held:
-                await a.settle(h, receipt_for(key, 100_000_000, 90_000_000))
+                await a.settle(h, receipt_for(key, 100_000_000, 90_000_000))  # any instance can settle
             acct = await a.account(key.account_id)
             assert (acct.balance_nano, acct.held_nano) == (0, 0)
             assert await a.verify_ledger() == []
@@ -149,7 +151,7 @@ def test_settle_never_takes_the_balance_below_zero(prefix):
         store = await opened(prefix)
         try:
             account, _, key, secret = await funded(store, "1")
-            await store.authenticate(secret)
+            key = await store.authenticate(secret)
             hold = await store.place_hold(key, 100_000_000, 1)
             r = receipt_for(key, 3_000_000_000, 2_500_000_000)  # usage far above the hold
             await store.settle(hold, r)
@@ -169,11 +171,11 @@ def test_rpm_window_is_exact_across_instances(prefix):
         a, b = await opened(prefix, window_seconds=2.0), await opened(prefix, window_seconds=2.0)
         try:
             _, _, key, secret = await funded(a, "10", Limits(rpm=50))
-            await a.authenticate(secret)
-            await b.authenticate(secret)
+            ka, kb = await a.authenticate(secret), await b.authenticate(secret)
             t0 = time.monotonic()
             results = await asyncio.gather(
-                *[(a if i % 2 else b).place_hold(key, 1, 1) for i in range(80)], return_exceptions=True
+                *[(a.place_hold(ka, 1, 1) if i % 2 else b.place_hold(kb, 1, 1)) for i in range(80)],
+                return_exceptions=True,
             )
             elapsed = time.monotonic() - t0
             ok = [h for h in results if not isinstance(h, BaseException)]
@@ -187,7 +189,7 @@ def test_rpm_window_is_exact_across_instances(prefix):
             for h in ok:
                 await a.release(h)
             await asyncio.sleep(2.05)  # one whole window later: the full limit again
-            again = await asyncio.gather(*[a.place_hold(key, 1, 1) for _ in range(50)])
+            again = await asyncio.gather(*[a.place_hold(ka, 1, 1) for _ in range(50)])
             assert len(again) == 50
         finally:
             await a.close()
@@ -203,7 +205,7 @@ def test_limits_tpm_concurrency_and_budgets(prefix):
             _, _, key, secret = await funded(
                 store, "10", Limits(tpm=1000, concurrency=2, daily_usd_nano=usd_to_nano("0.5"), monthly_usd_nano=usd_to_nano("0.8"))
             )
-            await store.authenticate(secret)
+            key = await store.authenticate(secret)
             with pytest.raises(errors.TokensLimited, match="more than the 1000 tokens per minute"):
                 await store.place_hold(key, 1, 1001)
             h1 = await store.place_hold(key, usd_to_nano("0.2"), 600)
@@ -234,8 +236,8 @@ def test_project_limits_apply_to_all_its_keys(prefix):
         try:
             account, project, key, secret = await funded(store, "10", project_limits=Limits(concurrency=1))
             key2, secret2 = await store.create_key(project, "second")
-            await store.authenticate(secret)
-            await store.authenticate(secret2)
+            key = await store.authenticate(secret)
+            key2 = await store.authenticate(secret2)
             hold = await store.place_hold(key, 1, 1)
             with pytest.raises(errors.ConcurrencyLimited, match="project 'default'"):
                 await store.place_hold(key2, 1, 1)
@@ -276,7 +278,7 @@ def test_expired_holds_are_released(prefix):
     async def main():
         dying = RedisStore(REDIS_URL, prefix=prefix, hold_ttl_seconds=0.3)
         account, _, key, secret = await funded(dying, "1")
-        await dying.authenticate(secret)
+        key = await dying.authenticate(secret)
         for _ in range(10):
             await dying.place_hold(key, 100_000_000, 1)
         with pytest.raises(errors.InsufficientBalance):
@@ -286,7 +288,7 @@ def test_expired_holds_are_released(prefix):
         await asyncio.sleep(0.4)
         store = await opened(prefix)
         try:
-            await store.authenticate(secret)
+            key = await store.authenticate(secret)
             hold = await store.place_hold(key, 100_000_000, 1)  # the expired holds were purged first
             acct = await store.account(account.id)
             assert acct.held_nano == 100_000_000
@@ -359,5 +361,86 @@ def test_topups_are_idempotent_per_transaction(prefix):
             assert await store.verify_ledger() == []
         finally:
             await store.close()
+
+    run(main())
+
+
+def test_settlements_kept_during_an_outage_are_written_once(prefix):
+    """The hot path loses Redis (its connection points at a dead port) after a hold: the
+    settle is kept, not lost; two concurrent flushes write it exactly once."""
+    from meshfast.store.resp import RespConnection
+    from tests.support import free_port
+
+    async def main():
+        store = await opened(prefix)
+        try:
+            account, _, _, secret = await funded(store, "1")
+            key = await store.authenticate(secret)
+            hold = await store.place_hold(key, 100_000_000, 1)
+            live, store.hot = store.hot, RespConnection(f"redis://127.0.0.1:{free_port()}/0")
+            r = receipt_for(key, 40_000_000, 30_000_000)
+            await store.settle(hold, r)  # no error: kept for later
+            with pytest.raises(errors.StoreUnavailable):
+                await store.place_hold(key, 1, 1)  # new calls fail closed meanwhile
+            assert len(store._unsettled) >= 1
+            store.hot.close()
+            store.hot = live
+            await asyncio.gather(store.flush(), store.flush())
+            assert not store._unsettled and not store.failed
+            acct = await store.account(account.id)
+            assert (acct.balance_nano, acct.held_nano) == (960_000_000, 0)
+            assert [x.id for x in await store.receipts(account.id)] == [r.id]
+            assert await store.verify_ledger() == []
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_an_admit_cancelled_in_flight_gives_its_hold_back(prefix):
+    async def main():
+        store = await opened(prefix)
+        try:
+            account, _, _, secret = await funded(store, "1", Limits(concurrency=1))
+            key = await store.authenticate(secret)
+            task = asyncio.ensure_future(store.place_hold(key, 100_000_000, 1))
+            await asyncio.sleep(0)  # the admit is on the wire
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.5)  # the kept release runs
+            assert (await store.account(account.id)).held_nano == 0
+            await store.release(await store.place_hold(key, 100_000_000, 1))  # the slot is free
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_an_instance_that_missed_a_revocation_ends_the_streams_when_it_is_back(prefix):
+    """b's revocation channel drops; a revokes meanwhile (b cannot acknowledge, so the call
+    says so); on resubscribing b checks the keys it has calls on and ends them."""
+
+    async def main():
+        a, b = await opened(prefix, ack_timeout=0.3), await opened(prefix)
+        try:
+            _, _, key, secret = await funded(a, "10")
+            ended: list[str] = []
+            b.add_revoke_listener(ended.append, lambda: [key.id])
+            admin = redis.Redis.from_url(REDIS_URL)
+            ours = [c["id"] for c in admin.client_list(_type="pubsub") if c["name"] == f"meshfast:{b.instance_id}"]
+            assert ours
+            for cid in ours:
+                admin.client_kill_filter(_id=cid)
+            with pytest.raises(errors.RevocationUnconfirmed, match=b.instance_id):
+                await a.revoke_key(key.id)
+            for _ in range(40):
+                if ended:
+                    break
+                await asyncio.sleep(0.05)
+            assert ended == [key.id]
+        finally:
+            await a.close()
+            await b.close()
 
     run(main())

@@ -184,3 +184,45 @@ def test_a_connection_closed_by_the_server_fails_the_waiting_calls_and_reconnect
             await asyncio.sleep(0.05)  # let the handlers see the close
 
     asyncio.run(main())
+
+
+@needs_redis
+def test_a_refused_login_closes_its_connection():
+    url = REDIS_URL.replace("redis://", "redis://:not-the-password@", 1)
+    admin = redis.Redis.from_url(REDIS_URL)
+    before = len(admin.client_list())
+
+    async def main():
+        for _ in range(10):
+            conn = RespConnection(url)
+            with pytest.raises(RedisConnectionError, match="AUTH"):
+                await conn.call("PING")
+            conn.close()
+
+    asyncio.run(main())
+    assert len(admin.client_list()) <= before + 1
+
+
+def test_a_server_that_refuses_at_once_is_a_connection_error():
+    """Redis at maxclients answers a new connection with an error and closes it."""
+
+    async def main():
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"-ERR max number of clients reached\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = RespConnection(f"redis://127.0.0.1:{port}/0")
+        try:
+            for _ in range(3):
+                with pytest.raises((RedisConnectionError, ResponseError)):
+                    await conn.call("PING")
+                await asyncio.sleep(0.02)
+        finally:
+            conn.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())

@@ -284,8 +284,10 @@ class Store:
         """The x-ratelimit-* (and monthly budget) headers for an admitted call."""
         return []
 
-    def add_revoke_listener(self, listener: Any) -> None:
-        """``listener(key_id)`` runs after a key is revoked (to end its streams)."""
+    def add_revoke_listener(self, listener: Any, active_keys: Any = None) -> None:
+        """``listener(key_id)`` runs after a key is revoked (to end its streams).
+        ``active_keys()`` lists the key ids with calls in flight: a shared store that lost
+        its revocation channel for a while checks those when it is back."""
         raise NotImplementedError
 
     async def settle(self, hold: Hold, receipt: Receipt) -> None:

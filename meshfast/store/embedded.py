@@ -483,7 +483,7 @@ class EmbeddedStore(Store):
             listener(k.id)
         return k
 
-    def add_revoke_listener(self, listener: Any) -> None:
+    def add_revoke_listener(self, listener: Any, active_keys: Any = None) -> None:
         self._revoke_listeners.append(listener)
 
     async def update_key(self, key_id: str, limits: Limits | None = None, expires_at: float | None = None) -> KeyRecord:

@@ -81,7 +81,16 @@ SETTLE_RETRY_EVERY = 0.2  # seconds between attempts to write settlements Redis 
 CACHE_MAX = 100_000  # cached key contexts; the cache is emptied when it grows past this
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 # Redis answers these while it cannot serve (starting, a failover, a long script): an outage
-_UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
+_UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "OOM", "MISCONF")
+
+
+def _outage(exc: Exception) -> Exception:
+    """A Redis failure as the client sees it: an outage (connection lost, Redis not ready,
+    out of memory, cannot persist) is StoreUnavailable; any other error reply is a bug and
+    stays what it is (an internal error, logged)."""
+    if isinstance(exc, ResponseError) and not str(exc).startswith(_UNAVAILABLE):
+        return exc
+    return errors.StoreUnavailable("The gateway's store (Redis) is unavailable; no call is taken until it is back.")
 
 
 def _opt_int(v: str | None) -> int | None:
@@ -166,18 +175,24 @@ class RedisStore(Store):
         self.window_ms = int(window_seconds * 1000)
         self.hold_ttl_ms = int(hold_ttl_seconds * 1000)
         self.ack_timeout = ack_timeout
-        self.r = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0, single_connection_client=False
-        )
-        self.hot = RespConnection(url)  # the hot path's pipelined connection (meshfast/store/resp.py)
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.r = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0,
+            client_name=f"meshfast:{self.instance_id}",  # CLIENT LIST names the instance
+        )  # fmt: skip
+        self.hot = RespConnection(url)  # the hot path's pipelined connection (meshfast/store/resp.py)
         self.channel = f"{prefix}:revoke"
         self._fn = {name: f"{LIBRARY}_{name}" for name in ("admit", "settle", "release", "revoke", "topup", "context", "bump")}
         self._cache: dict[str, _Context] = {}  # sha256 of the secret -> context
         self._by_key: dict[str, str] = {}  # key id -> sha256, to drop a key's context
+        self._recent: dict[str, _Context] = {}  # the latest load per key, cached or not
+        self._revoked_seen: dict[str, float] = {}  # key id -> when its revocation arrived here
         self._generation = 0  # bumped on every revocation seen: loads that straddle one are not cached
         self._listeners: list[Any] = []
-        self._unsettled: deque[tuple[str, list[Any]]] = deque()  # (account id, settle args) Redis refused
+        self._active_keys: list[Any] = []  # callables: key ids with calls in flight here
+        self._unsettled: deque[tuple[str, str, list[Any]]] = deque()  # (settle|release, account id, args)
+        self.failed: list[tuple[str, str, list[Any]]] = []  # kept items Redis rejected as errors (logged)
+        self._kept_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._retry_task: asyncio.Task | None = None
         self._subscribed = asyncio.Event()
@@ -207,25 +222,20 @@ class RedisStore(Store):
         without persistence). Redis down -> StoreUnavailable."""
         fn = self._fn[name]
         try:
-            try:
-                return await self.hot.call("FCALL", fn, 1, self._acct(aid), *args)
-            except ResponseError as exc:
-                if "Function not found" not in str(exc):
-                    raise
-                await self.load_functions()
-                return await self.hot.call("FCALL", fn, 1, self._acct(aid), *args)
+            return await self.hot.call("FCALL", fn, 1, self._acct(aid), *args)
         except ResponseError as exc:
-            if not str(exc).startswith(_UNAVAILABLE):
-                raise  # a bug, not an outage: the caller reports an internal error
-            raise errors.StoreUnavailable("The gateway's store (Redis) is not ready; no call is taken until it is.") from exc
+            if "Function not found" not in str(exc):
+                raise _outage(exc) from exc
         except _DOWN as exc:
-            raise errors.StoreUnavailable("The gateway's store (Redis) is unreachable; no call is taken until it is back.") from exc
+            raise _outage(exc) from exc
+        await self.load_functions()
+        return await self._do(self.hot.call("FCALL", fn, 1, self._acct(aid), *args))
 
     async def _do(self, coro: Any) -> Any:
         try:
             return await coro
-        except _DOWN as exc:
-            raise errors.StoreUnavailable("The gateway's store (Redis) is unreachable; try again shortly.") from exc
+        except (*_DOWN, ResponseError) as exc:
+            raise _outage(exc) from exc
 
     # -- hot path ---------------------------------------------------------------------
     async def authenticate(self, secret: str | bytes) -> KeyRecord:
@@ -253,6 +263,9 @@ class RedisStore(Store):
             raise errors.AuthenticationFailed("Incorrect API key provided.")
         ah = _pairs(a)
         ctx = _Context(_key_from(_pairs(k)), _account_from(ah), _project_from(_pairs(p)), ah.get("ver", "0"))
+        if len(self._recent) >= 4096:
+            self._recent.clear()
+        self._recent[digest] = ctx  # this call's copy, cached or not (admit checks it anyway)
         if generation == self._generation:  # no revocation arrived meanwhile
             if len(self._cache) >= CACHE_MAX:
                 self._cache.clear()
@@ -265,10 +278,11 @@ class RedisStore(Store):
         digest = self._by_key.pop(key_id, None)
         if digest is not None:
             self._cache.pop(digest, None)
+            self._recent.pop(digest, None)
 
     def _context_of(self, key: KeyRecord) -> _Context:
-        ctx = self._cache.get(key.hash)
-        if ctx is None:  # dropped since authenticate (a revocation or a change): start over
+        ctx = self._cache.get(key.hash) or self._recent.get(key.hash)
+        if ctx is None or ctx.key is not key:  # changed since authenticate: start over
             raise errors.StaleContext("The key changed while the call started.")
         return ctx
 
@@ -280,14 +294,29 @@ class RedisStore(Store):
         ctx = self._context_of(key)
         month, day = spend_buckets(time.time())
         hid = new_id("hold_")
-        out = await self._fcall(
-            "admit", key.account_id, ctx.ver, key.id, key.project_id, amount_nano, tokens, hid,
-            self.hold_ttl_ms, self.window_ms, month, day,
-            *_limit_args(key.limits), *_limit_args(ctx.project.limits),
-        )  # fmt: skip
+        klim, plim = _limit_args(key.limits), _limit_args(ctx.project.limits)
+        member = f"{hid}:{amount_nano}:{key.id}:{key.project_id}:{tokens}:{klim[1]}:{plim[1]}:{int(klim[4] > 0)}{int(plim[4] > 0)}"
+        sent = time.monotonic()
+        try:
+            out = await self._fcall(
+                "admit", key.account_id, ctx.ver, key.id, key.project_id, amount_nano, tokens, member,
+                self.hold_ttl_ms, self.window_ms, month, day, *klim, *plim,
+            )  # fmt: skip
+        except (errors.StoreUnavailable, asyncio.CancelledError):
+            # Unknown outcome (the admit may have run): release the hold when Redis answers,
+            # so a short outage does not leave its slots and amount held until it expires.
+            self._keep(("release", key.account_id, [member, self.window_ms]))
+            raise
         status = out[0]
         if status == "ok":
-            return Hold(hid, key.account_id, key.id, amount_nano, time.time(), self._headers(key, ctx, out))
+            hold = Hold(hid, key.account_id, key.id, amount_nano, time.time(), (self._headers(out), member))
+            seen = self._revoked_seen.get(key.id)
+            if seen is not None and seen >= sent:
+                # revoked while the admit was on its way back: the stream would start after
+                # this instance acknowledged the revocation; refuse it here instead
+                await self.release(hold)
+                raise errors.KeyRevoked("This API key has been revoked.")
+            return hold
         if status in ("stale", "unknown", "revoked"):
             self._drop(key.id)
         if status == "stale":
@@ -310,9 +339,9 @@ class RedisStore(Store):
         raise refusal(status, owner, lim, tokens, amount_nano, 0, retry_after)
 
     @staticmethod
-    def _headers(key: KeyRecord, ctx: _Context, out: list[Any]) -> list[tuple[bytes, bytes]]:
+    def _headers(out: list[Any]) -> list[tuple[bytes, bytes]]:
         headers: list[tuple[bytes, bytes]] = []
-        rpm, rpm_left, rpm_reset, tpm, tpm_left, tpm_reset, monthly_left = (int(x) for x in out[4:11])
+        rpm, rpm_left, rpm_reset, tpm, tpm_left, tpm_reset, monthly_left = (int(x) for x in out[2:9])
         if rpm:
             headers += [
                 (b"x-ratelimit-limit-requests", str(rpm).encode()),
@@ -330,66 +359,88 @@ class RedisStore(Store):
         return headers
 
     def rate_headers(self, hold: Hold) -> list[tuple[bytes, bytes]]:
-        return hold.admission
+        return hold.admission[0]
 
-    def add_revoke_listener(self, listener: Any) -> None:
+    def add_revoke_listener(self, listener: Any, active_keys: Any = None) -> None:
         self._listeners.append(listener)
+        if active_keys is not None:
+            self._active_keys.append(active_keys)
 
     async def settle(self, hold: Hold, receipt: Receipt) -> None:
         month, day = spend_buckets(receipt.created)
         doc = orjson.dumps({name: getattr(receipt, name) for name in RECEIPT_FIELDS})
         args = [
-            hold.id, receipt.id, receipt.total_nano, receipt.upstream_cost_nano,
+            hold.admission[1], receipt.id, receipt.total_nano, receipt.upstream_cost_nano,
             receipt.prompt_tokens + receipt.completion_tokens, int(receipt.created * 1000), month, day,
-            receipt.key_id, receipt.project_id, self.window_ms, doc,
+            receipt.key_id, receipt.project_id, self.window_ms, doc, hold.account_id,
         ]  # fmt: skip
         # Shielded: a caller cancelled meanwhile (a client gone, a revocation) must not
         # leave the receipt half-sent; it is written, or kept for a retry, either way.
         out = await asyncio.shield(self._settle_or_keep(hold.account_id, args))
-        if out is not None and out[0] != "dup" and int(out[1]):
+        if out is not None and out[0] not in ("dup", "noaccount") and int(out[1]):
             receipt.total_nano = int(out[0])
             receipt.margin_nano = receipt.total_nano - receipt.upstream_cost_nano
             receipt.capped = True
 
     async def _settle_or_keep(self, aid: str, args: list[Any]) -> Any:
         try:
-            return await self._fcall("settle", aid, *args)
+            out = await self._fcall("settle", aid, *args)
         except errors.StoreUnavailable:
-            self._keep_unsettled(aid, args)
+            self._keep(("settle", aid, args))
             return None
-
-    def _keep_unsettled(self, aid: str, args: list[Any]) -> None:
-        self._unsettled.append((aid, args))
-        log.warning("Redis unreachable: receipt %s kept in memory until it can be written (%d waiting)", args[1], len(self._unsettled))
-        if self._retry_task is None or self._retry_task.done():
-            self._retry_task = asyncio.get_running_loop().create_task(self._retry_settles())
-
-    async def _retry_settles(self) -> None:
-        while self._unsettled:
-            await asyncio.sleep(SETTLE_RETRY_EVERY)
-            await self._write_unsettled()
-
-    async def _write_unsettled(self) -> None:
-        while self._unsettled:
-            aid, args = self._unsettled[0]
-            try:
-                await self._fcall("settle", aid, *args)
-            except errors.StoreUnavailable:
-                return
-            self._unsettled.popleft()
-            if not self._unsettled:
-                log.warning("Redis is back: every kept receipt is written")
+        if out[0] == "noaccount":
+            log.error("receipt %s not written: account %s is not in Redis (was it wiped?)", args[1], aid)
+        return out
 
     async def release(self, hold: Hold) -> None:
+        args = [hold.admission[1], self.window_ms]
         try:
-            await self._fcall("release", hold.account_id, hold.id, self.window_ms)
+            await self._fcall("release", hold.account_id, *args)
         except errors.StoreUnavailable:
-            pass  # the hold expires by itself (hold_ttl_seconds)
+            self._keep(("release", hold.account_id, args))
+
+    def _keep(self, item: tuple[str, str, list[Any]]) -> None:
+        """A settle or release Redis did not take: retried until it does (both are safe to
+        repeat), so no served call goes unbilled while this process lives."""
+        self._unsettled.append(item)
+        if item[0] == "settle":
+            log.warning("Redis unreachable: receipt %s kept in memory until it can be written (%d waiting)", item[2][1], len(self._unsettled))
+        if self._retry_task is None or self._retry_task.done():
+            try:
+                self._retry_task = asyncio.get_running_loop().create_task(self._retry_kept())
+            except RuntimeError:  # no loop (closing): flush() or close() writes them
+                pass
+
+    async def _retry_kept(self) -> None:
+        while self._unsettled and not self._closing:
+            await asyncio.sleep(SETTLE_RETRY_EVERY)
+            await self._write_kept()
+
+    async def _write_kept(self) -> None:
+        async with self._kept_lock:  # one writer at a time, in order
+            while self._unsettled:
+                item = self._unsettled[0]
+                kind, aid, args = item
+                try:
+                    await self._fcall(kind, aid, *args)
+                except errors.StoreUnavailable:
+                    return
+                except ResponseError as exc:  # a bug, not an outage: set it aside, go on
+                    log.error("kept %s for %s failed and is set aside: %s", kind, args[1] if kind == "settle" else args[0], exc)
+                    self.failed.append(item)
+                if self._unsettled and self._unsettled[0] is item:
+                    self._unsettled.popleft()
+                if not self._unsettled:
+                    log.warning("Redis is back: every kept settlement is written")
 
     # -- revocation across instances ---------------------------------------------------
     def _on_revoked(self, key_id: str) -> None:
         self._generation += 1
         self._drop(key_id)
+        now = time.monotonic()
+        if len(self._revoked_seen) > 10_000:
+            self._revoked_seen = {k: t for k, t in self._revoked_seen.items() if now - t < 60}
+        self._revoked_seen[key_id] = now
         for listener in self._listeners:
             listener(key_id)
 
@@ -399,10 +450,13 @@ class RedisStore(Store):
             pubsub = self.r.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
-                # Revocations may have been missed while unsubscribed: forget every cached key.
+                # Revocations may have been missed while unsubscribed: forget every cached key,
+                # and end the calls in flight on keys revoked meanwhile.
                 self._generation += 1
                 self._cache.clear()
                 self._by_key.clear()
+                self._recent.clear()
+                await self._resync()
                 self._subscribed.set()
                 await self._beat()
                 while True:
@@ -427,6 +481,19 @@ class RedisStore(Store):
                     await pubsub.aclose()
                 except Exception:  # noqa: BLE001 - the connection may already be gone
                     pass
+
+    async def _resync(self) -> None:
+        in_flight = {kid for active in self._active_keys for kid in active()}
+        if not in_flight:
+            return
+        key_accounts = await self.r.hmget(self._g("key_accounts"), sorted(in_flight))
+        async with self.r.pipeline(transaction=False) as pipe:
+            for kid, aid in zip(sorted(in_flight), key_accounts, strict=True):
+                pipe.hget(self._base(aid or "-") + f"k:{kid}", "revoked_at")
+            revoked = await pipe.execute()
+        for kid, at in zip(sorted(in_flight), revoked, strict=True):
+            if at:
+                self._on_revoked(kid)
 
     async def _beat(self) -> None:
         async with self.r.pipeline(transaction=False) as pipe:
@@ -461,11 +528,11 @@ class RedisStore(Store):
     async def revoke_key(self, key_id: str) -> KeyRecord:
         aid = await self._account_of_key(key_id)
         nonce = os.urandom(8).hex()
+        live = set(await self.live_instances())  # before the announcement: all of these hear it
         at = await self._fcall("revoke", aid, key_id, repr(time.time()), self.channel, nonce)
         if not at:
             raise errors.NotFound(f"No key {key_id!r}.", code="key_not_found")
         self._drop(key_id)
-        live = set(await self.live_instances())
         ack = self._g(f"ack:{nonce}")
         deadline = time.monotonic() + self.ack_timeout
         while True:
@@ -739,10 +806,8 @@ class RedisStore(Store):
                 problems.append(f"{label}: running totals (topped {a.get('topped')}, spent {a.get('spent')}) differ from the records ({topped}, {spent})")
             if balance < 0:
                 problems.append(f"{label}: balance is below zero ({nano_to_usd(balance)})")
-            hold_ids = await self._do(self.r.zrange(base + "hs", 0, -1))
-            open_held = 0
-            for hid in hold_ids:
-                open_held += int(await self._do(self.r.hget(base + f"h:{hid}", "a")) or 0)
+            holds = await self._do(self.r.zrange(base + "hs", 0, -1))
+            open_held = sum(int(member.split(":")[1]) for member in holds)
             if open_held != held:
                 problems.append(f"{label}: held {nano_to_usd(held)} but the open holds add up to {nano_to_usd(open_held)}")
             for r in receipts:
@@ -770,7 +835,7 @@ class RedisStore(Store):
     async def flush(self) -> None:
         """Write any settlement Redis refused earlier (as far as Redis answers now)."""
         if self._unsettled:
-            await self._write_unsettled()
+            await self._write_kept()
 
     async def close(self) -> None:
         self._closing = True
@@ -779,9 +844,10 @@ class RedisStore(Store):
                 task.cancel()
         await self.flush()
         if self._unsettled:
+            receipts = [args[1] for kind, _, args in self._unsettled if kind == "settle"]
             log.error(
                 "Redis unreachable at exit: %d receipt(s) could not be written: %s",
-                len(self._unsettled), ", ".join(args[1] for _, args in self._unsettled),
+                len(receipts), ", ".join(receipts),
             )  # fmt: skip
         try:
             async with self.r.pipeline(transaction=False) as pipe:

@@ -43,6 +43,11 @@ class _Protocol(asyncio.Protocol):
         reader.feed(data)
         waiters = self.waiters
         while (reply := reader.gets()) is not False:
+            if not waiters:  # a reply nobody asked for (e.g. "max number of clients"): drop the link
+                self.fail(RedisConnectionError(f"Redis sent an unexpected reply: {reply!r}"))
+                if self.transport is not None:
+                    self.transport.abort()
+                return
             fut = waiters.popleft()[0]
             if fut.done():  # its caller was cancelled; the reply is dropped
                 continue
@@ -100,11 +105,16 @@ class RespConnection:
             setup.append(("AUTH", self.password) if self.username is None else ("AUTH", self.username, self.password))
         if self.db:
             setup.append(("SELECT", self.db))
-        for cmd in setup:
-            fut = loop.create_future()
-            proto.waiters.append((fut, loop.time()))
-            proto.transport.write(hiredis.pack_command(cmd))  # type: ignore[union-attr]
-            await asyncio.wait_for(fut, self.timeout)
+        try:
+            for cmd in setup:
+                fut = loop.create_future()
+                proto.waiters.append((fut, loop.time()))
+                proto.transport.write(hiredis.pack_command(cmd))  # type: ignore[union-attr]
+                await asyncio.wait_for(fut, self.timeout)
+        except (ResponseError, RedisConnectionError, TimeoutError, AttributeError) as exc:
+            if proto.transport is not None:
+                proto.transport.close()
+            raise RedisConnectionError(f"Redis refused the connection setup (AUTH/SELECT): {exc}") from None
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout / 2, self._watch)
         return proto
@@ -128,10 +138,13 @@ class RespConnection:
         proto = self._proto
         if proto is None or proto.transport is None:
             proto = await self._open()
+        transport = proto.transport
+        if transport is None:  # lost again while connecting
+            raise RedisConnectionError("connection to Redis lost")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         proto.waiters.append((fut, loop.time()))
-        proto.transport.write(hiredis.pack_command(args))  # type: ignore[union-attr]
+        transport.write(hiredis.pack_command(args))
         return await fut
 
     async def _open(self) -> _Protocol:

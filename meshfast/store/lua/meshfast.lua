@@ -12,8 +12,9 @@
 --   P:{A}:k:<key>      hash  key: id project_id account_id hash prefix name created revoked_at expires_at limits
 --   P:{A}:p:<proj>     hash  project: id account_id name created limits
 --   P:{A}:held         hash  owner (key or project id) -> nano-USD held by its open calls
---   P:{A}:sp           hash  "<owner>:<YYYY-MM or YYYY-MM-DD>" -> nano-USD settled (owner: account, key, project)
---   P:{A}:hs           zset  open hold id -> expiry (ms);  P:{A}:h:<hold> hash a k p t kt pt
+--   P:{A}:sp           hash  "<owner>:<YYYY-MM or YYYY-MM-DD>" -> nano-USD settled
+--                            (owner: key and project, both periods; the account, months)
+--   P:{A}:hs           zset  open holds (the member carries the hold's data) -> expiry (ms)
 --   P:{A}:cc:<owner>   zset  hold ids counted against the owner's concurrency limit -> expiry (ms)
 --   P:{A}:w:<owner>:r|t       GCRA state of the owner's requests / tokens window
 --   P:{A}:r:<receipt>  hash  j = receipt JSON (c = the total when it was capped at the balance)
@@ -117,36 +118,49 @@ local function g_correct(key, n, p, now, reserved, used)
   g_save(key, rel, n, now)
 end
 
+-- A hold is one member of the zset P:{A}:hs (score: its expiry in ms), carrying its data:
+--   "<hold_id>:<amount>:<key_id>:<project_id>:<tokens>:<key_tpm>:<project_tpm>:<kc><pc>"
+-- (kc / pc: 1 when the hold took a concurrency slot of the key / the project). The caller
+-- builds the member at admit and passes it back to settle or release; ZREM of the member
+-- is the atomic "was it still open" test. No hash per hold: fewer commands per call.
+local function parse_hold(m)
+  local hid, a, kid, pid, t, kt, pt, kc, pc =
+    string.match(m, '^([^:]+):(%d+):([^:]+):([^:]+):(%d+):(%d+):(%d+):([01])([01])$')
+  return hid, tonumber(a), kid, pid, tonumber(t), tonumber(kt), tonumber(pt), kc == '1', pc == '1'
+end
+
 -- Close an open hold: give its amount and concurrency slots back and correct its token
--- reservations to `used` (nil: nothing was used, or the hold expired). false if it was not open.
-local function close_hold(base, hid, now, p, used, expired)
-  local h = redis.call('HMGET', base .. 'h:' .. hid, 'a', 'k', 'p', 't', 'kt', 'pt')
-  redis.call('ZREM', base .. 'hs', hid)
-  if not h[1] then
+-- reservations to `used` (nil: nothing was used). Returns the amount released, or false
+-- when the hold was no longer open. An expired hold's token reservation is left as it is.
+local function close_hold(base, acct, member, p, used, expired)
+  local hid, amount, kid, pid, tokens, kt, pt, kc, pc = parse_hold(member)
+  if not hid or redis.call('ZREM', base .. 'hs', member) == 0 then
     return false
   end
-  local amount, kid, pid, tokens = num(h[1]), h[2], h[3], num(h[4])
-  redis.call('HINCRBY', base .. 'a', 'held', I(-amount))
+  redis.call('HINCRBY', acct, 'held', I(-amount))
   redis.call('HINCRBY', base .. 'held', kid, I(-amount))
   redis.call('HINCRBY', base .. 'held', pid, I(-amount))
-  redis.call('ZREM', base .. 'cc:' .. kid, hid)
-  redis.call('ZREM', base .. 'cc:' .. pid, hid)
-  if not expired then
-    local u = used or 0
-    g_correct(base .. 'w:' .. kid .. ':t', num(h[5]), p, now, tokens, u)
-    g_correct(base .. 'w:' .. pid .. ':t', num(h[6]), p, now, tokens, u)
+  if kc then
+    redis.call('ZREM', base .. 'cc:' .. kid, hid)
   end
-  redis.call('DEL', base .. 'h:' .. hid)
-  return true
+  if pc then
+    redis.call('ZREM', base .. 'cc:' .. pid, hid)
+  end
+  if not expired and (kt > 0 or pt > 0) then
+    local now = now_ms()
+    local u = used or 0
+    g_correct(base .. 'w:' .. kid .. ':t', kt, p, now, tokens, u)
+    g_correct(base .. 'w:' .. pid .. ':t', pt, p, now, tokens, u)
+  end
+  return amount
 end
 
 -- Release the holds of this account whose time ran out (their instance died or hung).
-local function purge(base, now, p)
+local function purge(base, acct, now, p)
   local expired = redis.call('ZRANGEBYSCORE', base .. 'hs', '-inf', now, 'LIMIT', 0, 64)
-  for _, hid in ipairs(expired) do
-    close_hold(base, hid, now, p, nil, true)
+  for _, member in ipairs(expired) do
+    close_hold(base, acct, member, p, nil, true)
   end
-  return #expired
 end
 
 local function base_of(keys)
@@ -171,17 +185,19 @@ local function refusal(base, owner, kind, lim, now, p, tokens, amount, month, da
       return {'tpm', kind, lim[2], g_retry(rel, lim[2], p, tokens)}
     end
   end
-  local held = num(redis.call('HGET', base .. 'held', owner))
-  if lim[4] >= 0 then
-    local used = num(redis.call('HGET', base .. 'sp', owner .. ':' .. day)) + held
-    if used + amount > lim[4] then
-      return {'daily', kind, lim[4], used}
+  if lim[3] >= 0 or lim[4] >= 0 then
+    local held = num(redis.call('HGET', base .. 'held', owner))
+    if lim[4] >= 0 then
+      local used = num(redis.call('HGET', base .. 'sp', owner .. ':' .. day)) + held
+      if used + amount > lim[4] then
+        return {'daily', kind, lim[4], used}
+      end
     end
-  end
-  if lim[3] >= 0 then
-    local used = num(redis.call('HGET', base .. 'sp', owner .. ':' .. month)) + held
-    if used + amount > lim[3] then
-      return {'monthly', kind, lim[3], used}
+    if lim[3] >= 0 then
+      local used = num(redis.call('HGET', base .. 'sp', owner .. ':' .. month)) + held
+      if used + amount > lim[3] then
+        return {'monthly', kind, lim[3], used}
+      end
     end
   end
   return nil
@@ -202,12 +218,12 @@ local function take(base, owner, lim, now, p, tokens, amount, hid, expiry)
   redis.call('HINCRBY', base .. 'held', owner, I(amount))
 end
 
--- admit: auth + limits + hold in one call. Idempotent by hold id (redis-py retries a
--- command whose connection broke, and the first attempt may have run).
+-- admit: auth + limits + hold in one call.
 -- KEYS  P:{A}:a
--- ARGV  ver key_id project_id amount tokens hold_id hold_ttl_ms window_ms month day
+-- ARGV  ver key_id project_id amount tokens hold_member hold_ttl_ms window_ms month day
 --       key: rpm tpm monthly daily concurrency   project: rpm tpm monthly daily concurrency
--- ->    {'ok', hold_id, expiry_ms, now_ms, rpm_limit, rpm_remaining, rpm_reset_ms,
+--       (hold_member as described above, built by the caller from these same values)
+-- ->    {'ok', expiry_ms, rpm_limit, rpm_remaining, rpm_reset_ms,
 --        tpm_limit, tpm_remaining, tpm_reset_ms, monthly_left}   (the header owner's windows;
 --        0 limits mean none, monthly_left -1 none)
 --       or {'stale'} {'unknown'} {'revoked'} {'expired'} {'balance', balance, held}
@@ -216,10 +232,11 @@ local function admit(keys, args)
   local base = base_of(keys)
   local acct = keys[1]
   local ver, kid, pid = args[1], args[2], args[3]
-  local amount, tokens, hid = tonumber(args[4]), tonumber(args[5]), args[6]
+  local amount, tokens, member = tonumber(args[4]), tonumber(args[5]), args[6]
   local ttl, p, month, day = tonumber(args[7]), tonumber(args[8]), args[9], args[10]
   local klim = {tonumber(args[11]), tonumber(args[12]), tonumber(args[13]), tonumber(args[14]), tonumber(args[15])}
   local plim = {tonumber(args[16]), tonumber(args[17]), tonumber(args[18]), tonumber(args[19]), tonumber(args[20])}
+  local hid = string.match(member, '^([^:]+):')
   local now = now_ms()
   local k = redis.call('HMGET', base .. 'k:' .. kid, 'revoked_at', 'expires_at', 'project_id')
   if not k[3] then
@@ -231,15 +248,12 @@ local function admit(keys, args)
   if k[2] and k[2] ~= '' and tonumber(k[2]) * 1000 <= now then
     return {'expired'}
   end
-  if redis.call('EXISTS', base .. 'h:' .. hid) == 1 then
-    return {'ok', hid, 0, now, 0, 0, 0, 0, 0, 0, -1} -- a retry of an admit whose reply was lost
-  end
-  local a = redis.call('HMGET', acct, 'ver', 'balance')
+  purge(base, acct, now, p)
+  local a = redis.call('HMGET', acct, 'ver', 'balance', 'held')
   if (a[1] or '0') ~= ver then
     return {'stale'}
   end
-  purge(base, now, p)
-  local balance, held = num(a[2]), num(redis.call('HGET', acct, 'held'))
+  local balance, held = num(a[2]), num(a[3])
   if amount > balance - held then
     return {'balance', balance, held}
   end
@@ -252,21 +266,20 @@ local function admit(keys, args)
   take(base, kid, klim, now, p, tokens, amount, hid, expiry)
   take(base, pid, plim, now, p, tokens, amount, hid, expiry)
   redis.call('HINCRBY', acct, 'held', I(amount))
-  redis.call('HSET', base .. 'h:' .. hid, 'a', I(amount), 'k', kid, 'p', pid, 't', I(tokens), 'kt', I(klim[2]), 'pt', I(plim[2]))
-  redis.call('ZADD', base .. 'hs', I(expiry), hid)
+  redis.call('ZADD', base .. 'hs', I(expiry), member)
 
-  local out = {'ok', hid, expiry, now, 0, 0, 0, 0, 0, 0, -1}
+  local out = {'ok', expiry, 0, 0, 0, 0, 0, 0, -1}
   local howner, hlim = kid, klim
   if klim[1] <= 0 and klim[2] <= 0 then
     howner, hlim = pid, plim
   end
   if hlim[1] > 0 then
     local rel = g_load(base .. 'w:' .. howner .. ':r', hlim[1], now)
-    out[5], out[6], out[7] = hlim[1], g_remaining(rel, hlim[1], p), idiv(rel, hlim[1])
+    out[3], out[4], out[5] = hlim[1], g_remaining(rel, hlim[1], p), idiv(rel, hlim[1])
   end
   if hlim[2] > 0 then
     local rel = g_load(base .. 'w:' .. howner .. ':t', hlim[2], now)
-    out[8], out[9], out[10] = hlim[2], g_remaining(rel, hlim[2], p), idiv(rel, hlim[2])
+    out[6], out[7], out[8] = hlim[2], g_remaining(rel, hlim[2], p), idiv(rel, hlim[2])
   end
   local bowner, ceiling = kid, klim[3]
   if ceiling < 0 then
@@ -275,60 +288,59 @@ local function admit(keys, args)
   if ceiling >= 0 then
     local used = num(redis.call('HGET', base .. 'sp', bowner .. ':' .. month))
       + num(redis.call('HGET', base .. 'held', bowner))
-    out[11] = math.max(ceiling - used, 0)
+    out[9] = math.max(ceiling - used, 0)
   end
   return out
 end
 
 -- settle: close the hold, debit the balance (never below zero), write the receipt and
 -- the spend summaries, in one call. Idempotent by receipt id (a retried settle is a no-op).
+-- A hold that expired meanwhile is simply no longer open: the call is billed all the same.
 -- KEYS  P:{A}:a
--- ARGV  hold_id receipt_id total upstream used_tokens created_ms month day key_id project_id
---       window_ms receipt_json
--- ->    {total, capped 0/1}  ({'dup', total} when this receipt was already written)
+-- ARGV  hold_member receipt_id total upstream used_tokens created_ms month day key_id
+--       project_id window_ms receipt_json account_id
+-- ->    {total, capped 0/1} | {'dup', total} (already written) | {'noaccount'} (nothing written)
 local function settle(keys, args)
   local base = base_of(keys)
   local acct = keys[1]
-  local hid, rid = args[1], args[2]
-  local total, upstream, used = tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
+  local member, rid = args[1], args[2]
+  local total, used = tonumber(args[3]), tonumber(args[5])
   local created, month, day, kid, pid = args[6], args[7], args[8], args[9], args[10]
-  local p = tonumber(args[11])
-  local rkey = base .. 'r:' .. rid
-  if redis.call('EXISTS', rkey) == 1 then
-    local prior = redis.call('HGET', rkey, 'c')
-    return {'dup', prior or total}
+  local p, aid = tonumber(args[11]), args[13]
+  local a = redis.call('HMGET', acct, 'id', 'balance', 'held')
+  if not a[1] then
+    return {'noaccount'}
   end
-  local now = now_ms()
-  close_hold(base, hid, now, p, used, false)
-  purge(base, now, p)
-  local a = redis.call('HMGET', acct, 'balance', 'held')
-  local available = num(a[1]) - num(a[2])
+  local rkey = base .. 'r:' .. rid
+  if redis.call('HSETNX', rkey, 'j', args[12]) == 0 then
+    return {'dup', redis.call('HGET', rkey, 'c') or total}
+  end
+  local released = close_hold(base, acct, member, p, used, false) or 0
+  local available = num(a[2]) - (num(a[3]) - released)
   local capped = 0
   if total > available then
     total = math.max(available, 0)
     capped = 1
+    redis.call('HSET', rkey, 'c', I(total))
   end
   redis.call('HINCRBY', acct, 'balance', I(-total))
   redis.call('HINCRBY', acct, 'spent', I(total))
-  local aid = redis.call('HGET', acct, 'id')
-  for _, owner in ipairs({aid, kid, pid}) do
-    redis.call('HINCRBY', base .. 'sp', owner .. ':' .. month, I(total))
-    redis.call('HINCRBY', base .. 'sp', owner .. ':' .. day, I(total))
-  end
-  if capped == 1 then
-    redis.call('HSET', rkey, 'j', args[12], 'c', I(total))
-  else
-    redis.call('HSET', rkey, 'j', args[12])
+  local sp = base .. 'sp'
+  redis.call('HINCRBY', sp, aid .. ':' .. month, I(total))
+  for _, owner in ipairs({kid, pid}) do
+    redis.call('HINCRBY', sp, owner .. ':' .. month, I(total))
+    redis.call('HINCRBY', sp, owner .. ':' .. day, I(total))
   end
   redis.call('ZADD', base .. 'rs', created, rid)
   return {total, capped}
 end
 
--- release: nothing to bill; give the hold back (tokens reservation included).
--- KEYS P:{A}:a   ARGV hold_id window_ms   -> 1 if the hold was open
+-- release: nothing to bill; give the hold back (tokens reservation included). Safe to
+-- repeat: a hold already closed is left alone.
+-- KEYS P:{A}:a   ARGV hold_member window_ms   -> 1 if the hold was open
 local function release(keys, args)
   local base = base_of(keys)
-  if close_hold(base, args[1], now_ms(), tonumber(args[2]), nil, false) then
+  if close_hold(base, keys[1], args[1], tonumber(args[2]), nil, false) then
     return 1
   end
   return 0
