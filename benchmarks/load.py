@@ -11,7 +11,11 @@ benchmarks/static_upstream.py), starts ``meshfast serve`` and the floor
 that one request and one stream go through each, then measures each workload DIRECT to the
 upstream, through the FLOOR and THROUGH meshfast with the same load generator (wrk with
 benchmarks/wrk/post.lua, or the bundled benchmarks/loadgen.py), with the servers' CPU time
-per request, and prints them side by side with the README budgets. See benchmarks/README.md.
+per request, and prints them side by side with the README budgets. Then, in interleaved
+rounds on the same meshfast server, W1/W2 with a key with every limit set vs without
+(``--no-limits`` skips it) and W1/W2 routed by ``"model": "cheapest"`` among ~80 catalogue
+endpoints vs pinned to the provider/model it picks (``--no-routing`` skips it).
+See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ HOST = "127.0.0.1"
 BUDGET_W1_RPS = 15_000
 BUDGET_W2_SPS = 8_000
 BUDGET_W3_ADDED_P50_US = 300
+# Routing comparison: cheapest within 5 % of the same workload pinned (req/s ratio).
+ROUTING_TARGET_RATIO = 0.95
 
 WORKLOADS = {
     "W1": "chat, non-stream (~600 B answer)",
@@ -87,6 +93,19 @@ def http_request(
     key: str = "",
     timeout: float = 10.0,
 ) -> tuple[int, bytes]:
+    status, _headers, data = http_exchange(port, method, path, body, key, timeout)
+    return status, data
+
+
+def http_exchange(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    key: str = "",
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, response headers (names lower-cased) and body."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         headers = {"Content-Type": "application/json"}
@@ -94,7 +113,7 @@ def http_request(
             headers["Authorization"] = f"Bearer {key}"
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
-        return resp.status, resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
 
@@ -440,7 +459,63 @@ id = "bench-stream"
 upstream = "chat"
 input_usd_per_mtok = 0.15
 output_usd_per_mtok = 0.60
+{routing_config(base)}"""
+
+
+# Providers for the routing comparison (``model: "cheapest"`` vs the provider/model it picks,
+# pinned). Each name is a catalogue provider (or one named in ROUTING_CATALOGUE below), so every
+# catalogue model it serves is a routable endpoint at its catalogue price; each points at one
+# path of the static upstream: "w1" (the JSON answer) or "w2" (the SSE stream). A stream call
+# needs the "streaming" capability, which every shipped chat model has, so the two workloads
+# are told apart by the batch-only model below: cheapest of all, not streaming, served at w1
+# only. A non-stream call (W1) therefore routes to it (w1); a stream call (W2) skips it and
+# routes to the cheapest streaming endpoint, and every one of those is at w2 (the only other
+# w1 endpoint, bench/bench-chat, costs far more).
+ROUTING_PROVIDERS = {
+    "deepinfra": "w2",
+    "together": "w2",
+    "groq": "w2",
+    "openai": "w2",
+    "batch-a": "w1",
+    "batch-b": "w1",
+}
+# A [[catalogue.models]] override: a model the shipped catalogue lacks, served by the two
+# batch providers at different prices, below every shipped paid price.
+ROUTING_CATALOGUE = """
+[[catalogue.models]]
+id = "bench-batch"
+family = "bench"
+context_window = 131072
+max_output_tokens = 16384
+capabilities = ["tools", "json_schema"]
+quality = 45
+[[catalogue.models.endpoints]]
+provider = "batch-a"
+upstream = "chat"
+input_usd_per_mtok = "0.01"
+output_usd_per_mtok = "0.02"
+privacy = "protected"
+[[catalogue.models.endpoints]]
+provider = "batch-b"
+upstream = "chat"
+input_usd_per_mtok = "0.01"
+output_usd_per_mtok = "0.015"
+privacy = "protected"
 """
+
+
+def routing_config(base: str) -> str:
+    providers = "".join(
+        f"""
+[[providers]]
+name = "{name}"
+kind = "openai"
+base_url = "{base}/{path}/v1"
+privacy = "standard"
+"""
+        for name, path in ROUTING_PROVIDERS.items()
+    )
+    return providers + ROUTING_CATALOGUE
 
 
 def provision_bench_key(store_path: Path) -> tuple[str, str]:
@@ -552,7 +627,110 @@ def request_bodies() -> dict[str, bytes]:
         # direct: what meshfast forwards upstream
         "direct_chat": dump({"model": "chat", **base}),
         "direct_stream": dump({"model": "chat", **base, **stream_opts}),
+        # routing comparison: the router's cheapest pick (the pinned twins, naming the
+        # provider/model it picks, are added by verify_routing)
+        "cheapest_chat": dump({"model": "cheapest", **base}),
+        "cheapest_stream": dump({"model": "cheapest", **base, "stream": True}),
     }
+
+
+def pinned_body(cheapest_body: bytes, endpoint: str) -> bytes:
+    """``cheapest_body`` with ``model`` set to ``endpoint`` (provider/model), nothing else."""
+    obj = json.loads(cheapest_body)
+    obj["model"] = endpoint
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+# workload -> (cheapest body, pinned body, upstream path its pick must be at, stream?)
+ROUTING_PLAN = {
+    "W1": ("cheapest_chat", "pinned_chat", "w1", False),
+    "W2": ("cheapest_stream", "pinned_stream", "w2", True),
+}
+
+
+def verify_routing(
+    mesh_port: int, key: str, bodies: dict[str, bytes], mesh: Proc, workloads: list[str]
+) -> dict[str, str]:
+    """One ``cheapest`` call per workload, checked like the others (a chat.completion; a
+    stream of 100 content events ending with [DONE]), answered with X-Mesh-Route-Mode
+    ``cheapest`` by a provider at the workload's upstream path; then the same call pinned to
+    the provider/model it picked (X-Mesh-Route-Mode ``pinned``, the same X-Mesh-Provider and
+    X-Mesh-Model). Adds the pinned bodies to ``bodies``; returns {workload: provider/model}."""
+    picks: dict[str, str] = {}
+    try:
+        for wl in workloads:
+            cheapest, pinned, where, stream = ROUTING_PLAN[wl]
+            check = check_stream_reply if stream else check_chat_reply
+            status, headers, data = http_exchange(
+                mesh_port, "POST", "/v1/chat/completions", bodies[cheapest], key
+            )
+            check(status, data, f"meshfast {wl} cheapest")
+            provider = headers.get("x-mesh-provider", "")
+            model = headers.get("x-mesh-model", "")
+            mode = headers.get("x-mesh-route-mode", "")
+            if mode != "cheapest" or ROUTING_PROVIDERS.get(provider) != where:
+                raise BenchError(
+                    f"meshfast {wl} cheapest: expected X-Mesh-Route-Mode cheapest and a provider "
+                    f"at the {where} upstream path ({', '.join(n for n, w in ROUTING_PROVIDERS.items() if w == where)}), "
+                    f"got mode {mode!r}, provider {provider!r}, model {model!r} (catalogue prices changed?)"
+                )
+            endpoint = f"{provider}/{model}"
+            bodies[pinned] = pinned_body(bodies[cheapest], endpoint)
+            status, headers, data = http_exchange(
+                mesh_port, "POST", "/v1/chat/completions", bodies[pinned], key
+            )
+            check(status, data, f"meshfast {wl} pinned to {endpoint}")
+            got = (
+                headers.get("x-mesh-route-mode"),
+                f"{headers.get('x-mesh-provider')}/{headers.get('x-mesh-model')}",
+            )
+            if got != ("pinned", endpoint):
+                raise BenchError(
+                    f"meshfast {wl} pinned to {endpoint}: answered as mode {got[0]!r} by {got[1]!r}"
+                )
+            picks[wl] = endpoint
+    except (BenchError, OSError) as exc:
+        raise BenchError(f"{exc}\n--- meshfast log ---\n{mesh.tail()}") from None
+    return picks
+
+
+def routable_chat_endpoints(mesh_port: int, key: str) -> tuple[int, int]:
+    """(routable chat endpoints, providers serving them) from meshfast's GET /v1/models."""
+    status, data = http_request(mesh_port, "GET", "/v1/models", key=key)
+    if status != 200:
+        raise BenchError(f"GET /v1/models: HTTP {status}: {data[:300]!r}")
+    eps = [
+        e["provider"]
+        for m in json.loads(data)["data"]
+        if m.get("kind") == "chat"
+        for e in m.get("endpoints", ())
+        if e.get("routable")
+    ]
+    return len(eps), len(set(eps))
+
+
+def check_chat_reply(status: int, data: bytes, what: str) -> None:
+    try:
+        content = json.loads(data)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        content = None
+    if status != 200 or not content:
+        raise BenchError(
+            f"{what}: expected 200 with a chat.completion, got HTTP {status}: {data[:300]!r}"
+        )
+
+
+def check_stream_reply(status: int, data: bytes, what: str) -> None:
+    events = [e for e in data.split(b"\n\n") if e.strip()]
+    errors = [e for e in events if b'"error"' in e]
+    if status != 200 or not data.rstrip().endswith(b"data: [DONE]") or errors:
+        raise BenchError(
+            f"{what}: expected 200 and a stream ending with data: [DONE], got HTTP {status}, "
+            f"{len(events)} events, tail {data[-300:]!r}"
+        )
+    content = sum(1 for e in events if b'"content"' in e)
+    if content < 100:
+        raise BenchError(f"{what}: expected 100 content events, got {content}")
 
 
 def verify(
@@ -570,27 +748,11 @@ def verify(
 
     def check_chat(port: int, path: str, body: bytes, what: str) -> None:
         status, data = http_request(port, "POST", path, body, key)
-        try:
-            content = json.loads(data)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            content = None
-        if status != 200 or not content:
-            raise BenchError(
-                f"{what}: expected 200 with a chat.completion, got HTTP {status}: {data[:300]!r}"
-            )
+        check_chat_reply(status, data, what)
 
     def check_stream(port: int, path: str, body: bytes, what: str) -> None:
         status, data = http_request(port, "POST", path, body, key)
-        events = [e for e in data.split(b"\n\n") if e.strip()]
-        errors = [e for e in events if b'"error"' in e]
-        if status != 200 or not data.rstrip().endswith(b"data: [DONE]") or errors:
-            raise BenchError(
-                f"{what}: expected 200 and a stream ending with data: [DONE], got HTTP {status}, "
-                f"{len(events)} events, tail {data[-300:]!r}"
-            )
-        content = sum(1 for e in events if b'"content"' in e)
-        if content < 100:
-            raise BenchError(f"{what}: expected 100 content events, got {content}")
+        check_stream_reply(status, data, what)
 
     try:
         check_chat(upstream_port, W1_PATH, bodies["direct_chat"], "direct chat")
@@ -749,6 +911,59 @@ class Loader:
             non2xx=res["non2xx"],
             raw=res,
         )
+
+
+def ab_rounds(
+    wl: str,
+    what: str,
+    a: tuple[str, Loader, bytes],
+    b: tuple[str, Loader, bytes],
+    rounds: int,
+    duration: float,
+    port: int,
+    conns: int,
+    mesh: Proc,
+) -> list[tuple[Run, Run]]:
+    """``rounds`` interleaved pairs of short runs (1 s warm-up + ``duration``) of A and B,
+    each a (name, loader, body), on the same meshfast server; the order alternates every
+    round (A first in even rounds) to cancel drift. Each run carries meshfast's CPU time."""
+    pairs: list[tuple[Run, Run]] = []
+    for rnd in range(rounds):
+        got: dict[str, Run] = {}
+        for name, ld, body in (a, b) if rnd % 2 == 0 else (b, a):
+            meter = CpuMeter(mesh.popen.pid)
+            run = ld.run(port, "/v1/chat/completions", body, conns, duration, 1.0, meter.start)
+            if meter.started is not None and run.requests:
+                run.server_cpu_s = round(meter.seconds(), 3)
+                run.cpu_us_per_req = round(run.server_cpu_s * 1e6 / run.requests, 1)
+            got[name] = run
+        log(
+            f"  {wl} {what} round {rnd + 1}/{rounds}: {a[0]} {got[a[0]].rps:,.0f}/s  {b[0]} {got[b[0]].rps:,.0f}/s"
+        )
+        pairs.append((got[a[0]], got[b[0]]))
+        if mesh.popen.poll() is not None:
+            raise BenchError(
+                f"meshfast exited (status {mesh.popen.returncode}) during {wl} {what}\n{mesh.tail()}"
+            )
+    return pairs
+
+
+def ab_summary(pairs: list[tuple[Run, Run]]) -> dict:
+    """Medians of interleaved (A, B) runs: req/s and cpu µs/req per side, and the median of
+    the per-round B/A ratios (throughput; CPU per request)."""
+    cpu = [
+        (x.cpu_us_per_req, y.cpu_us_per_req)
+        for x, y in pairs
+        if x.cpu_us_per_req and y.cpu_us_per_req
+    ]
+    return {
+        "a_rps": statistics.median(x.rps for x, _ in pairs),
+        "b_rps": statistics.median(y.rps for _, y in pairs),
+        "rps_ratio": statistics.median(y.rps / x.rps for x, y in pairs if x.rps),
+        "a_cpu": statistics.median(x for x, _ in cpu) if cpu else None,
+        "b_cpu": statistics.median(y for _, y in cpu) if cpu else None,
+        "cpu_ratio": statistics.median(y / x for x, y in cpu) if cpu else 0.0,
+    }
 
 
 # --------------------------------------------------------------------------- report
@@ -931,13 +1146,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip the W1/W2 runs with a rate-limited key (limits on vs off)",
     )
     ap.add_argument(
+        "--no-routing",
+        dest="routing",
+        action="store_false",
+        help='skip the W1/W2 runs routed with "model": "cheapest" (cheapest vs pinned)',
+    )
+    ap.add_argument(
         "--ab-rounds",
         type=int,
         default=4,
-        help="interleaved rounds of the limits on/off comparison",
+        help="interleaved rounds of the limits on/off and routing cheapest/pinned comparisons",
     )
     ap.add_argument(
-        "--ab-duration", type=float, default=4.0, help="seconds per run in the limits comparison"
+        "--ab-duration",
+        type=float,
+        default=4.0,
+        help="seconds per run in the limits and routing comparisons",
     )
     ap.add_argument("--only", default="W1,W2,W3", help="comma-separated subset of W1,W2,W3")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
@@ -983,6 +1207,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(
             "--duration > 0, --warmup >= 0, --connections >= 1 and --workers >= 1 are required"
         )
+    if args.ab_rounds < 1 or args.ab_duration <= 0:
+        ap.error("--ab-rounds >= 1 and --ab-duration > 0 are required")
     return args
 
 
@@ -1031,6 +1257,17 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
     floor = start_floor(stack, up_port, args.workers) if args.floor else None
     bodies = request_bodies()
     verify(up_port, mesh_port, args.key, bodies, mesh, floor)
+    route_wls = [w for w in args.only if w in ROUTING_PLAN] if args.routing else []
+    route_picks: dict[str, str] = {}
+    route_pool = (0, 0)
+    if route_wls:
+        log(f"checking routing: one cheapest and one pinned call for {', '.join(route_wls)}")
+        route_picks = verify_routing(mesh_port, args.key, bodies, mesh, route_wls)
+        route_pool = routable_chat_endpoints(mesh_port, args.key)
+        log(
+            f"  cheapest picks {', '.join(f'{wl} {ep}' for wl, ep in route_picks.items())} "
+            f"among {route_pool[0]} routable chat endpoints of {route_pool[1]} providers"
+        )
     # the servers whose CPU time is measured: the process group each was started in
     servers = {"meshfast": mesh} | ({"floor": floor[0]} if floor else {})
 
@@ -1082,29 +1319,26 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
     if limited_key and limited_loader is not None and args.limits:
         for wl in [w for w in args.only if w in ("W1", "W2")]:
             _path, _direct_body, mesh_body, conns = plan[wl]
-            pairs: list[tuple[Run, Run]] = []
-            for rnd in range(args.ab_rounds):
-                got: dict[str, Run] = {}
-                order = (("off", loader), ("on", limited_loader))
-                for name, ld in order if rnd % 2 == 0 else order[::-1]:
-                    meter = CpuMeter(mesh.popen.pid)
-                    run = ld.run(
-                        mesh_port,
-                        "/v1/chat/completions",
-                        bodies[mesh_body],
-                        conns,
-                        args.ab_duration,
-                        1.0,
-                        meter.start,
-                    )
-                    if meter.started is not None and run.requests:
-                        run.cpu_us_per_req = round(meter.seconds() * 1e6 / run.requests, 1)
-                    got[name] = run
-                log(
-                    f"  {wl} limits round {rnd + 1}/{args.ab_rounds}: off {got['off'].rps:,.0f}/s  on {got['on'].rps:,.0f}/s"
-                )
-                pairs.append((got["off"], got["on"]))
-            ab[wl] = pairs
+            ab[wl] = ab_rounds(
+                wl, "limits", ("off", loader, bodies[mesh_body]),
+                ("on", limited_loader, bodies[mesh_body]),
+                args.ab_rounds, args.ab_duration, mesh_port, conns, mesh,
+            )  # fmt: skip
+    # Routing cheapest vs pinned, the same way: one key, the same messages, the pinned body
+    # names the provider/model the cheapest body is routed to (same endpoint, same upstream).
+    routing: dict[str, list[tuple[Run, Run]]] = {}
+    for wl in route_picks:
+        cheapest, pinned, _where, _stream = ROUTING_PLAN[wl]
+        conns = plan[wl][3]
+        log(
+            f"running {wl} routing: pinned {route_picks[wl]} vs cheapest, {args.ab_rounds} "
+            f"interleaved rounds of 1s warm-up + {args.ab_duration:g}s each..."
+        )
+        routing[wl] = ab_rounds(
+            wl, "routing", ("pinned", loader, bodies[pinned]),
+            ("cheapest", loader, bodies[cheapest]),
+            args.ab_rounds, args.ab_duration, mesh_port, conns, mesh,
+        )  # fmt: skip
     table, verdicts = report(results, args.connections, floor is not None)
     load_end = os.getloadavg()
     cores = os.cpu_count() or 0
@@ -1144,19 +1378,60 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
             f"{args.ab_rounds} interleaved rounds of {args.ab_duration:g}s each, medians"
         )
         for wl, pairs in ab.items():
-            rps_ratio = statistics.median(on.rps / off.rps for off, on in pairs if off.rps)
-            cpu = [
-                (off.cpu_us_per_req, on.cpu_us_per_req)
-                for off, on in pairs
-                if off.cpu_us_per_req and on.cpu_us_per_req
-            ]
-            cpu_ratio = statistics.median(on / off for off, on in cpu) if cpu else 0.0
-            off_rps = statistics.median(off.rps for off, _ in pairs)
-            on_rps = statistics.median(on.rps for _, on in pairs)
+            sm = ab_summary(pairs)
             print(
-                f"  {wl}: off {off_rps:,.0f}/s   on {on_rps:,.0f}/s   on/off throughput {rps_ratio:.3f}x   "
-                f"cpu per request on/off {cpu_ratio:.3f}x"
+                f"  {wl}: off {sm['a_rps']:,.0f}/s   on {sm['b_rps']:,.0f}/s   on/off throughput {sm['rps_ratio']:.3f}x   "
+                f"cpu per request on/off {sm['cpu_ratio']:.3f}x"
             )
+    routing_doc: dict[str, dict] = {}
+    if routing:
+        print()
+        print(
+            f'routing: cheapest ("model": "cheapest", {route_pool[0]} routable chat endpoints of '
+            f"{route_pool[1]} providers) vs pinned (the provider/model it picks): "
+            f"{args.ab_rounds} interleaved rounds of {args.ab_duration:g}s each, medians"
+        )
+        for wl, pairs in routing.items():
+            sm = ab_summary(pairs)
+            ok = sm["rps_ratio"] >= ROUTING_TARGET_RATIO
+            routing_doc[wl] = {
+                "picked": route_picks[wl],
+                "pinned_rps": round(sm["a_rps"], 1),
+                "cheapest_rps": round(sm["b_rps"], 1),
+                "throughput_ratio": round(sm["rps_ratio"], 4),
+                "pinned_cpu_us_per_req": sm["a_cpu"],
+                "cheapest_cpu_us_per_req": sm["b_cpu"],
+                "cpu_ratio": round(sm["cpu_ratio"], 4),
+                "target": f"throughput ratio >= {ROUTING_TARGET_RATIO}",
+                "pass": ok,
+                "rounds": [
+                    {"first": "pinned" if i % 2 == 0 else "cheapest"}
+                    | {
+                        name: {k: v for k, v in asdict(r).items() if k != "raw"}
+                        for name, r in (("pinned", a), ("cheapest", b))
+                    }
+                    for i, (a, b) in enumerate(pairs)
+                ],
+            }
+            print(
+                f"  {wl} ({route_picks[wl]}): pinned {sm['a_rps']:,.0f}/s   cheapest {sm['b_rps']:,.0f}/s   "
+                f"cheapest/pinned throughput {sm['rps_ratio']:.3f}x   cpu per request cheapest/pinned "
+                f"{sm['cpu_ratio']:.3f}x ({fmt_cpu(sm['b_cpu'])} vs {fmt_cpu(sm['a_cpu'])})   "
+                f"{'PASS' if ok else 'MISS'} (>= {ROUTING_TARGET_RATIO:.2f}x)"
+            )
+    ab_warnings = [
+        f"{wl} {what} round {i + 1} {name}: {r.errors} errors, {r.non2xx} non-2xx"
+        for what, runs, names in (
+            ("limits", ab, ("off", "on")),
+            ("routing", routing, ("pinned", "cheapest")),
+        )
+        for wl, pairs in runs.items()
+        for i, pair in enumerate(pairs)
+        for name, r in zip(names, pair, strict=True)
+        if r.errors or r.non2xx
+    ]
+    for w in ab_warnings:
+        print(f"WARNING: {w}")
     print()
     summary = ", ".join(f"{wl} {'PASS' if v['pass'] else 'MISS'}" for wl, v in verdicts.items())
     print(f"budgets: {summary}")
@@ -1196,6 +1471,19 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
                 | {"verdict": verdicts.get(wl)}
                 for wl, rs in results.items()
             },
+            "routing": (
+                {
+                    "rounds": args.ab_rounds,
+                    "duration_s": args.ab_duration,
+                    "warmup_s": 1.0,
+                    "routable_chat_endpoints": route_pool[0],
+                    "routable_chat_providers": route_pool[1],
+                    "medians": "per side: median over rounds; ratios: median of per-round ratios",
+                    "workloads": routing_doc,
+                }
+                if routing_doc
+                else None
+            ),
         }
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
         log(f"wrote {args.json}")
