@@ -50,7 +50,6 @@ from meshfast.limits import _duration, insufficient_balance, refusal
 from meshfast.money import nano_to_usd
 from meshfast.store.base import (
     KEY_PREFIX,
-    RECEIPT_FIELDS,
     Account,
     Hold,
     KeyRecord,
@@ -368,29 +367,46 @@ class RedisStore(Store):
 
     async def settle(self, hold: Hold, receipt: Receipt) -> None:
         month, day = spend_buckets(receipt.created)
-        doc = orjson.dumps({name: getattr(receipt, name) for name in RECEIPT_FIELDS})
+        doc = orjson.dumps(receipt)  # a dataclass: every field, in order
         args = [
             hold.admission[1], receipt.id, receipt.total_nano, receipt.upstream_cost_nano,
             receipt.prompt_tokens + receipt.completion_tokens, int(receipt.created * 1000), month, day,
             receipt.key_id, receipt.project_id, self.window_ms, doc, hold.account_id,
         ]  # fmt: skip
-        # Shielded: a caller cancelled meanwhile (a client gone, a revocation) must not
-        # leave the receipt half-sent; it is written, or kept for a retry, either way.
-        out = await asyncio.shield(self._settle_or_keep(hold.account_id, args))
-        if out is not None and out[0] not in ("dup", "noaccount") and int(out[1]):
+        aid = hold.account_id
+        try:
+            fut = await self.hot.start("FCALL", self._fn["settle"], 1, self._acct(aid), *args)
+        except _DOWN:  # never sent: keep it for the retry
+            self._keep(("settle", aid, args))
+            return
+        except asyncio.CancelledError:  # cancelled while connecting: not sent either
+            self._keep(("settle", aid, args))
+            raise
+        # Sent: whatever happens to the caller now (a client gone, a revocation), the reply
+        # is handled by _settled, which keeps the settlement for a retry on an outage.
+        fut.add_done_callback(lambda f: self._settled(f, aid, args))
+        try:
+            out = await asyncio.shield(fut)
+        except (*_DOWN, ResponseError):
+            return  # kept or logged by _settled
+        if out[0] not in ("dup", "noaccount") and int(out[1]):
             receipt.total_nano = int(out[0])
             receipt.margin_nano = receipt.total_nano - receipt.upstream_cost_nano
             receipt.capped = True
 
-    async def _settle_or_keep(self, aid: str, args: list[Any]) -> Any:
-        try:
-            out = await self._fcall("settle", aid, *args)
-        except errors.StoreUnavailable:
+    def _settled(self, fut: asyncio.Future, aid: str, args: list[Any]) -> None:
+        if fut.cancelled():  # the connection's futures are never cancelled but by a caller
+            return
+        exc = fut.exception()
+        if exc is None:
+            if fut.result()[0] == "noaccount":
+                log.error("receipt %s not written: account %s is not in Redis (was it wiped?)", args[1], aid)
+            return
+        if isinstance(exc, ResponseError) and "Function not found" not in str(exc) and _outage(exc) is exc:
+            log.error("receipt %s could not be written and is set aside: %s", args[1], exc)
+            self.failed.append(("settle", aid, args))
+        else:  # an outage, or a Redis that lost the functions: the retry reloads and writes it
             self._keep(("settle", aid, args))
-            return None
-        if out[0] == "noaccount":
-            log.error("receipt %s not written: account %s is not in Redis (was it wiped?)", args[1], aid)
-        return out
 
     async def release(self, hold: Hold) -> None:
         args = [hold.admission[1], self.window_ms]
