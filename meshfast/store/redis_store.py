@@ -115,6 +115,9 @@ def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+ACCOUNT_FIELDS = ("id", "name", "balance", "held", "margin_ppm", "fee_nano", "created", "ver")
+
+
 def _account_from(h: dict[str, str], month_spend: int | None = None) -> Account:
     a = Account(
         h["id"], h["name"], int(h.get("balance", 0)), int(h.get("held", 0)),
@@ -260,7 +263,7 @@ class RedisStore(Store):
         k, a, p = await self._fcall("context", aid, kid)
         if not k:
             raise errors.AuthenticationFailed("Incorrect API key provided.")
-        ah = _pairs(a)
+        ah = {name: v for name, v in zip(ACCOUNT_FIELDS, a, strict=True) if v is not None}
         ctx = _Context(_key_from(_pairs(k)), _account_from(ah), _project_from(_pairs(p)), ah.get("ver", "0"))
         if len(self._recent) >= 4096:
             self._recent.clear()
@@ -592,12 +595,11 @@ class RedisStore(Store):
     async def account(self, ref: str) -> Account:
         aid = await self._account_id(ref)
         month = month_of(time.time())
-        async with self.r.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self._acct(aid)).hget(self._base(aid) + "sp", f"{aid}:{month}")
-            h, spent = await self._do(pipe.execute())
-        if not h:
+        values = await self._do(self.r.hmget(self._acct(aid), [*ACCOUNT_FIELDS, f"s:{aid}:{month}"]))
+        if values[0] is None:
             raise errors.NotFound(f"No account {ref!r}.", code="account_not_found")
-        return _account_from(h, int(spent or 0))
+        h = {name: v for name, v in zip(ACCOUNT_FIELDS, values, strict=False) if v is not None}
+        return _account_from(h, int(values[-1] or 0))
 
     async def _account_ids(self) -> list[str]:
         return sorted(await self._do(self.r.smembers(self._g("accounts"))))
@@ -807,8 +809,10 @@ class RedisStore(Store):
         problems = []
         for aid in await self._account_ids():
             base = self._base(aid)
-            a = await self._do(self.r.hgetall(self._acct(aid)))
-            name, balance, held = a.get("name"), int(a.get("balance", 0)), int(a.get("held", 0))
+            name, balance, held, topped_total, spent_total = await self._do(
+                self.r.hmget(self._acct(aid), ["name", "balance", "held", "topped", "spent"])
+            )
+            balance, held = int(balance or 0), int(held or 0)
             label = f"account {name} ({aid})"
             topups = [orjson.loads(v) for v in (await self._do(self.r.hgetall(base + "tu"))).values()]
             topped = sum(t["amount_nano"] for t in topups)
@@ -818,8 +822,8 @@ class RedisStore(Store):
                 problems.append(
                     f"{label}: top-ups minus receipts is {nano_to_usd(topped - spent)} but the balance is {nano_to_usd(balance)}"
                 )
-            if int(a.get("topped", 0)) != topped or int(a.get("spent", 0)) != spent:
-                problems.append(f"{label}: running totals (topped {a.get('topped')}, spent {a.get('spent')}) differ from the records ({topped}, {spent})")
+            if int(topped_total or 0) != topped or int(spent_total or 0) != spent:
+                problems.append(f"{label}: running totals (topped {topped_total}, spent {spent_total}) differ from the records ({topped}, {spent})")
             if balance < 0:
                 problems.append(f"{label}: balance is below zero ({nano_to_usd(balance)})")
             holds = await self._do(self.r.zrange(base + "hs", 0, -1))

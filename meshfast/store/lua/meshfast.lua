@@ -8,12 +8,13 @@
 --
 -- Key layout (P is the configured prefix, A an account id; every key a function touches
 -- carries the hash tag {A}, so the functions also run on Redis Cluster):
---   P:{A}:a            hash  account: id name balance held spent topped margin_ppm fee_nano created ver
+--   P:{A}:a            hash  account: id name balance held spent topped margin_ppm fee_nano created ver,
+--                            h:<owner> held by the owner's open calls (owner: a key or project id),
+--                            s:<owner>:<YYYY-MM or YYYY-MM-DD> settled spend (keys and projects:
+--                            both periods; the account: months). One hash, so admit and settle
+--                            read and write it in one command each.
 --   P:{A}:k:<key>      hash  key: id project_id account_id hash prefix name created revoked_at expires_at limits
 --   P:{A}:p:<proj>     hash  project: id account_id name created limits
---   P:{A}:held         hash  owner (key or project id) -> nano-USD held by its open calls
---   P:{A}:sp           hash  "<owner>:<YYYY-MM or YYYY-MM-DD>" -> nano-USD settled
---                            (owner: key and project, both periods; the account, months)
 --   P:{A}:hs           zset  open holds (the member carries the hold's data) -> expiry (ms)
 --   P:{A}:cc:<owner>   zset  hold ids counted against the owner's concurrency limit -> expiry (ms)
 --   P:{A}:w:<owner>:r|t       GCRA state of the owner's requests / tokens window
@@ -129,17 +130,15 @@ local function parse_hold(m)
   return hid, tonumber(a), kid, pid, tonumber(t), tonumber(kt), tonumber(pt), kc == '1', pc == '1'
 end
 
--- Close an open hold: give its amount and concurrency slots back and correct its token
--- reservations to `used` (nil: nothing was used). Returns the amount released, or false
--- when the hold was no longer open. An expired hold's token reservation is left as it is.
-local function close_hold(base, acct, member, p, used, expired)
+-- Close an open hold: give its concurrency slots back and correct its token reservations
+-- to `used` (nil: nothing was used). Returns its amount, key and project (the caller gives
+-- the amount back on the account hash), or false when the hold was no longer open. An
+-- expired hold's token reservation is left as it is.
+local function close_hold(base, member, p, used, expired)
   local hid, amount, kid, pid, tokens, kt, pt, kc, pc = parse_hold(member)
   if not hid or redis.call('ZREM', base .. 'hs', member) == 0 then
     return false
   end
-  redis.call('HINCRBY', acct, 'held', I(-amount))
-  redis.call('HINCRBY', base .. 'held', kid, I(-amount))
-  redis.call('HINCRBY', base .. 'held', pid, I(-amount))
   if kc then
     redis.call('ZREM', base .. 'cc:' .. kid, hid)
   end
@@ -152,14 +151,24 @@ local function close_hold(base, acct, member, p, used, expired)
     g_correct(base .. 'w:' .. kid .. ':t', kt, p, now, tokens, u)
     g_correct(base .. 'w:' .. pid .. ':t', pt, p, now, tokens, u)
   end
-  return amount
+  return amount, kid, pid
+end
+
+-- Give a closed hold's amount back (the account's and its owners' held amounts).
+local function unhold(acct, amount, kid, pid)
+  redis.call('HINCRBY', acct, 'held', I(-amount))
+  redis.call('HINCRBY', acct, 'h:' .. kid, I(-amount))
+  redis.call('HINCRBY', acct, 'h:' .. pid, I(-amount))
 end
 
 -- Release the holds of this account whose time ran out (their instance died or hung).
 local function purge(base, acct, now, p)
   local expired = redis.call('ZRANGEBYSCORE', base .. 'hs', '-inf', now, 'LIMIT', 0, 64)
   for _, member in ipairs(expired) do
-    close_hold(base, acct, member, p, nil, true)
+    local amount, kid, pid = close_hold(base, member, p, nil, true)
+    if amount then
+      unhold(acct, amount, kid, pid)
+    end
   end
 end
 
@@ -168,8 +177,9 @@ local function base_of(keys)
 end
 
 -- Check one owner's limits (key, then project) without taking anything.
--- lim = {rpm, tpm, monthly, daily, concurrency}; budgets < 0 mean none.
-local function refusal(base, owner, kind, lim, now, p, tokens, amount, month, day)
+-- lim = {rpm, tpm, monthly, daily, concurrency}; budgets < 0 mean none; held and the
+-- spend of today and this month come from the account hash (v).
+local function refusal(base, owner, kind, lim, now, p, tokens, amount, held, day_spent, month_spent)
   if lim[5] > 0 and redis.call('ZCARD', base .. 'cc:' .. owner) >= lim[5] then
     return {'concurrency', kind, lim[5], 1000}
   end
@@ -185,25 +195,16 @@ local function refusal(base, owner, kind, lim, now, p, tokens, amount, month, da
       return {'tpm', kind, lim[2], g_retry(rel, lim[2], p, tokens)}
     end
   end
-  if lim[3] >= 0 or lim[4] >= 0 then
-    local held = num(redis.call('HGET', base .. 'held', owner))
-    if lim[4] >= 0 then
-      local used = num(redis.call('HGET', base .. 'sp', owner .. ':' .. day)) + held
-      if used + amount > lim[4] then
-        return {'daily', kind, lim[4], used}
-      end
-    end
-    if lim[3] >= 0 then
-      local used = num(redis.call('HGET', base .. 'sp', owner .. ':' .. month)) + held
-      if used + amount > lim[3] then
-        return {'monthly', kind, lim[3], used}
-      end
-    end
+  if lim[4] >= 0 and day_spent + held + amount > lim[4] then
+    return {'daily', kind, lim[4], day_spent + held}
+  end
+  if lim[3] >= 0 and month_spent + held + amount > lim[3] then
+    return {'monthly', kind, lim[3], month_spent + held}
   end
   return nil
 end
 
-local function take(base, owner, lim, now, p, tokens, amount, hid, expiry)
+local function take(base, owner, lim, now, p, tokens, hid, expiry)
   if lim[5] > 0 then
     redis.call('ZADD', base .. 'cc:' .. owner, I(expiry), hid)
   end
@@ -215,7 +216,6 @@ local function take(base, owner, lim, now, p, tokens, amount, hid, expiry)
     local key = base .. 'w:' .. owner .. ':t'
     g_save(key, g_load(key, lim[2], now) + tokens * p, lim[2], now)
   end
-  redis.call('HINCRBY', base .. 'held', owner, I(amount))
 end
 
 -- admit: auth + limits + hold in one call.
@@ -249,23 +249,24 @@ local function admit(keys, args)
     return {'expired'}
   end
   purge(base, acct, now, p)
-  local a = redis.call('HMGET', acct, 'ver', 'balance', 'held')
-  if (a[1] or '0') ~= ver then
+  local v = redis.call('HMGET', acct, 'ver', 'balance', 'held', 'h:' .. kid, 'h:' .. pid,
+    's:' .. kid .. ':' .. day, 's:' .. kid .. ':' .. month, 's:' .. pid .. ':' .. day, 's:' .. pid .. ':' .. month)
+  if (v[1] or '0') ~= ver then
     return {'stale'}
   end
-  local balance, held = num(a[2]), num(a[3])
+  local balance, held, hk, hp = num(v[2]), num(v[3]), num(v[4]), num(v[5])
   if amount > balance - held then
     return {'balance', balance, held}
   end
-  local r = refusal(base, kid, 'key', klim, now, p, tokens, amount, month, day)
-    or refusal(base, pid, 'project', plim, now, p, tokens, amount, month, day)
+  local r = refusal(base, kid, 'key', klim, now, p, tokens, amount, hk, num(v[6]), num(v[7]))
+    or refusal(base, pid, 'project', plim, now, p, tokens, amount, hp, num(v[8]), num(v[9]))
   if r then
     return r
   end
   local expiry = now + ttl
-  take(base, kid, klim, now, p, tokens, amount, hid, expiry)
-  take(base, pid, plim, now, p, tokens, amount, hid, expiry)
-  redis.call('HINCRBY', acct, 'held', I(amount))
+  take(base, kid, klim, now, p, tokens, hid, expiry)
+  take(base, pid, plim, now, p, tokens, hid, expiry)
+  redis.call('HSET', acct, 'held', I(held + amount), 'h:' .. kid, I(hk + amount), 'h:' .. pid, I(hp + amount))
   redis.call('ZADD', base .. 'hs', I(expiry), member)
 
   local out = {'ok', expiry, 0, 0, 0, 0, 0, 0, -1}
@@ -281,14 +282,10 @@ local function admit(keys, args)
     local rel = g_load(base .. 'w:' .. howner .. ':t', hlim[2], now)
     out[6], out[7], out[8] = hlim[2], g_remaining(rel, hlim[2], p), idiv(rel, hlim[2])
   end
-  local bowner, ceiling = kid, klim[3]
-  if ceiling < 0 then
-    bowner, ceiling = pid, plim[3]
-  end
-  if ceiling >= 0 then
-    local used = num(redis.call('HGET', base .. 'sp', bowner .. ':' .. month))
-      + num(redis.call('HGET', base .. 'held', bowner))
-    out[9] = math.max(ceiling - used, 0)
+  if klim[3] >= 0 then
+    out[9] = math.max(klim[3] - num(v[7]) - hk - amount, 0)
+  elseif plim[3] >= 0 then
+    out[9] = math.max(plim[3] - num(v[9]) - hp - amount, 0)
   end
   return out
 end
@@ -307,30 +304,30 @@ local function settle(keys, args)
   local total, used = tonumber(args[3]), tonumber(args[5])
   local created, month, day, kid, pid = args[6], args[7], args[8], args[9], args[10]
   local p, aid = tonumber(args[11]), args[13]
-  local a = redis.call('HMGET', acct, 'id', 'balance', 'held')
-  if not a[1] then
+  local fields = {'id', 'balance', 'held', 'h:' .. kid, 'h:' .. pid, 'spent', 's:' .. aid .. ':' .. month,
+    's:' .. kid .. ':' .. month, 's:' .. kid .. ':' .. day, 's:' .. pid .. ':' .. month, 's:' .. pid .. ':' .. day}
+  local v = redis.call('HMGET', acct, unpack(fields))
+  if not v[1] then
     return {'noaccount'}
   end
   local rkey = base .. 'r:' .. rid
   if redis.call('HSETNX', rkey, 'j', args[12]) == 0 then
     return {'dup', redis.call('HGET', rkey, 'c') or total}
   end
-  local released = close_hold(base, acct, member, p, used, false) or 0
-  local available = num(a[2]) - (num(a[3]) - released)
+  local balance, held, hk, hp = num(v[2]), num(v[3]), num(v[4]), num(v[5])
+  local released = close_hold(base, member, p, used, false)
+  if released then -- the member names this key and project (the caller built it so)
+    held, hk, hp = held - released, hk - released, hp - released
+  end
   local capped = 0
-  if total > available then
-    total = math.max(available, 0)
+  if total > balance - held then
+    total = math.max(balance - held, 0)
     capped = 1
     redis.call('HSET', rkey, 'c', I(total))
   end
-  redis.call('HINCRBY', acct, 'balance', I(-total))
-  redis.call('HINCRBY', acct, 'spent', I(total))
-  local sp = base .. 'sp'
-  redis.call('HINCRBY', sp, aid .. ':' .. month, I(total))
-  for _, owner in ipairs({kid, pid}) do
-    redis.call('HINCRBY', sp, owner .. ':' .. month, I(total))
-    redis.call('HINCRBY', sp, owner .. ':' .. day, I(total))
-  end
+  redis.call('HSET', acct, 'balance', I(balance - total), 'held', I(held), 'h:' .. kid, I(hk), 'h:' .. pid, I(hp),
+    'spent', I(num(v[6]) + total), fields[7], I(num(v[7]) + total), fields[8], I(num(v[8]) + total),
+    fields[9], I(num(v[9]) + total), fields[10], I(num(v[10]) + total), fields[11], I(num(v[11]) + total))
   redis.call('ZADD', base .. 'rs', created, rid)
   return {total, capped}
 end
@@ -339,11 +336,12 @@ end
 -- repeat: a hold already closed is left alone.
 -- KEYS P:{A}:a   ARGV hold_member window_ms   -> 1 if the hold was open
 local function release(keys, args)
-  local base = base_of(keys)
-  if close_hold(base, keys[1], args[1], tonumber(args[2]), nil, false) then
-    return 1
+  local amount, kid, pid = close_hold(base_of(keys), args[1], tonumber(args[2]), nil, false)
+  if not amount then
+    return 0
   end
-  return 0
+  unhold(keys[1], amount, kid, pid)
+  return 1
 end
 
 -- revoke: mark the key revoked (once), bump the account's ver, and announce it on the
@@ -392,7 +390,8 @@ local function context(keys, args)
     return {k, {}, {}}
   end
   local pid = redis.call('HGET', base .. 'k:' .. args[1], 'project_id')
-  return {k, redis.call('HGETALL', keys[1]), redis.call('HGETALL', base .. 'p:' .. pid)}
+  local a = redis.call('HMGET', keys[1], 'id', 'name', 'balance', 'held', 'margin_ppm', 'fee_nano', 'created', 'ver')
+  return {k, a, redis.call('HGETALL', base .. 'p:' .. pid)}
 end
 
 -- bump: something instances cache changed (limits, expiry): HSET fields and bump ver.
