@@ -112,7 +112,9 @@ def redis_commands(port: int) -> dict[str, int]:
     import redis
 
     stats = redis.Redis(host=HOST, port=port).info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    out = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    out["fcall_usec"] = int(stats.get("cmdstat_fcall", {}).get("usec", 0))
+    return out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -189,16 +191,18 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
 
                 run = loaders[name].run(port, "/v1/chat/completions", body_of[wl], args.connections, args.duration, args.warmup, on_measure)
                 cpu = meter.seconds() * 1e6 / run.requests if run.requests else None
-                cmds = rcpu = None
+                cmds = rcpu = in_functions = None
                 if before and run.requests:
                     rcpu = rmeter.seconds() * 1e6 / run.requests
                     # FCALLs only: the commands a function runs inside count in commandstats too
-                    cmds = (redis_commands(redis_port).get("fcall", 0) - before.get("fcall", 0)) / run.requests
+                    after = redis_commands(redis_port)
+                    cmds = (after.get("fcall", 0) - before.get("fcall", 0)) / run.requests
+                    in_functions = (after["fcall_usec"] - before.get("fcall_usec", 0)) / run.requests
                 runs[wl][name].append((run.rps, run.p50_us, cpu, cmds, rcpu))
                 note = f", {run.errors} errors, {run.non2xx} non-2xx" if run.errors or run.non2xx else ""
                 log(
                     f"  {wl} round {rnd + 1}/{args.rounds} {name}: {run.rps:,.0f}/s  p50 {fmt_lat(run.p50_us)}  "
-                    f"cpu {fmt_cpu(cpu)}/req" + (f"  redis {cmds:.2f} round trips/req, redis-server cpu {fmt_cpu(rcpu)}/req" if cmds is not None else "") + note
+                    f"cpu {fmt_cpu(cpu)}/req" + (f"  redis {cmds:.2f} round trips/req, redis-server cpu {fmt_cpu(rcpu)}/req ({fmt_cpu(in_functions)} in functions)" if cmds is not None else "") + note
                 )
                 if run.non2xx or run.errors:
                     raise BenchError(f"{name} answered errors during {wl}; see {proc.log_path}")
