@@ -305,6 +305,11 @@ async def _run_admin(cfg: config.Config, args: argparse.Namespace) -> int:
         except StoreLocked:
             store = None
         if store is not None:
+            try:
+                await store.check()  # an unreachable Redis: say which, once
+            except StoreUnavailable as exc:
+                await store.close()
+                raise CLIExit(1, exc.message) from None
             api = AdminAPI(store, cfg)
 
             async def local(method: str, path: str, query: dict[str, str] | None, body: dict[str, Any] | None) -> dict[str, Any]:
