@@ -18,20 +18,20 @@ from meshfast.store.base import Limits
 from meshfast_core.limits import Concurrency, Window
 
 
-def _duration(seconds: float) -> str:
-    """OpenAI's reset format: "20ms", "1.5s", "6m0s"."""
+def reset_value(seconds: float) -> bytes:
+    """OpenAI's reset format, as a header value: b"20ms", b"1.5s", b"6m0s"."""
     if seconds < 1:
-        return f"{max(math.ceil(seconds * 1000), 0)}ms"
+        return b"%dms" % max(math.ceil(seconds * 1000), 0)
     if seconds < 60:
-        return f"{seconds:.3g}s"
+        return b"%.3gs" % seconds
     minutes, rest = divmod(int(math.ceil(seconds)), 60)
-    return f"{minutes}m{rest}s"
+    return b"%dm%ds" % (minutes, rest)
 
 
 class LimitState:
     """The live limit state of one key or project."""
 
-    __slots__ = ("owner", "limits", "rpm", "tpm", "concurrency", "spend", "held_nano")
+    __slots__ = ("owner", "limits", "rpm", "tpm", "concurrency", "spend", "held_nano", "rpm_header", "tpm_header")
 
     def __init__(self, owner: str, limits: Limits, period: float) -> None:
         self.owner = owner  # "key key_..." or "project proj_...", for messages
@@ -41,6 +41,13 @@ class LimitState:
         self.concurrency = Concurrency(limits.concurrency) if limits.concurrency else None
         self.spend: dict[str, int] = {}  # "YYYY-MM" / "YYYY-MM-DD" -> nano-USD settled
         self.held_nano = 0  # open holds of calls admitted under this owner
+        self._limit_headers()
+
+    def _limit_headers(self) -> None:
+        """The x-ratelimit-limit-* headers change only with the limits: built once."""
+        lim = self.limits
+        self.rpm_header = (b"x-ratelimit-limit-requests", b"%d" % lim.rpm) if lim.rpm else None
+        self.tpm_header = (b"x-ratelimit-limit-tokens", b"%d" % lim.tpm) if lim.tpm else None
 
     def update(self, limits: Limits, period: float) -> None:
         """New limits, live: windows keep their used fraction, counters their count."""
@@ -54,6 +61,7 @@ class LimitState:
                 self.concurrency.set_limit(limits.concurrency)
         else:
             self.concurrency = None
+        self._limit_headers()
 
     @property
     def active(self) -> bool:
@@ -181,18 +189,19 @@ def rate_headers(st: LimitState | None, now: float) -> list[tuple[bytes, bytes]]
     if st is None:
         return []
     out: list[tuple[bytes, bytes]] = []
-    if st.rpm is not None:
-        out += [
-            (b"x-ratelimit-limit-requests", str(st.rpm.limit).encode()),
-            (b"x-ratelimit-remaining-requests", str(st.rpm.remaining(now)).encode()),
-            (b"x-ratelimit-reset-requests", _duration(st.rpm.reset_after(now)).encode()),
-        ]
-    if st.tpm is not None:
-        out += [
-            (b"x-ratelimit-limit-tokens", str(st.tpm.limit).encode()),
-            (b"x-ratelimit-remaining-tokens", str(st.tpm.remaining(now)).encode()),
-            (b"x-ratelimit-reset-tokens", _duration(st.tpm.reset_after(now)).encode()),
-        ]
+    rpm, tpm = st.rpm, st.tpm
+    if rpm is not None:
+        out += (
+            st.rpm_header,
+            (b"x-ratelimit-remaining-requests", b"%d" % rpm.remaining(now)),
+            (b"x-ratelimit-reset-requests", reset_value(rpm.reset_after(now))),
+        )
+    if tpm is not None:
+        out += (
+            st.tpm_header,
+            (b"x-ratelimit-remaining-tokens", b"%d" % tpm.remaining(now)),
+            (b"x-ratelimit-reset-tokens", reset_value(tpm.reset_after(now))),
+        )
     return out
 
 

@@ -46,7 +46,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meshfast import errors
 from meshfast.config import redacted_url
-from meshfast.limits import _duration, insufficient_balance, refusal
+from meshfast.limits import insufficient_balance, refusal, reset_value
 from meshfast.money import nano_to_usd
 from meshfast.store.base import (
     KEY_PREFIX,
@@ -219,19 +219,32 @@ class RedisStore(Store):
             if "already exists" not in str(exc):
                 raise
 
-    async def _fcall(self, name: str, aid: str, *args: Any) -> Any:
+    async def _fcall(self, name: str, aid: str, *args: Any, unknown: Any = None) -> Any:
         """One function call (the library is loaded again if Redis lost it, e.g. a restart
-        without persistence). Redis down -> StoreUnavailable."""
+        without persistence). Redis down -> StoreUnavailable. ``unknown()`` runs when the
+        call was sent but its outcome cannot be known (the connection broke, or the caller
+        was cancelled, before the reply)."""
         fn = self._fn[name]
-        try:
-            return await self.hot.call("FCALL", fn, 1, self._acct(aid), *args)
-        except ResponseError as exc:
-            if "Function not found" not in str(exc):
+        for attempt in (1, 2):
+            try:
+                fut = await self.hot.start("FCALL", fn, 1, self._acct(aid), *args)
+            except _DOWN as exc:  # not sent
                 raise _outage(exc) from exc
-        except _DOWN as exc:
-            raise _outage(exc) from exc
-        await self.load_functions()
-        return await self._do(self.hot.call("FCALL", fn, 1, self._acct(aid), *args))
+            try:
+                return await fut
+            except asyncio.CancelledError:
+                if unknown is not None:
+                    unknown()
+                raise
+            except _DOWN as exc:
+                if unknown is not None:
+                    unknown()
+                raise _outage(exc) from exc
+            except ResponseError as exc:  # Redis answered: it did not run the function
+                if "Function not found" not in str(exc) or attempt == 2:
+                    raise _outage(exc) from exc
+            await self._do(self.load_functions())
+        raise AssertionError("unreachable")
 
     async def _do(self, coro: Any) -> Any:
         try:
@@ -299,16 +312,13 @@ class RedisStore(Store):
         klim, plim = _limit_args(key.limits), _limit_args(ctx.project.limits)
         member = f"{hid}:{amount_nano}:{key.id}:{key.project_id}:{tokens}:{klim[1]}:{plim[1]}:{int(klim[4] > 0)}{int(plim[4] > 0)}"
         sent = time.monotonic()
-        try:
-            out = await self._fcall(
-                "admit", key.account_id, ctx.ver, key.id, key.project_id, amount_nano, tokens, member,
-                self.hold_ttl_ms, self.window_ms, month, day, *klim, *plim,
-            )  # fmt: skip
-        except (errors.StoreUnavailable, asyncio.CancelledError):
-            # Unknown outcome (the admit may have run): release the hold when Redis answers,
-            # so a short outage does not leave its slots and amount held until it expires.
-            self._keep(("release", key.account_id, [member, self.window_ms]))
-            raise
+        out = await self._fcall(
+            "admit", key.account_id, ctx.ver, key.id, key.project_id, amount_nano, tokens, member,
+            self.hold_ttl_ms, self.window_ms, month, day, *klim, *plim,
+            # the admit may have run: release the hold once Redis answers, so a short outage
+            # does not leave its slots and amount held until the hold expires
+            unknown=lambda: self._keep(("release", key.account_id, [member, self.window_ms])),
+        )  # fmt: skip
         status = out[0]
         if status == "ok":
             hold = Hold(hid, key.account_id, key.id, amount_nano, time.time(), (self._headers(out), member))
@@ -346,15 +356,15 @@ class RedisStore(Store):
         rpm, rpm_left, rpm_reset, tpm, tpm_left, tpm_reset, monthly_left = (int(x) for x in out[2:9])
         if rpm:
             headers += [
-                (b"x-ratelimit-limit-requests", str(rpm).encode()),
-                (b"x-ratelimit-remaining-requests", str(rpm_left).encode()),
-                (b"x-ratelimit-reset-requests", _duration(rpm_reset / 1000).encode()),
+                (b"x-ratelimit-limit-requests", b"%d" % rpm),
+                (b"x-ratelimit-remaining-requests", b"%d" % rpm_left),
+                (b"x-ratelimit-reset-requests", reset_value(rpm_reset / 1000)),
             ]
         if tpm:
             headers += [
-                (b"x-ratelimit-limit-tokens", str(tpm).encode()),
-                (b"x-ratelimit-remaining-tokens", str(tpm_left).encode()),
-                (b"x-ratelimit-reset-tokens", _duration(tpm_reset / 1000).encode()),
+                (b"x-ratelimit-limit-tokens", b"%d" % tpm),
+                (b"x-ratelimit-remaining-tokens", b"%d" % tpm_left),
+                (b"x-ratelimit-reset-tokens", reset_value(tpm_reset / 1000)),
             ]
         if monthly_left >= 0:
             headers.append((b"x-mesh-monthly-remaining-usd", nano_to_usd(monthly_left).encode()))
