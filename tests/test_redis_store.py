@@ -444,3 +444,24 @@ def test_an_instance_that_missed_a_revocation_ends_the_streams_when_it_is_back(p
             await b.close()
 
     run(main())
+
+
+def test_admit_refuses_a_key_revoked_behind_an_instances_back(prefix):
+    """Even with no revocation message (b's cache still says the key is fine), the admit
+    function sees the account's version moved and the key revoked in Redis."""
+
+    async def main():
+        a, b = await opened(prefix), await opened(prefix)
+        try:
+            _, _, key, secret = await funded(a, "10")
+            kb = await b.authenticate(secret)
+            await a._fcall("bump", key.account_id, f"k:{key.id}", "revoked_at", repr(time.time()))  # no PUBLISH
+            with pytest.raises(errors.KeyRevoked):
+                await b.place_hold(kb, 1, 1)
+            with pytest.raises(errors.KeyRevoked):
+                await b.authenticate(secret)  # and the cached copy is gone
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())

@@ -329,16 +329,12 @@ class RedisStore(Store):
                 await self.release(hold)
                 raise errors.KeyRevoked("This API key has been revoked.")
             return hold
-        if status in ("stale", "unknown", "revoked"):
+        if status in ("stale", "revoked"):
             self._drop(key.id)
         if status == "stale":
             raise errors.StaleContext("The key's limits or terms changed; reload and retry.")
         if status == "revoked":
             raise errors.KeyRevoked("This API key has been revoked.")
-        if status == "expired":
-            raise errors.KeyRevoked("This API key has expired.")
-        if status == "unknown":
-            raise errors.AuthenticationFailed("Incorrect API key provided.")
         if status == "balance":
             raise insufficient_balance(amount_nano, int(out[1]), int(out[2]))
         is_key = out[1] == "key"

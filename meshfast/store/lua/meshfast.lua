@@ -226,7 +226,7 @@ end
 -- ->    {'ok', expiry_ms, rpm_limit, rpm_remaining, rpm_reset_ms,
 --        tpm_limit, tpm_remaining, tpm_reset_ms, monthly_left}   (the header owner's windows;
 --        0 limits mean none, monthly_left -1 none)
---       or {'stale'} {'unknown'} {'revoked'} {'expired'} {'balance', balance, held}
+--       or {'stale'} {'revoked'} {'balance', balance, held}
 --       or {limit_name, 'key'|'project', limit, retry_ms or used}
 local function admit(keys, args)
   local base = base_of(keys)
@@ -238,20 +238,17 @@ local function admit(keys, args)
   local plim = {tonumber(args[16]), tonumber(args[17]), tonumber(args[18]), tonumber(args[19]), tonumber(args[20])}
   local hid = string.match(member, '^([^:]+):')
   local now = now_ms()
-  local k = redis.call('HMGET', base .. 'k:' .. kid, 'revoked_at', 'expires_at', 'project_id')
-  if not k[3] then
-    return {'unknown'}
-  end
-  if k[1] and k[1] ~= '' then
-    return {'revoked'}
-  end
-  if k[2] and k[2] ~= '' and tonumber(k[2]) * 1000 <= now then
-    return {'expired'}
-  end
+  -- The caller read the key (not revoked, not expired), its project and the account's terms
+  -- at version `ver`; every change to any of them (revoke included) bumps it. So an equal
+  -- `ver` means the caller's copy is exact, and the key needs no read of its own here.
   purge(base, acct, now, p)
   local v = redis.call('HMGET', acct, 'ver', 'balance', 'held', 'h:' .. kid, 'h:' .. pid,
     's:' .. kid .. ':' .. day, 's:' .. kid .. ':' .. month, 's:' .. pid .. ':' .. day, 's:' .. pid .. ':' .. month)
   if (v[1] or '0') ~= ver then
+    local k = redis.call('HGET', base .. 'k:' .. kid, 'revoked_at')
+    if k and k ~= '' then
+      return {'revoked'}
+    end
     return {'stale'}
   end
   local balance, held, hk, hp = num(v[2]), num(v[3]), num(v[4]), num(v[5])
