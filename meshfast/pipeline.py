@@ -461,7 +461,7 @@ class Pipeline:
 
     async def receipt(self, scope: dict[str, Any], receipt_id: str) -> bytes:
         key = await self.authenticate(scope)
-        r = await self.store.receipt(receipt_id) if receipt_id.startswith("rcpt_") else None
+        r = await self.store.receipt(receipt_id, key.account_id) if receipt_id.startswith("rcpt_") else None
         if r is None or r.account_id != key.account_id:
             raise errors.NotFound(f"No receipt {receipt_id!r} for this account.", code="receipt_not_found")
         return orjson.dumps(r.public())

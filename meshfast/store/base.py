@@ -336,7 +336,8 @@ class Store:
     async def topup(self, account_ref: str, amount_nano: int, chain: str, tx_id: str) -> tuple[Topup, bool]:
         raise NotImplementedError
 
-    async def receipt(self, receipt_id: str) -> Receipt | None:
+    async def receipt(self, receipt_id: str, account_id: str | None = None) -> Receipt | None:
+        """One receipt by id (``account_id``: only if it belongs to that account)."""
         raise NotImplementedError
 
     async def receipts(self, account_id: str | None = None, key_id: str | None = None, limit: int = 100) -> list[Receipt]:

@@ -514,12 +514,13 @@ class EmbeddedStore(Store):
         return t, True
 
     # -- reads off the loop -------------------------------------------------------
-    async def receipt(self, receipt_id: str) -> Receipt | None:
+    async def receipt(self, receipt_id: str, account_id: str | None = None) -> Receipt | None:
         await self.flush()  # a receipt settled a moment ago may still be queued
 
         def read() -> Receipt | None:
             row = self._reader().execute(RECEIPT_SELECT + " WHERE id = ?", (receipt_id,)).fetchone()
-            return receipt_from_row(row) if row else None
+            r = receipt_from_row(row) if row else None
+            return r if r is not None and account_id in (None, r.account_id) else None
 
         return await asyncio.to_thread(read)
 

@@ -737,9 +737,9 @@ class RedisStore(Store):
         return t, True
 
     # -- reads --------------------------------------------------------------------------
-    async def receipt(self, receipt_id: str) -> Receipt | None:
+    async def receipt(self, receipt_id: str, account_id: str | None = None) -> Receipt | None:
         await self.flush()
-        aids = await self._account_ids()
+        aids = [account_id] if account_id else await self._account_ids()
         if not aids:
             return None
         async with self.r.pipeline(transaction=False) as pipe:
