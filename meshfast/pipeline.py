@@ -400,8 +400,8 @@ class Pipeline:
             route_mode=call.mode,
             attempts=",".join(call.tried),
         )
-        await self.store.settle(call.hold, receipt)
-        call.hold = None
+        hold, call.hold = call.hold, None  # settled now, even if this task is cancelled meanwhile
+        await self.store.settle(hold, receipt)
         return receipt
 
     async def release(self, call: Call) -> None:

@@ -276,7 +276,7 @@ def test_expired_holds_are_released(prefix):
     """A worker that dies with holds open does not lock the balance forever."""
 
     async def main():
-        dying = RedisStore(REDIS_URL, prefix=prefix, hold_ttl_seconds=0.3)
+        dying = RedisStore(REDIS_URL, prefix=prefix, hold_ttl_seconds=1.0)
         account, _, key, secret = await funded(dying, "1")
         key = await dying.authenticate(secret)
         for _ in range(10):
@@ -285,7 +285,7 @@ def test_expired_holds_are_released(prefix):
             await dying.place_hold(key, 100_000_000, 1)
         dying.hot.close()  # gone without releasing anything
         await dying.r.aclose()
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(1.1)
         store = await opened(prefix)
         try:
             key = await store.authenticate(secret)
@@ -463,5 +463,29 @@ def test_admit_refuses_a_key_revoked_behind_an_instances_back(prefix):
         finally:
             await a.close()
             await b.close()
+
+    run(main())
+
+
+def test_an_admit_arriving_after_its_release_is_refused(prefix):
+    """A release for an admit whose outcome was unknown can reach Redis first (the admit
+    was still in flight on a connection that broke); the late admit must not hold."""
+
+    async def main():
+        store = await opened(prefix)
+        try:
+            account, project, _, secret = await funded(store, "1")
+            key = await store.authenticate(secret)
+            member = f"hold_late1:1000:{key.id}:{project.id}:5:0:0:00"
+            assert await store._fcall("release", account.id, member, store.window_ms, 5000) == 0
+            ver = store._context_of(key).ver
+            out = await store._fcall(
+                "admit", account.id, ver, key.id, project.id, 1000, 5, member, store.hold_ttl_ms, store.window_ms,
+                "2026-11", "2026-11-26", 0, 0, -1, -1, 0, 0, 0, -1, -1, 0, 0,
+            )  # fmt: skip
+            assert out == ["released"]
+            assert (await store.account(account.id)).held_nano == 0
+        finally:
+            await store.close()
 
     run(main())

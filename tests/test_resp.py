@@ -189,18 +189,39 @@ def test_a_connection_closed_by_the_server_fails_the_waiting_calls_and_reconnect
 @needs_redis
 def test_a_refused_login_closes_its_connection():
     url = REDIS_URL.replace("redis://", "redis://:not-the-password@", 1)
-    admin = redis.Redis.from_url(REDIS_URL)
-    before = len(admin.client_list())
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
 
     async def main():
+        before = open_fds()
         for _ in range(10):
             conn = RespConnection(url)
             with pytest.raises(RedisConnectionError, match="AUTH"):
                 await conn.call("PING")
             conn.close()
+        await asyncio.sleep(0.05)
+        assert open_fds() <= before + 1  # no socket left behind by the failed logins
 
     asyncio.run(main())
-    assert len(admin.client_list()) <= before + 1
+
+
+@needs_redis
+def test_an_argument_that_cannot_be_sent_leaves_the_connection_in_step():
+    key = "resptest-" + os.urandom(4).hex()
+
+    async def main():
+        conn = RespConnection(REDIS_URL)
+        try:
+            with pytest.raises(TypeError):
+                await conn.call("SET", key, None)
+            assert await conn.call("SET", key, "1") == "OK"
+            assert await conn.call("GET", key) == "1"
+            assert await conn.call("DEL", key) == 1
+        finally:
+            conn.close()
+
+    asyncio.run(main())
 
 
 def test_a_server_that_refuses_at_once_is_a_connection_error():

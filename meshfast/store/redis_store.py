@@ -315,9 +315,10 @@ class RedisStore(Store):
         out = await self._fcall(
             "admit", key.account_id, ctx.ver, key.id, key.project_id, amount_nano, tokens, member,
             self.hold_ttl_ms, self.window_ms, month, day, *klim, *plim,
+            0 if key.expires_at is None else int(key.expires_at * 1000),
             # the admit may have run: release the hold once Redis answers, so a short outage
             # does not leave its slots and amount held until the hold expires
-            unknown=lambda: self._keep(("release", key.account_id, [member, self.window_ms])),
+            unknown=lambda: self._keep(("release", key.account_id, [member, self.window_ms, self.hold_ttl_ms])),
         )  # fmt: skip
         status = out[0]
         if status == "ok":
@@ -335,6 +336,10 @@ class RedisStore(Store):
             raise errors.StaleContext("The key's limits or terms changed; reload and retry.")
         if status == "revoked":
             raise errors.KeyRevoked("This API key has been revoked.")
+        if status == "expired":
+            raise errors.KeyRevoked("This API key has expired.")
+        if status == "released":  # only a late duplicate gets here; nobody waits for it
+            raise errors.StoreUnavailable("The call's hold was given up; retry.")
         if status == "balance":
             raise insufficient_balance(amount_nano, int(out[1]), int(out[2]))
         is_key = out[1] == "key"
@@ -418,7 +423,7 @@ class RedisStore(Store):
             self._keep(("settle", aid, args))
 
     async def release(self, hold: Hold) -> None:
-        args = [hold.admission[1], self.window_ms]
+        args = [hold.admission[1], self.window_ms, self.hold_ttl_ms]
         try:
             await self._fcall("release", hold.account_id, *args)
         except errors.StoreUnavailable:

@@ -40,17 +40,18 @@ class _Protocol(asyncio.Protocol):
     def send(self, args: tuple[Any, ...]) -> asyncio.Future:
         """Queue one command; every command queued in one loop iteration goes out in one
         write (fewer syscalls here and in Redis). The future gets the reply."""
+        packed = hiredis.pack_command(args)  # first: a bad argument must not leave a waiter
         loop = self._loop
         fut = loop.create_future()
         self.waiters.append((fut, loop.time()))
         if not self.pending:
             loop.call_soon(self._flush)
-        self.pending.append(hiredis.pack_command(args))
+        self.pending.append(packed)
         return fut
 
     def _flush(self) -> None:
         data, self.pending = self.pending, []
-        if self.transport is not None:
+        if data and self.transport is not None:
             self.transport.write(b"".join(data) if len(data) > 1 else data[0])
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -173,15 +174,20 @@ class RespConnection:
     async def _open(self) -> _Protocol:
         # one connect at a time; concurrent callers wait for it
         if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-        connecting = self._connecting
-        try:
-            proto = await asyncio.shield(connecting)
-        finally:
-            if self._connecting is connecting and connecting.done():
-                self._connecting = None
+            connecting = asyncio.ensure_future(self._connect())
+            self._connecting = connecting
+            connecting.add_done_callback(self._connected)
+        proto = await asyncio.shield(self._connecting)
         self._proto = proto
         return proto
+
+    def _connected(self, task: asyncio.Future) -> None:
+        """A connect finished (even if every caller waiting for it was cancelled): the next
+        call connects anew when this one failed."""
+        if self._connecting is task:
+            self._connecting = None
+        if not task.cancelled() and task.exception() is None and self._proto is None:
+            self._proto = task.result()
 
     def close(self) -> None:
         if self._watchdog is not None:

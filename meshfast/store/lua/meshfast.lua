@@ -34,6 +34,16 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A new value for the account's `ver`: a counter and the server time, so that a Redis
+-- restored from an older snapshot never hands out a value an instance already cached.
+local function new_ver(acct)
+  local t = redis.call('TIME')
+  local n = redis.call('HINCRBY', acct, 'vern', 1)
+  local v = n .. '.' .. t[1] .. t[2]
+  redis.call('HSET', acct, 'ver', v)
+  return v
+end
+
 -- floor(a / b) for a >= 0, exact below 2^53
 local function idiv(a, b)
   return (a - math.fmod(a, b)) / b
@@ -222,11 +232,12 @@ end
 -- KEYS  P:{A}:a
 -- ARGV  ver key_id project_id amount tokens hold_member hold_ttl_ms window_ms month day
 --       key: rpm tpm monthly daily concurrency   project: rpm tpm monthly daily concurrency
+--       expires_at_ms (0: never; the caller's copy, which `ver` vouches for)
 --       (hold_member as described above, built by the caller from these same values)
 -- ->    {'ok', expiry_ms, rpm_limit, rpm_remaining, rpm_reset_ms,
 --        tpm_limit, tpm_remaining, tpm_reset_ms, monthly_left}   (the header owner's windows;
 --        0 limits mean none, monthly_left -1 none)
---       or {'stale'} {'revoked'} {'balance', balance, held}
+--       or {'stale'} {'revoked'} {'expired'} {'released'} {'balance', balance, held}
 --       or {limit_name, 'key'|'project', limit, retry_ms or used}
 local function admit(keys, args)
   local base = base_of(keys)
@@ -237,7 +248,14 @@ local function admit(keys, args)
   local klim = {tonumber(args[11]), tonumber(args[12]), tonumber(args[13]), tonumber(args[14]), tonumber(args[15])}
   local plim = {tonumber(args[16]), tonumber(args[17]), tonumber(args[18]), tonumber(args[19]), tonumber(args[20])}
   local hid = string.match(member, '^([^:]+):')
+  local expires = tonumber(args[21])
   local now = now_ms()
+  if expires > 0 and expires <= now then
+    return {'expired'}
+  end
+  if redis.call('EXISTS', base .. 'x:' .. hid) == 1 then
+    return {'released'} -- its caller gave up and released it already (see release)
+  end
   -- The caller read the key (not revoked, not expired), its project and the account's terms
   -- at version `ver`; every change to any of them (revoke included) bumps it. So an equal
   -- `ver` means the caller's copy is exact, and the key needs no read of its own here.
@@ -301,7 +319,7 @@ local function settle(keys, args)
   local total, used = tonumber(args[3]), tonumber(args[5])
   local created, month, day, kid, pid = args[6], args[7], args[8], args[9], args[10]
   local p, aid = tonumber(args[11]), args[13]
-  local fields = {'id', 'balance', 'held', 'h:' .. kid, 'h:' .. pid, 'spent', 's:' .. aid .. ':' .. month,
+  local fields = {'id', 'balance', 'held', 'h:' .. kid, 'h:' .. pid, '-', 's:' .. aid .. ':' .. month,
     's:' .. kid .. ':' .. month, 's:' .. kid .. ':' .. day, 's:' .. pid .. ':' .. month, 's:' .. pid .. ':' .. day}
   local v = redis.call('HMGET', acct, unpack(fields))
   if not v[1] then
@@ -323,18 +341,27 @@ local function settle(keys, args)
     redis.call('HSET', rkey, 'c', I(total))
   end
   redis.call('HSET', acct, 'balance', I(balance - total), 'held', I(held), 'h:' .. kid, I(hk), 'h:' .. pid, I(hp),
-    'spent', I(num(v[6]) + total), fields[7], I(num(v[7]) + total), fields[8], I(num(v[8]) + total),
+    fields[7], I(num(v[7]) + total), fields[8], I(num(v[8]) + total),
     fields[9], I(num(v[9]) + total), fields[10], I(num(v[10]) + total), fields[11], I(num(v[11]) + total))
+  redis.call('HINCRBY', acct, 'spent', I(total)) -- a lifetime total: may pass 2^53, so not in Lua
   redis.call('ZADD', base .. 'rs', created, rid)
   return {total, capped}
 end
 
 -- release: nothing to bill; give the hold back (tokens reservation included). Safe to
 -- repeat: a hold already closed is left alone.
--- KEYS P:{A}:a   ARGV hold_member window_ms   -> 1 if the hold was open
+-- KEYS P:{A}:a   ARGV hold_member window_ms hold_ttl_ms   -> 1 if the hold was open
+-- A release that finds no open hold leaves a tombstone for the hold id (kept for the
+-- hold's lifetime, ARGV[3] ms): an admit that was sent before it but arrives after it (a
+-- connection cut off, a retransmission) is then refused instead of holding forever.
 local function release(keys, args)
-  local amount, kid, pid = close_hold(base_of(keys), args[1], tonumber(args[2]), nil, false)
+  local base = base_of(keys)
+  local amount, kid, pid = close_hold(base, args[1], tonumber(args[2]), nil, false)
   if not amount then
+    local hid = string.match(args[1], '^([^:]+):')
+    if hid then
+      redis.call('SET', base .. 'x:' .. hid, '1', 'PX', args[3] or '900000')
+    end
     return 0
   end
   unhold(keys[1], amount, kid, pid)
@@ -354,7 +381,7 @@ local function revoke(keys, args)
   if not at or at == '' then
     at = args[2]
     redis.call('HSET', kkey, 'revoked_at', at)
-    redis.call('HINCRBY', keys[1], 'ver', 1)
+    new_ver(keys[1])
   end
   redis.call('PUBLISH', args[3], args[4] .. ' ' .. args[1])
   return at
@@ -400,7 +427,7 @@ local function bump(keys, args)
     return false
   end
   redis.call('HSET', target, unpack(args, 2))
-  return redis.call('HINCRBY', keys[1], 'ver', 1)
+  return new_ver(keys[1])
 end
 
 redis.register_function('__LIB___admit', admit)
