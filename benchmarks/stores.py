@@ -50,7 +50,7 @@ GOAL_ROUND_TRIPS = 2.0
 PREFIX = "bench"
 
 
-def start_redis(stack: Stack, aof: bool) -> tuple[Proc, int]:
+def start_redis(stack: Stack, aof: bool, nice: int = 0) -> tuple[Proc, int]:
     binary = find_binary("redis-server")
     if binary is None and apt_install("redis-server"):
         binary = find_binary("redis-server")
@@ -59,6 +59,8 @@ def start_redis(stack: Stack, aof: bool) -> tuple[Proc, int]:
     port = free_port()
     argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--dir", str(stack.tmp)]
     argv += ["--appendonly", "yes", "--appendfsync", "everysec"] if aof else ["--appendonly", "no"]
+    if nice:
+        argv = ["nice", "-n", str(nice), *argv]
     proc = stack.spawn("redis", argv, signal.SIGTERM)
     import redis
 
@@ -125,6 +127,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--connections", type=int, default=32, help="connections (default 32)")
     ap.add_argument("--only", default="W1,W2", help="W1, W2 or both (default W1,W2)")
     ap.add_argument("--redis-aof", action="store_true", help="run redis-server with AOF, fsync every second")
+    ap.add_argument(
+        "--redis-nice",
+        type=int,
+        default=0,
+        help="run redis-server at this nice value (e.g. -10: its round trips wait less behind the loader, "
+        "as when Redis has cores of its own; needs root for negative values)",
+    )
     ap.add_argument("--upstream", choices=("auto", "nginx", "builtin"), default="auto")
     ap.add_argument("--loader", choices=("auto", "wrk", "builtin"), default="auto")
     args = ap.parse_args(argv)
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, stack: Stack) -> int:
     upstream_name, up_port = start_upstream(stack, args.upstream)
-    redis_proc, redis_port = start_redis(stack, args.redis_aof)
+    redis_proc, redis_port = start_redis(stack, args.redis_aof, args.redis_nice)
     url = f"redis://{HOST}:{redis_port}/0"
     store_path = stack.tmp / "store" / "meshfast.db"
     embedded_key, _ = provision_bench_key(store_path)
@@ -211,7 +220,7 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
     print(f"meshfast stores benchmark: {args.rounds} interleaved rounds of {args.duration:g}s, {args.connections} connections, medians")
     print(f"  upstream: {upstream_name}   loader: {next(iter(loaders.values())).name}   CPUs: {os.cpu_count()}")
     print("  cpu/req: meshfast's CPU time per request (all workers); redis cpu/req: redis-server's, on the same cores")
-    print(f"  redis-server: private, {'AOF everysec' if args.redis_aof else 'no persistence'}; round trips/req = FCALLs per request (the hot path's only Redis commands once a key is cached)")
+    print(f"  redis-server: private, {'AOF everysec' if args.redis_aof else 'no persistence'}, nice {args.redis_nice}; round trips/req = FCALLs per request (the hot path's only Redis commands once a key is cached)")
     print()
     header = f"{'workload':<10}{'store':<14}{'req/s':>10}{'vs embedded':>13}{'p50':>10}{'cpu/req':>11}{'round trips':>13}{'redis cpu/req':>15}"
     print(header)
