@@ -226,10 +226,13 @@ class RedisStore(Store):
         was cancelled, before the reply)."""
         fn = self._fn[name]
         for attempt in (1, 2):
-            try:
-                fut = await self.hot.start("FCALL", fn, 1, self._acct(aid), *args)
-            except _DOWN as exc:  # not sent
-                raise _outage(exc) from exc
+            cmd = ("FCALL", fn, 1, self._acct(aid), *args)
+            fut = self.hot.send_now(*cmd)
+            if fut is None:
+                try:
+                    fut = await self.hot.start(*cmd)
+                except _DOWN as exc:  # not sent
+                    raise _outage(exc) from exc
             try:
                 return await fut
             except asyncio.CancelledError:
@@ -388,8 +391,9 @@ class RedisStore(Store):
             receipt.key_id, receipt.project_id, self.window_ms, doc, hold.account_id,
         ]  # fmt: skip
         aid = hold.account_id
+        cmd = ("FCALL", self._fn["settle"], 1, self._acct(aid), *args)
         try:
-            fut = await self.hot.start("FCALL", self._fn["settle"], 1, self._acct(aid), *args)
+            fut = self.hot.send_now(*cmd) or await self.hot.start(*cmd)
         except _DOWN:  # never sent: keep it for the retry
             self._keep(("settle", aid, args))
             return

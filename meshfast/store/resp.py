@@ -161,6 +161,14 @@ class RespConnection:
                 raise RedisConnectionError("connection to Redis lost")
         return await proto.send(args)
 
+    def send_now(self, *args: Any) -> asyncio.Future | None:
+        """``start`` without a coroutine when the connection is up (the hot path's usual
+        case); None when it must connect first."""
+        proto = self._proto
+        if proto is None or proto.transport is None:
+            return None
+        return proto.send(args)
+
     async def start(self, *args: Any) -> asyncio.Future:
         """Send one command and return the future of its reply without waiting for it (the
         command runs even if the caller is cancelled afterwards)."""
