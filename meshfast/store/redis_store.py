@@ -152,7 +152,7 @@ def _receipt_from(h: dict[str, str]) -> Receipt:
 class _Context:
     """What this instance caches for one key: its record, account terms and project."""
 
-    __slots__ = ("key", "account", "project", "ver", "project_label")
+    __slots__ = ("key", "account", "project", "ver", "project_label", "limit_args", "member_tail")
 
     def __init__(self, key: KeyRecord, account: Account, project: Project, ver: str) -> None:
         self.key = key
@@ -160,6 +160,10 @@ class _Context:
         self.project = project
         self.ver = ver
         self.project_label = f"project {project.name!r}"
+        # what every admit of this key sends, built once per load
+        klim, plim = _limit_args(key.limits), _limit_args(project.limits)
+        self.limit_args = (*klim, *plim, 0 if key.expires_at is None else int(key.expires_at * 1000))
+        self.member_tail = f":{klim[1]}:{plim[1]}:{int(klim[4] > 0)}{int(plim[4] > 0)}"
 
 
 class RedisStore(Store):
@@ -312,13 +316,11 @@ class RedisStore(Store):
         ctx = self._context_of(key)
         month, day = spend_buckets(time.time())
         hid = new_id("hold_")
-        klim, plim = _limit_args(key.limits), _limit_args(ctx.project.limits)
-        member = f"{hid}:{amount_nano}:{key.id}:{key.project_id}:{tokens}:{klim[1]}:{plim[1]}:{int(klim[4] > 0)}{int(plim[4] > 0)}"
+        member = f"{hid}:{amount_nano}:{key.id}:{key.project_id}:{tokens}{ctx.member_tail}"
         sent = time.monotonic()
         out = await self._fcall(
             "admit", key.account_id, ctx.ver, key.id, key.project_id, amount_nano, tokens, member,
-            self.hold_ttl_ms, self.window_ms, month, day, *klim, *plim,
-            0 if key.expires_at is None else int(key.expires_at * 1000),
+            self.hold_ttl_ms, self.window_ms, month, day, *ctx.limit_args,
             # the admit may have run: release the hold once Redis answers, so a short outage
             # does not leave its slots and amount held until the hold expires
             unknown=lambda: self._keep(("release", key.account_id, [member, self.window_ms, self.hold_ttl_ms])),
