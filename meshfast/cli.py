@@ -156,7 +156,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     models = sum(len(p.models) for p in cfg.providers) + (3 if cfg.sim.enabled else 0)
     print(
         f"meshfast {__version__}: serving {models} models on http://{cfg.host}:{cfg.port}/v1 "
-        f"with {cfg.workers} worker(s) (config: {cfg.source}, store: {store_label(cfg)})",
+        f"with {cfg.workers} worker(s) (config: {cfg.source}, store: {store_label(cfg)}"
+        + (f", prefix {cfg.store.redis_prefix})" if cfg.store.kind == "redis" else ")"),
         file=sys.stderr,
         flush=True,
     )

@@ -304,10 +304,15 @@ def _store(source: str, table: Any) -> StoreConfig:
     if not isinstance(table, dict):
         raise ConfigError(source, "store", "must be a table")
     r = _Reader(source, table, "store.")
-    redis_url = os.environ.get("MESHFAST_REDIS_URL") or r.get("redis_url", str, "") or None
+    env_url = os.environ.get("MESHFAST_REDIS_URL") or None
+    redis_url = env_url or r.get("redis_url", str, "") or None
     kind = r.get("kind", str, "redis" if redis_url else "embedded")
     if kind not in ("embedded", "redis"):
         raise r.fail("kind", f"must be 'embedded' or 'redis', got {kind!r}")
+    if env_url:
+        kind = "redis"  # the environment overrides the file, as for every other setting
+    elif kind == "embedded" and redis_url:
+        raise r.fail("kind", "is 'embedded' but store.redis_url is set: remove one of them (or set kind = 'redis')")
     if kind == "redis" and not redis_url:
         raise r.fail("redis_url", "is required with kind = 'redis' (or set MESHFAST_REDIS_URL)")
     if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):

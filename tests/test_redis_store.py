@@ -489,3 +489,50 @@ def test_an_admit_arriving_after_its_release_is_refused(prefix):
             await store.close()
 
     run(main())
+
+
+def test_store_config_the_environment_url_wins_and_a_contradiction_is_refused(tmp_path, monkeypatch):
+    from meshfast import config
+    from meshfast.errors import ConfigError
+
+    f = tmp_path / "c.toml"
+    f.write_text('[store]\nkind = "embedded"\n')
+    monkeypatch.setenv("MESHFAST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    assert config.load(str(f)).store.kind == "redis"  # the environment overrides the file
+    monkeypatch.delenv("MESHFAST_REDIS_URL")
+    f.write_text('[store]\nkind = "embedded"\nredis_url = "redis://127.0.0.1:6379/0"\n')
+    with pytest.raises(ConfigError, match="store.kind"):
+        config.load(str(f))
+    f.write_text('[store]\nkind = "redis"\n')
+    with pytest.raises(ConfigError, match="store.redis_url"):
+        config.load(str(f))
+
+
+def test_a_server_that_is_not_redis_is_named_as_such(tmp_path):
+    """An HTTP server on the port: check() says so in one line, and the hot-path connection
+    fails its calls instead of hanging."""
+    from meshfast.store.resp import RespConnection
+
+    async def main():
+        async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1024)
+            writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(http, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix="x")
+        try:
+            with pytest.raises(errors.StoreUnavailable, match="did not answer as Redis does"):
+                await store.check()
+            conn = RespConnection(f"redis://127.0.0.1:{port}/0")
+            with pytest.raises(redis.ConnectionError, match="Redis protocol"):
+                await conn.call("PING")
+            conn.close()
+        finally:
+            await store.close()
+            server.close()
+            await server.wait_closed()
+
+    run(main())

@@ -40,6 +40,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError as RedisAuthError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -855,12 +856,17 @@ class RedisStore(Store):
     # -- lifecycle ----------------------------------------------------------------------
     async def check(self) -> None:
         """Reach Redis now and load the functions; StoreUnavailable with the reason if not."""
+        where = f"Redis at {redacted_url(self.url)}"
         try:
             await self.load_functions()
+        except RedisAuthError as exc:
+            raise errors.StoreUnavailable(f"{where} refused the login (check the password in the URL): {exc}") from exc
         except _DOWN as exc:
-            raise errors.StoreUnavailable(f"Redis at {redacted_url(self.url)} is unreachable: {exc}") from exc
+            raise errors.StoreUnavailable(f"{where} is unreachable: {exc}") from exc
         except ResponseError as exc:
-            raise errors.StoreUnavailable(f"Redis at {redacted_url(self.url)} refused the meshfast functions: {exc}") from exc
+            raise errors.StoreUnavailable(f"{where} refused the meshfast functions: {exc}") from exc
+        except RedisError as exc:  # e.g. InvalidResponse: something else answers on that port
+            raise errors.StoreUnavailable(f"{where} did not answer as Redis does (is it a Redis server?): {exc}") from exc
 
     async def attach(self) -> None:
         """Load the functions, follow the revocation channel, start the heartbeat."""

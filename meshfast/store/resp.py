@@ -61,7 +61,16 @@ class _Protocol(asyncio.Protocol):
         reader = self.reader
         reader.feed(data)
         waiters = self.waiters
-        while (reply := reader.gets()) is not False:
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:  # not Redis on the other end
+                self.fail(RedisConnectionError(f"the server does not speak the Redis protocol: {exc}"))
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+            if reply is False:
+                break
             if not waiters:  # a reply nobody asked for (e.g. "max number of clients"): drop the link
                 self.fail(RedisConnectionError(f"Redis sent an unexpected reply: {reply!r}"))
                 if self.transport is not None:
