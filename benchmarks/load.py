@@ -552,38 +552,35 @@ def provision_bench_key(store_path: Path) -> tuple[str, str]:
 
 
 def start_meshfast(
-    stack: Stack, upstream_port: int, workers: int, extra: list[str]
+    stack: Stack,
+    upstream_port: int,
+    workers: int,
+    extra: list[str],
+    *,
+    name: str = "meshfast",
+    env: dict[str, str] | None = None,
 ) -> tuple[Proc, int]:
-    conf = stack.tmp / "meshfast.toml"
+    """``meshfast serve`` with the bench config, started as ``name``; ``env`` replaces the
+    default store (a fresh embedded store in the stack's directory)."""
+    conf = stack.tmp / f"{name}.toml"
     conf.write_text(meshfast_config(upstream_port))
     port = free_port()
-    log(f"starting meshfast: {workers} worker(s) on {HOST}:{port}")
+    log(f"starting {name}: {workers} worker(s) on {HOST}:{port}")
     argv = [
-        sys.executable,
-        "-m",
-        "meshfast",
-        "serve",
-        "--config",
-        str(conf),
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        *extra,
-    ]
-    env = {
+        sys.executable, "-m", "meshfast", "serve", "--config", str(conf), "--host", HOST,
+        "--port", str(port), "--workers", str(workers), *extra,
+    ]  # fmt: skip
+    full_env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("MESHFAST_") or k == "MESHFAST_BENCH_KEY"
     }
-    env["MESHFAST_STORE_PATH"] = str(stack.tmp / "store" / "meshfast.db")
-    proc = stack.spawn("meshfast", argv, signal.SIGTERM, env=env)
+    full_env.update(env or {"MESHFAST_STORE_PATH": str(stack.tmp / "store" / "meshfast.db")})
+    proc = stack.spawn(name, argv, signal.SIGTERM, env=full_env)
     try:
-        wait_http_ok(port, "/health", 60, proc.popen, "meshfast")
+        wait_http_ok(port, "/health", 60, proc.popen, name)
     except BenchError as exc:
-        raise BenchError(f"{exc}\n--- meshfast log ---\n{proc.tail()}") from None
+        raise BenchError(f"{exc}\n--- {name} log ---\n{proc.tail()}") from None
     return proc, port
 
 
@@ -1218,10 +1215,16 @@ def _sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return run_bench(lambda stack: _main(args, stack))
+
+
+def run_bench(body: Callable[[Stack], int]) -> int:
+    """Run ``body`` with a fresh :class:`Stack`; one line for a failure or Ctrl-C / SIGTERM,
+    and every process it started is stopped in all cases."""
     signal.signal(signal.SIGTERM, _sigterm)
     stack = Stack()
     try:
-        return _main(args, stack)
+        return body(stack)
     except BenchError as exc:
         print(f"\n[bench] FAILED: {exc}", file=sys.stderr, flush=True)
         return 1

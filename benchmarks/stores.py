@@ -38,11 +38,11 @@ from benchmarks.load import (
     fmt_lat,
     free_port,
     log,
-    meshfast_config,
     provision_bench_key,
     request_bodies,
+    run_bench,
+    start_meshfast,
     start_upstream,
-    wait_http_ok,
 )
 
 GOAL_REDIS_RATIO = 0.80
@@ -94,22 +94,6 @@ def provision_redis_key(url: str) -> str:
     return asyncio.run(create())
 
 
-def start_mesh(stack: Stack, name: str, upstream_port: int, workers: int, env_extra: dict[str, str]) -> tuple[Proc, int]:
-    conf = stack.tmp / f"{name}.toml"
-    conf.write_text(meshfast_config(upstream_port))
-    port = free_port()
-    log(f"starting meshfast [{name}]: {workers} worker(s) on {HOST}:{port}")
-    argv = [sys.executable, "-m", "meshfast", "serve", "--config", str(conf), "--host", HOST, "--port", str(port), "--workers", str(workers)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHFAST_")}
-    env.update(env_extra)
-    proc = stack.spawn(name, argv, signal.SIGTERM, env=env)
-    try:
-        wait_http_ok(port, "/health", 60, proc.popen, f"meshfast [{name}]")
-    except BenchError as exc:
-        raise BenchError(f"{exc}\n--- log ---\n{proc.tail()}") from None
-    return proc, port
-
-
 def redis_commands(port: int) -> dict[str, int]:
     import redis
 
@@ -147,17 +131,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    stack = Stack()
-    try:
-        return _main(args, stack)
-    except BenchError as exc:
-        print(f"\n[bench] FAILED: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("\n[bench] interrupted", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        stack.stop_all()
+    return run_bench(lambda stack: _main(args, stack))
 
 
 def _main(args: argparse.Namespace, stack: Stack) -> int:
@@ -169,9 +143,9 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
     redis_key = provision_redis_key(url)
     redis_env = {"MESHFAST_REDIS_URL": url, "MESHFAST_REDIS_PREFIX": PREFIX}
     targets = {
-        "embedded 1w": (*start_mesh(stack, "embedded", up_port, 1, {"MESHFAST_STORE_PATH": str(store_path)}), embedded_key),
-        "redis 1w": (*start_mesh(stack, "redis-1w", up_port, 1, redis_env), redis_key),
-        "redis 2w": (*start_mesh(stack, "redis-2w", up_port, 2, redis_env), redis_key),
+        "embedded 1w": (*start_meshfast(stack, up_port, 1, [], name="embedded", env={"MESHFAST_STORE_PATH": str(store_path)}), embedded_key),
+        "redis 1w": (*start_meshfast(stack, up_port, 1, [], name="redis-1w", env=redis_env), redis_key),
+        "redis 2w": (*start_meshfast(stack, up_port, 2, [], name="redis-2w", env=redis_env), redis_key),
     }
     loaders = {}
     for name, (_proc, _port, key) in targets.items():

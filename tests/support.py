@@ -8,12 +8,37 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("MESHFAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _redis_up() -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+needs_redis = pytest.mark.skipif(not _redis_up(), reason=f"no Redis at {REDIS_URL} (the test machines run one)")
+
+
+def drop_prefix(prefix: str, url: str = REDIS_URL) -> None:
+    """Delete every Redis key a test made under ``prefix``."""
+    import redis
+
+    r = redis.Redis.from_url(url)
+    keys = list(r.scan_iter(match=prefix + ":*", count=1000))
+    if keys:
+        r.delete(*keys)
 
 
 def free_port() -> int:
@@ -175,3 +200,42 @@ class MeshServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class SlowStream:
+    """A long simulator stream (400 tokens at 20 a second) read in a thread: the receipt
+    id, the raw body so far, and when it ended, so a test can cut it off mid-way."""
+
+    def __init__(self, base_url: str, key: str) -> None:
+        self.receipt_id = ""
+        self.chunks: list[bytes] = []
+        self.ended_at = 0.0
+        self.first = threading.Event()
+        self.ended = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(base_url, key))
+        self._thread.start()
+
+    def _read(self, base_url: str, key: str) -> None:
+        try:
+            with httpx.stream(
+                "POST",
+                base_url + "/chat/completions",
+                json={"model": "sim-1", "messages": [{"role": "user", "content": "hello"}], "stream": True, "max_tokens": 400},
+                headers={"Authorization": f"Bearer {key}", "x-mesh-sim-tps": "20", "x-mesh-sim-tokens": "400"},
+                timeout=30,
+            ) as r:
+                self.receipt_id = r.headers["x-mesh-receipt-id"]
+                for chunk in r.iter_raw():
+                    self.chunks.append(chunk)
+                    self.first.set()
+        finally:
+            self.ended_at = time.monotonic()
+            self.ended.set()
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def join(self, timeout: float) -> None:
+        assert self.ended.wait(timeout), "the stream did not end"
+        self._thread.join()

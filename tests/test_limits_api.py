@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support import MeshServer, local_provider_toml
+from tests.support import MeshServer, SlowStream, local_provider_toml
 
 ADMIN = "limits-admin-token-" + "y" * 20
 MSG = [{"role": "user", "content": "hello"}]
@@ -181,47 +181,20 @@ def test_project_limits_apply_to_all_its_keys_together(lim):
 
 def test_revoke_ends_a_running_stream_within_100ms(lim):
     key, meta = new_key(lim)
-    events: list[bytes] = []
-    ended = threading.Event()
-    first = threading.Event()
-    ended_at = []
-
-    def consume():
-        with httpx.stream(
-            "POST",
-            lim.base_url + "/chat/completions",
-            json={"model": "sim-1", "messages": MSG, "stream": True, "max_tokens": 400},
-            headers={
-                "Authorization": f"Bearer {key}",
-                "x-mesh-sim-tps": "20",
-                "x-mesh-sim-tokens": "400",
-            },
-            timeout=30,
-        ) as r:
-            events.append(r.headers["x-mesh-receipt-id"].encode())
-            for chunk in r.iter_raw():
-                events.append(chunk)
-                first.set()
-        ended_at.append(time.monotonic())
-        ended.set()
-
-    t = threading.Thread(target=consume)
-    t.start()
-    assert first.wait(10)
+    stream = SlowStream(lim.base_url, key)
+    assert stream.first.wait(10)
     time.sleep(0.2)
     admin(lim, "POST", f"/keys/{meta['id']}/revoke")
     revoked_at = time.monotonic()
-    assert ended.wait(5)
-    t.join()
-    took_ms = (ended_at[0] - revoked_at) * 1000
+    stream.join(5)
+    took_ms = (stream.ended_at - revoked_at) * 1000
     assert took_ms < 100, f"the stream ended {took_ms:.0f} ms after the revoke returned"
-    body = b"".join(events[1:])
-    assert b'"code":"key_revoked"' in body and not body.endswith(b"data: [DONE]\n\n")
+    assert b'"code":"key_revoked"' in stream.body and not stream.body.endswith(b"data: [DONE]\n\n")
     with sdk(lim, key) as client:
         with pytest.raises(openai.AuthenticationError) as exc:
             client.chat.completions.create(model="sim-1", messages=MSG)
         assert exc.value.body["code"] == "key_revoked"
-    receipt = admin(lim, "GET", f"/receipts/{events[0].decode()}")
+    receipt = admin(lim, "GET", f"/receipts/{stream.receipt_id}")
     assert receipt["status"] == "cancelled" and receipt["completion_tokens"] > 0
 
 

@@ -25,28 +25,12 @@ import redis
 
 from meshfast.billing import estimate_prompt_tokens
 from meshfast.money import margin_of, nano_to_usd, token_cost
-from tests.support import MeshServer, free_port
+from tests.support import REDIS_URL, MeshServer, SlowStream, drop_prefix, free_port, needs_redis
 
-REDIS_URL = os.environ.get("MESHFAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ADMIN = "redis-admin-token-" + "z" * 20
 MSG = [{"role": "user", "content": "hello"}]
 
-
-def _redis_up() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _redis_up(), reason=f"no Redis at {REDIS_URL} (the test machines run one)")
-
-
-def _drop_prefix(url: str, prefix: str) -> None:
-    r = redis.Redis.from_url(url)
-    keys = list(r.scan_iter(match=prefix + ":*", count=1000))
-    if keys:
-        r.delete(*keys)
+pytestmark = needs_redis
 
 
 def start_pair(tmp: Path, url: str, prefix: str, text: str = "") -> tuple[MeshServer, MeshServer]:
@@ -67,7 +51,7 @@ def pair(tmp_path_factory):
     finally:
         a.stop()
         b.stop()
-        _drop_prefix(REDIS_URL, prefix)
+        drop_prefix(prefix)
 
 
 def admin(server, method, path, body=None):
@@ -161,28 +145,8 @@ def test_rpm_50_is_exact_across_both_instances(pair):
 def test_revoke_on_a_ends_a_stream_on_b_within_100ms(pair):
     a, b = pair
     key, meta = new_key(a)
-    chunks: list[bytes] = []
-    first, ended = threading.Event(), threading.Event()
-    ended_at: list[float] = []
-
-    def consume():
-        with httpx.stream(
-            "POST",
-            b.base_url + "/chat/completions",
-            json={"model": "sim-1", "messages": MSG, "stream": True, "max_tokens": 400},
-            headers={"Authorization": f"Bearer {key}", "x-mesh-sim-tps": "20", "x-mesh-sim-tokens": "400"},
-            timeout=30,
-        ) as r:
-            chunks.append(r.headers["x-mesh-receipt-id"].encode())
-            for chunk in r.iter_raw():
-                chunks.append(chunk)
-                first.set()
-        ended_at.append(time.monotonic())
-        ended.set()
-
-    t = threading.Thread(target=consume)
-    t.start()
-    assert first.wait(10)
+    stream = SlowStream(b.base_url, key)
+    assert stream.first.wait(10)
     time.sleep(0.2)
     admin(a, "POST", f"/keys/{meta['id']}/revoke")
     returned = time.monotonic()
@@ -190,13 +154,11 @@ def test_revoke_on_a_ends_a_stream_on_b_within_100ms(pair):
         with pytest.raises(openai.AuthenticationError) as exc:
             client.chat.completions.create(model="sim-1", messages=MSG)
         assert exc.value.body["code"] == "key_revoked"
-    assert ended.wait(5)
-    t.join()
-    took_ms = (ended_at[0] - returned) * 1000
+    stream.join(5)
+    took_ms = (stream.ended_at - returned) * 1000
     assert took_ms < 100, f"the stream on B ended {took_ms:.0f} ms after the revoke on A returned"
-    body = b"".join(chunks[1:])
-    assert b'"code":"key_revoked"' in body and not body.endswith(b"data: [DONE]\n\n")
-    receipt = admin(a, "GET", f"/receipts/{chunks[0].decode()}")
+    assert b'"code":"key_revoked"' in stream.body and not stream.body.endswith(b"data: [DONE]\n\n")
+    receipt = admin(a, "GET", f"/receipts/{stream.receipt_id}")
     assert receipt["status"] == "cancelled" and receipt["completion_tokens"] > 0
 
 
@@ -255,7 +217,7 @@ def test_two_workers_share_the_redis_store(tmp_path):
             assert len(live) == 2  # one per worker, both following revocations
             assert admin(server, "GET", "/ledger/verify")["ok"]
     finally:
-        _drop_prefix(REDIS_URL, prefix)
+        drop_prefix(prefix)
 
 
 @pytest.mark.slow

@@ -18,28 +18,16 @@ from meshfast import errors
 from meshfast.money import usd_to_nano
 from meshfast.store.base import Limits, Receipt, new_id
 from meshfast.store.redis_store import RedisStore
+from tests.support import REDIS_URL, drop_prefix, free_port, needs_redis
 
-REDIS_URL = os.environ.get("MESHFAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def _redis_up() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _redis_up(), reason=f"no Redis at {REDIS_URL} (the test machines run one)")
+pytestmark = needs_redis
 
 
 @pytest.fixture
 def prefix():
     p = "mftest-" + os.urandom(4).hex()
     yield p
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(match=p + ":*", count=1000))
-    if keys:
-        r.delete(*keys)
+    drop_prefix(p)
 
 
 def run(coro):
@@ -369,7 +357,6 @@ def test_settlements_kept_during_an_outage_are_written_once(prefix):
     """The hot path loses Redis (its connection points at a dead port) after a hold: the
     settle is kept, not lost; two concurrent flushes write it exactly once."""
     from meshfast.store.resp import RespConnection
-    from tests.support import free_port
 
     async def main():
         store = await opened(prefix)

@@ -13,18 +13,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meshfast.store.resp import RespConnection
-
-REDIS_URL = os.environ.get("MESHFAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def _redis_up() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-needs_redis = pytest.mark.skipif(not _redis_up(), reason=f"no Redis at {REDIS_URL} (the test machines run one)")
+from tests.support import REDIS_URL, free_port, needs_redis
 
 
 @needs_redis
@@ -90,28 +79,12 @@ def test_the_database_number_in_the_url_is_selected():
 
 def test_connection_refused_is_a_connection_error():
     async def main():
-        with socket_bound() as port:
-            pass  # the port is free again: nothing listens
-        conn = RespConnection(f"redis://127.0.0.1:{port}/0")
+        conn = RespConnection(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
         with pytest.raises(RedisConnectionError):
             await conn.call("PING")
         conn.close()
 
     asyncio.run(main())
-
-
-class socket_bound:
-    """Reserve a free port (closed on exit)."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        self.s = socket.socket()
-        self.s.bind(("127.0.0.1", 0))
-        return self.s.getsockname()[1]
-
-    def __exit__(self, *exc) -> None:
-        self.s.close()
 
 
 def test_a_server_that_goes_silent_fails_calls_after_the_timeout_and_the_next_call_reconnects():

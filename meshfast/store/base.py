@@ -12,6 +12,7 @@ each hot-path one maps to one server-side function call.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
 import os
 import secrets
@@ -148,6 +149,11 @@ class Project:
     created: float = 0.0
     limits: Limits = field(default_factory=Limits)  # apply to all the project's keys together
 
+    @property
+    def label(self) -> str:
+        """How messages name the project: "project 'web'"."""
+        return f"project {self.name!r}"
+
     def public(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -171,6 +177,11 @@ class KeyRecord:
     revoked_at: float | None = None
     expires_at: float | None = None
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def label(self) -> str:
+        """How messages name the key: "key mesh_live_AbCd..." (never the secret)."""
+        return f"key {self.prefix}..."
 
     def public(self) -> dict[str, Any]:
         return {
@@ -259,6 +270,34 @@ class Receipt:
 
 
 RECEIPT_FIELDS = tuple(f.name for f in fields(Receipt))
+
+
+def check_name(name: str, id_prefix: str, what: str) -> None:
+    """An account or project name: non-empty, and never mistakable for an id."""
+    if not name or name.startswith(id_prefix):
+        raise errors.InvalidRequest(f"{what} name must be non-empty and not start with '{id_prefix}'.", param="name")
+
+
+def new_key(project: Project, name: str, limits: Limits | None, expires_at: float | None) -> tuple[KeyRecord, str]:
+    """A new key record for ``project`` and its secret (shown once, stored only hashed)."""
+    secret = new_secret()
+    key = KeyRecord(
+        new_id("key_"), project.id, project.account_id, hash_key(secret), secret[: len(KEY_PREFIX) + 4],
+        name, time.time(), None, expires_at, limits or Limits(),
+    )  # fmt: skip
+    return key, secret
+
+
+def usable_key(key: KeyRecord | None, digest: str) -> KeyRecord:
+    """The record a secret's digest found, if it may be used now: 401 without a hint
+    whether a key exists, or 401 ``key_revoked`` for a revoked or expired one."""
+    if key is None or not hmac.compare_digest(key.hash, digest):
+        raise errors.AuthenticationFailed("Incorrect API key provided.")
+    if key.revoked_at is not None:
+        raise errors.KeyRevoked("This API key has been revoked.")
+    if key.expires_at is not None and key.expires_at <= time.time():
+        raise errors.KeyRevoked("This API key has expired.")
+    return key
 
 
 class Store:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import calendar
 import fcntl
-import hmac
 import logging
 import operator
 import os
@@ -34,7 +33,6 @@ from meshfast import errors
 from meshfast.limits import LimitState, admit, finish, insufficient_balance, rate_headers
 from meshfast.money import nano_to_usd
 from meshfast.store.base import (
-    KEY_PREFIX,
     RECEIPT_FIELDS,
     Account,
     Hold,
@@ -44,6 +42,7 @@ from meshfast.store.base import (
     Receipt,
     Store,
     Topup,
+    check_name,
     check_topup,
     day_of,
     hash_key,
@@ -51,8 +50,9 @@ from meshfast.store.base import (
     limits_json,
     month_of,
     new_id,
-    new_secret,
+    new_key,
     spend_buckets,
+    usable_key,
 )
 
 log = logging.getLogger("meshfast.store")
@@ -279,9 +279,9 @@ class EmbeddedStore(Store):
             self._keys[k.id] = k
             self._key_hashes[k.hash] = k
         for p in self._projects.values():
-            self._states[p.id] = LimitState(f"project {p.name!r}", p.limits, self.window_seconds)
+            self._states[p.id] = LimitState(p.label, p.limits, self.window_seconds)
         for k in self._keys.values():
-            self._states[k.id] = LimitState(f"key {k.prefix}...", k.limits, self.window_seconds)
+            self._states[k.id] = LimitState(k.label, k.limits, self.window_seconds)
         for row in conn.execute("SELECT id, account_id, amount_nano, chain, tx_id, created FROM topups"):
             t = Topup(*row)
             self._topups[(t.chain, t.tx_id)] = t
@@ -313,14 +313,7 @@ class EmbeddedStore(Store):
     # -- hot path -----------------------------------------------------------------
     async def authenticate(self, secret: str | bytes) -> KeyRecord:
         digest = hash_key(secret)
-        key = self._key_hashes.get(digest)
-        if key is None or not hmac.compare_digest(key.hash, digest):
-            raise errors.AuthenticationFailed("Incorrect API key provided.")
-        if key.revoked_at is not None:
-            raise errors.KeyRevoked("This API key has been revoked.")
-        if key.expires_at is not None and key.expires_at <= time.time():
-            raise errors.KeyRevoked("This API key has expired.")
-        return key
+        return usable_key(self._key_hashes.get(digest), digest)
 
     async def context(self, key: KeyRecord) -> tuple[Account, Project]:
         return self._accounts[key.account_id], self._projects[key.project_id]
@@ -378,8 +371,7 @@ class EmbeddedStore(Store):
 
     # -- control plane ------------------------------------------------------------
     async def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:
-        if not name or name.startswith("acct_"):
-            raise errors.InvalidRequest("An account name must be non-empty and not start with 'acct_'.", param="name")
+        check_name(name, "acct_", "An account")
         if name in self._account_names:
             raise errors.Conflict(f"An account named {name!r} already exists.", param="name")
         a = Account(new_id("acct_"), name, 0, 0, margin_ppm, fee_nano, time.time())
@@ -402,8 +394,7 @@ class EmbeddedStore(Store):
 
     async def create_project(self, account_ref: str, name: str) -> Project:
         a = self._account(account_ref)
-        if not name or name.startswith("proj_"):
-            raise errors.InvalidRequest("A project name must be non-empty and not start with 'proj_'.", param="name")
+        check_name(name, "proj_", "A project")
         if any(p.account_id == a.id and p.name == name for p in self._projects.values()):
             raise errors.Conflict(f"Account {a.name!r} already has a project named {name!r}.", param="name")
         p = Project(new_id("proj_"), a.id, name, time.time())
@@ -412,7 +403,7 @@ class EmbeddedStore(Store):
             "INSERT INTO projects (id, account_id, name, created, limits) VALUES (?,?,?,?,?)",
             (p.id, p.account_id, p.name, p.created, limits_json(p.limits)),
         )
-        self._states[p.id] = LimitState(f"project {p.name!r}", p.limits, self.window_seconds)
+        self._states[p.id] = LimitState(p.label, p.limits, self.window_seconds)
         return p
 
     async def update_project(self, project_id: str, limits: Limits) -> Project:
@@ -441,14 +432,10 @@ class EmbeddedStore(Store):
         return [p for p in self._projects.values() if p.account_id == a.id]
 
     async def create_key(self, project: Project, name: str = "", limits: Limits | None = None, expires_at: float | None = None) -> tuple[KeyRecord, str]:
-        secret = new_secret()
-        k = KeyRecord(
-            new_id("key_"), project.id, project.account_id, hash_key(secret), secret[: len(KEY_PREFIX) + 4],
-            name, time.time(), None, expires_at, limits or Limits(),
-        )  # fmt: skip
+        k, secret = new_key(project, name, limits, expires_at)
         self._keys[k.id] = k
         self._key_hashes[k.hash] = k
-        self._states[k.id] = LimitState(f"key {k.prefix}...", k.limits, self.window_seconds)
+        self._states[k.id] = LimitState(k.label, k.limits, self.window_seconds)
         self._write(
             "INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,?)",
             (k.id, k.project_id, k.account_id, k.hash, k.prefix, k.name, k.created, None, expires_at, limits_json(k.limits)),

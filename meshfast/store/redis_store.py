@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
 import os
 import socket
@@ -50,7 +49,6 @@ from meshfast.config import redacted_url
 from meshfast.limits import insufficient_balance, refusal, reset_value
 from meshfast.money import nano_to_usd
 from meshfast.store.base import (
-    KEY_PREFIX,
     Account,
     Hold,
     KeyRecord,
@@ -59,14 +57,16 @@ from meshfast.store.base import (
     Receipt,
     Store,
     Topup,
+    check_name,
     check_topup,
     hash_key,
     limits_from,
     limits_json,
     month_of,
     new_id,
-    new_secret,
+    new_key,
     spend_buckets,
+    usable_key,
 )
 from meshfast.store.resp import RespConnection
 
@@ -153,14 +153,13 @@ def _receipt_from(h: dict[str, str]) -> Receipt:
 class _Context:
     """What this instance caches for one key: its record, account terms and project."""
 
-    __slots__ = ("key", "account", "project", "ver", "project_label", "limit_args", "member_tail")
+    __slots__ = ("key", "account", "project", "ver", "limit_args", "member_tail")
 
     def __init__(self, key: KeyRecord, account: Account, project: Project, ver: str) -> None:
         self.key = key
         self.account = account
         self.project = project
         self.ver = ver
-        self.project_label = f"project {project.name!r}"
         # what every admit of this key sends, built once per load
         klim, plim = _limit_args(key.limits), _limit_args(project.limits)
         self.limit_args = (*klim, *plim, 0 if key.expires_at is None else int(key.expires_at * 1000))
@@ -232,10 +231,10 @@ class RedisStore(Store):
         fn = self._fn[name]
         for attempt in (1, 2):
             cmd = ("FCALL", fn, 1, self._acct(aid), *args)
-            fut = self.hot.send_now(*cmd)
+            fut = self.hot.send_now(cmd)
             if fut is None:
                 try:
-                    fut = await self.hot.start(*cmd)
+                    fut = await self.hot.start(cmd)
                 except _DOWN as exc:  # not sent
                     raise _outage(exc) from exc
             try:
@@ -266,14 +265,7 @@ class RedisStore(Store):
         ctx = self._cache.get(digest)
         if ctx is None:
             ctx = await self._load(digest)
-        key = ctx.key
-        if not hmac.compare_digest(key.hash, digest):
-            raise errors.AuthenticationFailed("Incorrect API key provided.")
-        if key.revoked_at is not None:
-            raise errors.KeyRevoked("This API key has been revoked.")
-        if key.expires_at is not None and key.expires_at <= time.time():
-            raise errors.KeyRevoked("This API key has expired.")
-        return key
+        return usable_key(ctx.key, digest)
 
     async def _load(self, digest: str) -> _Context:
         generation = self._generation
@@ -349,7 +341,7 @@ class RedisStore(Store):
         if status == "balance":
             raise insufficient_balance(amount_nano, int(out[1]), int(out[2]))
         is_key = out[1] == "key"
-        owner = f"key {key.prefix}..." if is_key else ctx.project_label
+        owner = key.label if is_key else ctx.project.label
         lim = key.limits if is_key else ctx.project.limits
         number = int(out[3])
         if status in ("daily", "monthly"):
@@ -396,7 +388,7 @@ class RedisStore(Store):
         aid = hold.account_id
         cmd = ("FCALL", self._fn["settle"], 1, self._acct(aid), *args)
         try:
-            fut = self.hot.send_now(*cmd) or await self.hot.start(*cmd)
+            fut = self.hot.send_now(cmd) or await self.hot.start(cmd)
         except _DOWN:  # never sent: keep it for the retry
             self._keep(("settle", aid, args))
             return
@@ -520,15 +512,15 @@ class RedisStore(Store):
                     pass
 
     async def _resync(self) -> None:
-        in_flight = {kid for active in self._active_keys for kid in active()}
+        in_flight = sorted({kid for active in self._active_keys for kid in active()})
         if not in_flight:
             return
-        key_accounts = await self.r.hmget(self._g("key_accounts"), sorted(in_flight))
+        key_accounts = await self.r.hmget(self._g("key_accounts"), in_flight)
         async with self.r.pipeline(transaction=False) as pipe:
-            for kid, aid in zip(sorted(in_flight), key_accounts, strict=True):
+            for kid, aid in zip(in_flight, key_accounts, strict=True):
                 pipe.hget(self._base(aid or "-") + f"k:{kid}", "revoked_at")
             revoked = await pipe.execute()
-        for kid, at in zip(sorted(in_flight), revoked, strict=True):
+        for kid, at in zip(in_flight, revoked, strict=True):
             if at:
                 self._on_revoked(kid)
 
@@ -587,8 +579,7 @@ class RedisStore(Store):
 
     # -- control plane ----------------------------------------------------------------
     async def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:
-        if not name or name.startswith("acct_"):
-            raise errors.InvalidRequest("An account name must be non-empty and not start with 'acct_'.", param="name")
+        check_name(name, "acct_", "An account")
         a = Account(new_id("acct_"), name, 0, 0, margin_ppm, fee_nano, time.time())
         if not await self._do(self.r.hsetnx(self._g("account_names"), name, a.id)):
             raise errors.Conflict(f"An account named {name!r} already exists.", param="name")
@@ -628,8 +619,7 @@ class RedisStore(Store):
 
     async def create_project(self, account_ref: str, name: str) -> Project:
         a = await self.account(account_ref)
-        if not name or name.startswith("proj_"):
-            raise errors.InvalidRequest("A project name must be non-empty and not start with 'proj_'.", param="name")
+        check_name(name, "proj_", "A project")
         p = Project(new_id("proj_"), a.id, name, time.time())
         base = self._base(a.id)
         if not await self._do(self.r.hsetnx(base + "pn", name, p.id)):
@@ -672,11 +662,7 @@ class RedisStore(Store):
         return p
 
     async def create_key(self, project: Project, name: str = "", limits: Limits | None = None, expires_at: float | None = None) -> tuple[KeyRecord, str]:
-        secret = new_secret()
-        k = KeyRecord(
-            new_id("key_"), project.id, project.account_id, hash_key(secret), secret[: len(KEY_PREFIX) + 4],
-            name, time.time(), None, expires_at, limits or Limits(),
-        )  # fmt: skip
+        k, secret = new_key(project, name, limits, expires_at)
         base = self._base(k.account_id)
         fields = {
             "id": k.id, "project_id": k.project_id, "account_id": k.account_id, "hash": k.hash, "prefix": k.prefix,

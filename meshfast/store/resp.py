@@ -163,14 +163,10 @@ class RespConnection:
         self._watchdog = loop.call_later(self.timeout / 2, self._watch)
 
     async def call(self, *args: Any) -> Any:
-        proto = self._proto
-        if proto is None or proto.transport is None:
-            proto = await self._open()
-            if proto.transport is None:  # lost again while connecting
-                raise RedisConnectionError("connection to Redis lost")
-        return await proto.send(args)
+        """Send one command and wait for its reply."""
+        return await (self.send_now(args) or await self.start(args))
 
-    def send_now(self, *args: Any) -> asyncio.Future | None:
+    def send_now(self, args: tuple[Any, ...]) -> asyncio.Future | None:
         """``start`` without a coroutine when the connection is up (the hot path's usual
         case); None when it must connect first."""
         proto = self._proto
@@ -178,13 +174,13 @@ class RespConnection:
             return None
         return proto.send(args)
 
-    async def start(self, *args: Any) -> asyncio.Future:
+    async def start(self, args: tuple[Any, ...]) -> asyncio.Future:
         """Send one command and return the future of its reply without waiting for it (the
         command runs even if the caller is cancelled afterwards)."""
         proto = self._proto
         if proto is None or proto.transport is None:
             proto = await self._open()
-            if proto.transport is None:
+            if proto.transport is None:  # lost again while connecting
                 raise RedisConnectionError("connection to Redis lost")
         return proto.send(args)
 

@@ -319,9 +319,9 @@ local function settle(keys, args)
   local total, used = tonumber(args[3]), tonumber(args[5])
   local created, month, day, kid, pid = args[6], args[7], args[8], args[9], args[10]
   local p, aid = tonumber(args[11]), args[13]
-  local fields = {'id', 'balance', 'held', 'h:' .. kid, 'h:' .. pid, '-', 's:' .. aid .. ':' .. month,
-    's:' .. kid .. ':' .. month, 's:' .. kid .. ':' .. day, 's:' .. pid .. ':' .. month, 's:' .. pid .. ':' .. day}
-  local v = redis.call('HMGET', acct, unpack(fields))
+  local spend = {'s:' .. aid .. ':' .. month, 's:' .. kid .. ':' .. month, 's:' .. kid .. ':' .. day,
+    's:' .. pid .. ':' .. month, 's:' .. pid .. ':' .. day}
+  local v = redis.call('HMGET', acct, 'id', 'balance', 'held', 'h:' .. kid, 'h:' .. pid, unpack(spend))
   if not v[1] then
     return {'noaccount'}
   end
@@ -340,9 +340,12 @@ local function settle(keys, args)
     capped = 1
     redis.call('HSET', rkey, 'c', I(total))
   end
-  redis.call('HSET', acct, 'balance', I(balance - total), 'held', I(held), 'h:' .. kid, I(hk), 'h:' .. pid, I(hp),
-    fields[7], I(num(v[7]) + total), fields[8], I(num(v[8]) + total),
-    fields[9], I(num(v[9]) + total), fields[10], I(num(v[10]) + total), fields[11], I(num(v[11]) + total))
+  local writes = {'balance', I(balance - total), 'held', I(held), 'h:' .. kid, I(hk), 'h:' .. pid, I(hp)}
+  for i, field in ipairs(spend) do
+    writes[#writes + 1] = field
+    writes[#writes + 1] = I(num(v[5 + i]) + total)
+  end
+  redis.call('HSET', acct, unpack(writes))
   redis.call('HINCRBY', acct, 'spent', I(total)) -- a lifetime total: may pass 2^53, so not in Lua
   redis.call('ZADD', base .. 'rs', created, rid)
   return {total, capped}
