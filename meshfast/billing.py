@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from meshfast.config import BillingConfig
-from meshfast.money import margin_of, nano_to_usd, token_cost
+from meshfast.money import MTOK, margin_of, nano_to_usd, token_cost
 from meshfast.providers.base import Endpoint
 from meshfast.store.base import Account, Receipt
 from meshfast_core.tokens import count_chat, count_text
@@ -61,11 +61,6 @@ def estimate_completion_tokens(body: bytes) -> int:
                 if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
                     total += count_text(fn["arguments"])
     return total
-
-
-def output_cap(endpoint: Endpoint, req: dict[str, Any]) -> int:
-    cap = req.get("max_completion_tokens") or req.get("max_tokens") or endpoint.model.max_output_tokens
-    return min(cap, endpoint.model.max_output_tokens) * (req.get("n") or 1)
 
 
 def extract_usage(body: bytes) -> dict[str, Any] | None:
@@ -115,11 +110,31 @@ class Billing:
             + token_cost(completion_tokens, endpoint.output_nano_per_mtok)
         )
 
-    def hold_amount(self, account: Account, endpoint: Endpoint, prompt_tokens: int, max_output: int) -> int:
-        """The worst case on one endpoint (the pipeline takes the maximum over the
-        candidates a failover may use)."""
-        upstream = self.upstream_cost(endpoint, prompt_tokens, max_output)
-        return upstream + self.margin(account, upstream)
+    def hold_amount(self, account: Account, candidates: list[Endpoint], prompt_tokens: int, req: dict[str, Any], max_output: int | None) -> tuple[int, int]:
+        """``(nano-USD, tokens)``: the worst case over the candidates a failover may use.
+
+        Per endpoint: the prompt estimate at its input price plus the output cap at its
+        output price; the output cap is ``max_output`` when given, else the request's
+        ``max_completion_tokens`` / ``max_tokens`` (at most the model's limit, else that
+        limit) times ``n``. The margin grows with the upstream cost, so the worst case is
+        the margin of the highest upstream cost. Tokens: prompt plus the largest cap.
+        """
+        asked = req.get("max_completion_tokens") or req.get("max_tokens") or 0
+        n = req.get("n") or 1
+        upstream = out_max = 0
+        for ep in candidates:
+            if max_output is None:
+                cap = ep.model.max_output_tokens
+                out = (asked if 0 < asked < cap else cap) * n
+            else:
+                out = max_output
+            # token_cost(prompt, input) + token_cost(out, output), inlined: once per candidate
+            cost = -(-prompt_tokens * ep.input_nano_per_mtok // MTOK) - (-out * ep.output_nano_per_mtok // MTOK)
+            if cost > upstream:
+                upstream = cost
+            if out > out_max:
+                out_max = out
+        return upstream + self.margin(account, upstream), prompt_tokens + out_max
 
     def receipt(
         self,

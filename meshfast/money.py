@@ -29,11 +29,14 @@ def usd_to_nano(text: str | int) -> int:
 
 def nano_to_usd(nano: int) -> str:
     """Render nano-USD as a decimal string without trailing zeros (``1_500_000`` -> ``"0.0015"``)."""
-    sign = "-" if nano < 0 else ""
-    whole, frac = divmod(abs(nano), NANO)
-    if not frac:
-        return f"{sign}{whole}"
-    return f"{sign}{whole}.{frac:09d}".rstrip("0")
+    if nano < 0:
+        return "-" + nano_to_usd(-nano)
+    # the digits, split 9 from the right (several calls per request: no divmod, no format spec)
+    digits = str(nano)
+    if len(digits) < 10:
+        digits = digits.rjust(10, "0")
+    whole, frac = digits[:-9], digits[-9:].rstrip("0")
+    return f"{whole}.{frac}" if frac else whole
 
 
 def percent_to_ppm(text: str | int) -> int:

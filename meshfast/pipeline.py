@@ -25,7 +25,6 @@ from meshfast.billing import (
     estimate_input_tokens,
     estimate_prompt_tokens,
     extract_usage,
-    output_cap,
     receipt_headers,
     usage_with_costs,
 )
@@ -371,12 +370,7 @@ class Pipeline:
         """Admit under the key's and project's limits (429) and reserve the worst case on the
         balance (402), in one store call; tokens per minute reserve prompt + max output. The
         worst case is taken over every candidate, since a failover may change the price."""
-        billing, account, prompt = self.billing, call.account, call.prompt_estimate
-        amount = tokens = 0
-        for ep in call.candidates:
-            out = output_cap(ep, req) if max_output is None else max_output
-            amount = max(amount, billing.hold_amount(account, ep, prompt, out))
-            tokens = max(tokens, prompt + out)
+        amount, tokens = self.billing.hold_amount(call.account, call.candidates, call.prompt_estimate, req, max_output)
         call.hold = await self.store.place_hold(call.key, amount, tokens)
         call.rate_headers = self.store.rate_headers(call.hold)
 

@@ -959,19 +959,17 @@ def _unhealthy_last(ge: tuple[int, Endpoint]) -> bool:
     return ge[0] > 0
 
 
-def _smallest(idxs: list[int], keys: Callable[[list[int]], list[Any]], n: int) -> list[int]:
-    """The ``n`` entries of ``idxs`` with the smallest keys, ties in ``idxs`` order
-    (``sorted`` and ``heapq.nsmallest`` are both stable)."""
+def _smallest(idxs: list[int], keys: Callable[[list[int]], list[tuple[Any, ...]]], n: int) -> list[int]:
+    """The ``n`` entries of ``idxs`` with the smallest keys, ties in index order: each key
+    ends with its pool index, so plain tuple order is the stable order (and ``idxs`` is
+    ascending)."""
     if not idxs or n <= 0:
         return []
     if len(idxs) == 1:
         return list(idxs)
     k = keys(idxs)
-    at = k.__getitem__
-    order = (
-        heapq.nsmallest(n, range(len(k)), key=at) if len(k) > n else sorted(range(len(k)), key=at)
-    )
-    return [idxs[j] for j in order]
+    chosen = heapq.nsmallest(n, k) if len(k) > 8 * n else sorted(k)[:n]
+    return [e[-1] for e in chosen]
 
 
 class _ModeTable:
@@ -1121,9 +1119,9 @@ class _ModeTable:
             self._shortlists[key] = short
         return short
 
-    def key_fn(self, mode: str, needs: Needs) -> Callable[[list[int]], list[Any]]:
-        """Sort keys of pool indices for ``mode``; the same order as ``Router._key_fn``
-        (pool order breaks the remaining ties)."""
+    def key_fn(self, mode: str, needs: Needs) -> Callable[[list[int]], list[tuple[Any, ...]]]:
+        """Sort keys of pool indices for ``mode``, each ending with the index; the same
+        order as ``Router._key_fn`` with pool order breaking the remaining ties."""
         p = needs.prompt_tokens
         o = (
             0
@@ -1132,15 +1130,15 @@ class _ModeTable:
         )
         inp, out, q_tie = self.inp, self.out, self.q_tie
         if mode == "cheapest":  # (cost, -quality)
-            return lambda idxs: [(p * inp[i] + o * out[i], q_tie[i]) for i in idxs]
+            return lambda idxs: [(p * inp[i] + o * out[i], q_tie[i], i) for i in idxs]
         if mode == "best":  # (-quality, cost)
-            return lambda idxs: [(q_tie[i], p * inp[i] + o * out[i]) for i in idxs]
+            return lambda idxs: [(q_tie[i], p * inp[i] + o * out[i], i) for i in idxs]
         hs = self.healths
         if mode == "fast":
             unobserved = UNOBSERVED_TTFT_FAST_S
-            return lambda idxs: [unobserved if (t := hs[i].ewma_ttft) is None else t for i in idxs]
+            return lambda idxs: [(unobserved if (t := hs[i].ewma_ttft) is None else t, i) for i in idxs]
         key = self.auto_key(needs)
-        return lambda idxs: [key(i) for i in idxs]
+        return lambda idxs: [(key(i), i) for i in idxs]
 
     def auto_key(self, needs: Needs) -> Callable[[int], float]:
         """The auto key of pool index ``i``: ``-score``, computed as ``Router._key_fn``."""

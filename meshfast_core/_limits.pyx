@@ -7,12 +7,18 @@ See ``limits_py.py`` for the rules; both behave identically.
 
 cimport cython
 from cpython.long cimport PyLong_CheckExact
-from libc.math cimport floor
+from libc.math cimport ceil, floor
+
+from cpython.bytes cimport PyBytes_FromFormat
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
 
 import math
 from operator import index as _index
 
-__all__ = ("Concurrency", "Window")
+from .exceptions import LimitExceeded
+
+__all__ = ("Admission", "Concurrency", "Limiter", "Window", "admit", "finish", "rate_headers", "reset_value")
 
 # tat is kept in units of 1/limit ns: now_ns * limit overflows int64 for ordinary
 # limits, so state and intermediates are 128-bit. Cython sees a long long; every
@@ -106,15 +112,11 @@ cdef class Window:
         self._limit = n
         self._edge = <i128>(self._p + 1) * n
 
-    def try_take(self, double now, object cost=1):
-        """Take ``cost`` units if they fit now (True), else take nothing (False)."""
-        _check_now(now)
-        cdef long long c = _as_int(cost)
-        if c < 0:
-            raise ValueError(f"cost must be >= 0, got {c}")
+    # -- C-level cores (``now_ns``: a checked ``now`` in ns; costs checked by the caller)
+    cdef inline bint _take(self, long long now_ns, long long c) noexcept:
         if c > self._limit:
             return False
-        cdef i128 now_s = <i128>_ns(now) * self._limit
+        cdef i128 now_s = <i128>now_ns * self._limit
         cdef i128 tat = self._tat
         if tat < now_s:
             tat = now_s
@@ -124,28 +126,20 @@ cdef class Window:
             return True
         return False
 
-    def give_back(self, double now, object units):
-        """Return ``units`` taken earlier (never beyond full capacity)."""
-        _check_now(now)
-        cdef long long u = _check_units(units)
-        cdef i128 now_s = <i128>_ns(now) * self._limit
+    cdef inline void _give(self, long long now_ns, long long u) noexcept:
+        cdef i128 now_s = <i128>now_ns * self._limit
         cdef i128 tat = self._tat - <i128>u * self._p
         self._tat = tat if tat > now_s else now_s
 
-    def take_more(self, double now, object units):
-        """Take ``units`` more, even beyond capacity (later callers wait longer)."""
-        _check_now(now)
-        cdef long long u = _check_units(units)
-        cdef i128 now_s = <i128>_ns(now) * self._limit
+    cdef inline void _more(self, long long now_ns, long long u) noexcept:
+        cdef i128 now_s = <i128>now_ns * self._limit
         cdef i128 tat = self._tat
         if tat < now_s:
             tat = now_s
         self._tat = tat + <i128>u * self._p
 
-    def remaining(self, double now):
-        """Units available now: the largest cost ``try_take`` would grant (0 to ``limit``)."""
-        _check_now(now)
-        cdef i128 now_s = <i128>_ns(now) * self._limit
+    cdef inline long long _remaining(self, long long now_ns) noexcept:
+        cdef i128 now_s = <i128>now_ns * self._limit
         cdef i128 tat = self._tat
         if tat < now_s:
             tat = now_s
@@ -155,11 +149,44 @@ cdef class Window:
         cdef i128 n = (room - 1) / self._p
         return <long long>n if n < self._limit else self._limit
 
+    cdef inline double _reset(self, long long now_ns) noexcept:
+        cdef i128 ns = self._tat / self._limit - now_ns  # 128-bit: an overdrawn window can be far ahead
+        return <double>ns / 1e9 if ns > 0 else 0.0
+
+    cdef inline double _retry(self, long long now_ns, long long c) noexcept:
+        if c > self._limit:
+            return _INF
+        cdef i128 ns = (self._tat + <i128>c * self._p) / self._limit - self._p - now_ns
+        return <double>ns / 1e9 if ns > 0 else 0.0
+
+    # -- Python API
+    def try_take(self, double now, object cost=1):
+        """Take ``cost`` units if they fit now (True), else take nothing (False)."""
+        _check_now(now)
+        cdef long long c = _as_int(cost)
+        if c < 0:
+            raise ValueError(f"cost must be >= 0, got {c}")
+        return self._take(_ns(now), c)
+
+    def give_back(self, double now, object units):
+        """Return ``units`` taken earlier (never beyond full capacity)."""
+        _check_now(now)
+        self._give(_ns(now), _check_units(units))
+
+    def take_more(self, double now, object units):
+        """Take ``units`` more, even beyond capacity (later callers wait longer)."""
+        _check_now(now)
+        self._more(_ns(now), _check_units(units))
+
+    def remaining(self, double now):
+        """Units available now: the largest cost ``try_take`` would grant (0 to ``limit``)."""
+        _check_now(now)
+        return self._remaining(_ns(now))
+
     def reset_after(self, double now):
         """Seconds until the window is full again (``x-ratelimit-reset-*``); 0.0 if it is."""
         _check_now(now)
-        cdef long long ns = <long long>(self._tat / self._limit) - _ns(now)
-        return ns / 1e9 if ns > 0 else 0.0
+        return self._reset(_ns(now))
 
     def retry_after(self, double now, object cost=1):
         """Seconds until ``cost`` units would fit: 0.0 if now, ``inf`` if ``cost > limit``."""
@@ -167,12 +194,7 @@ cdef class Window:
         cdef long long c = _as_int(cost)
         if c < 0:
             raise ValueError(f"cost must be >= 0, got {c}")
-        if c > self._limit:
-            return _INF
-        cdef long long ns = (
-            <long long>((self._tat + <i128>c * self._p) / self._limit) - self._p - _ns(now)
-        )
-        return ns / 1e9 if ns > 0 else 0.0
+        return self._retry(_ns(now), c)
 
 
 @cython.auto_pickle(False)
@@ -216,3 +238,196 @@ cdef class Concurrency:
         if self._active <= 0:
             raise RuntimeError("Concurrency.release() without a matching acquire")
         self._active -= 1
+
+
+def reset_value(double seconds):
+    """OpenAI's reset format, as a header value: b"20ms", b"1.5s", b"6m0s"."""
+    return _reset_value(seconds)
+
+
+cdef object _reset_value(double seconds):
+    cdef double ms
+    if seconds < 1:
+        ms = ceil(seconds * 1000)
+        return PyBytes_FromFormat("%ldms", <long>ms if ms > 0 else 0)
+    if seconds < 60:
+        return b"%.3gs" % seconds
+    minutes, rest = divmod(math.ceil(seconds), 60)
+    return b"%dm%ds" % (minutes, rest)
+
+
+cdef Window _resize(Window window, object limit, double period):
+    if not limit:
+        return None
+    if window is None or window._period != period:
+        return Window(limit, period)
+    window.set_limit(limit)
+    return window
+
+
+@cython.auto_pickle(False)
+cdef class Limiter:
+    """The live limits of one key or project (see ``limits_py.Limiter``)."""
+
+    cdef public Window rpm
+    cdef public Window tpm
+    cdef public Concurrency concurrency
+    cdef public object daily_nano
+    cdef public object monthly_nano
+    cdef public dict spend
+    cdef public object held_nano
+    cdef public object rpm_header
+    cdef public object tpm_header
+
+    def __init__(self):
+        self.rpm = None
+        self.tpm = None
+        self.concurrency = None
+        self.daily_nano = None
+        self.monthly_nano = None
+        self.spend = {}
+        self.held_nano = 0
+        self.rpm_header = None
+        self.tpm_header = None
+
+    def configure(self, rpm, tpm, concurrency, daily_nano, monthly_nano, double period):
+        """Set the limits, live: windows keep their used fraction, the cap its holders."""
+        self.rpm = _resize(self.rpm, rpm, period)
+        self.tpm = _resize(self.tpm, tpm, period)
+        if concurrency:
+            if self.concurrency is None:
+                self.concurrency = Concurrency(concurrency)
+            else:
+                self.concurrency.set_limit(concurrency)
+        else:
+            self.concurrency = None
+        self.daily_nano = daily_nano
+        self.monthly_nano = monthly_nano
+        self.rpm_header = (b"x-ratelimit-limit-requests", b"%d" % rpm) if rpm else None
+        self.tpm_header = (b"x-ratelimit-limit-tokens", b"%d" % tpm) if tpm else None
+
+    def monthly_left(self, str month):
+        """nano-USD left under the monthly ceiling (at least 0); ``None`` without one."""
+        if self.monthly_nano is None:
+            return None
+        left = self.monthly_nano - _spent(self.spend, month) - self.held_nano
+        return left if left > 0 else 0
+
+
+cdef inline object _spent(dict spend, str bucket):
+    cdef PyObject* v = PyDict_GetItem(spend, bucket)
+    return 0 if v is NULL else <object>v
+
+
+@cython.auto_pickle(False)
+@cython.final
+cdef class Admission:
+    """What one admitted call took, to give back or correct when it ends."""
+
+    cdef readonly tuple states
+    cdef readonly object tokens
+    # the Concurrency objects acquired: released as they are, even if a limit changed since
+    cdef readonly tuple concurrency
+
+    def __init__(self, tuple states, tokens, tuple concurrency):
+        self.states = states
+        self.tokens = tokens
+        self.concurrency = concurrency
+
+
+def admit(tuple states, double now, object tokens, object amount_nano, str month, str day):
+    """Check every limit of every limiter and take them all, or raise LimitExceeded for
+    the first that does not fit and take nothing (see ``limits_py.admit``)."""
+    _check_now(now)
+    cdef long long t = _check_units(tokens)
+    cdef long long now_ns = _ns(now)
+    cdef Limiter st
+    cdef Concurrency c
+    cdef double wait
+    cdef Py_ssize_t i
+    cdef Py_ssize_t n = len(states)
+    cdef int acquired = 0
+    for i in range(n):
+        st = <Limiter?>states[i]
+        c = st.concurrency
+        if c is not None:
+            acquired += 1
+            if c._active >= c._limit:
+                raise LimitExceeded("concurrency", i, 0, 1.0)
+        if st.rpm is not None:
+            wait = st.rpm._retry(now_ns, 1)
+            if wait > 0:
+                raise LimitExceeded("rpm", i, 0, wait)
+        if st.tpm is not None:
+            wait = st.tpm._retry(now_ns, t)
+            if wait > 0:
+                raise LimitExceeded("tpm", i, 0, wait)
+        if st.daily_nano is not None:
+            used = _spent(st.spend, day) + st.held_nano
+            if used + amount_nano > st.daily_nano:
+                raise LimitExceeded("daily", i, used, 0.0)
+        if st.monthly_nano is not None:
+            used = _spent(st.spend, month) + st.held_nano
+            if used + amount_nano > st.monthly_nano:
+                raise LimitExceeded("monthly", i, used, 0.0)
+    took = [] if acquired else None
+    for i in range(n):
+        st = <Limiter>states[i]
+        c = st.concurrency
+        if c is not None:
+            c._active += 1
+            took.append(c)
+        if st.rpm is not None:
+            st.rpm._take(now_ns, 1)
+        if st.tpm is not None:
+            st.tpm._take(now_ns, t)
+        st.held_nano = st.held_nano + amount_nano
+    return Admission(states, t, tuple(took) if acquired else ())
+
+
+def finish(Admission adm, double now, object amount_nano, object actual_tokens):
+    """The call ended: release its slots and held amount, correct the token windows to the
+    actual usage (``None``: nothing used) (see ``limits_py.finish``)."""
+    _check_now(now)
+    cdef long long now_ns = _ns(now)
+    cdef Concurrency c
+    for slot in adm.concurrency:
+        c = <Concurrency>slot
+        if c._active <= 0:
+            raise RuntimeError("Concurrency.release() without a matching acquire")
+        c._active -= 1
+    cdef long long used
+    if actual_tokens is None or actual_tokens < 0:
+        used = 0
+    elif actual_tokens > MAX_UNITS:
+        used = MAX_UNITS
+    else:
+        used = _as_int(actual_tokens)
+    cdef long long reserved = adm.tokens
+    cdef Limiter st
+    for s in adm.states:
+        st = <Limiter>s
+        st.held_nano = st.held_nano - amount_nano
+        if st.tpm is not None:
+            if used < reserved:
+                st.tpm._give(now_ns, reserved - used)
+            elif used > reserved:
+                st.tpm._more(now_ns, used - reserved)
+
+
+def rate_headers(Limiter st, double now):
+    """OpenAI's ``x-ratelimit-*`` headers for the limiter's windows (see ``limits_py``)."""
+    _check_now(now)
+    cdef long long now_ns = _ns(now)
+    cdef list out = []
+    cdef Window w = st.rpm
+    if w is not None:
+        out.append(st.rpm_header)
+        out.append((b"x-ratelimit-remaining-requests", PyBytes_FromFormat("%ld", <long>w._remaining(now_ns))))
+        out.append((b"x-ratelimit-reset-requests", _reset_value(w._reset(now_ns))))
+    w = st.tpm
+    if w is not None:
+        out.append(st.tpm_header)
+        out.append((b"x-ratelimit-remaining-tokens", PyBytes_FromFormat("%ld", <long>w._remaining(now_ns))))
+        out.append((b"x-ratelimit-reset-tokens", _reset_value(w._reset(now_ns))))
+    return out

@@ -23,3 +23,19 @@ class UpstreamProtocolError(UpstreamError):
 
 class UpstreamClosed(UpstreamError):
     """The upstream closed the connection before the response was complete."""
+
+
+class LimitExceeded(Exception):
+    """A call does not fit one limit of one owner (``meshfast_core.limits.admit``).
+
+    ``limit``: ``concurrency``, ``rpm``, ``tpm``, ``daily`` or ``monthly``; ``index``: the
+    position of the refusing owner in the states passed to ``admit``; ``used``: nano-USD
+    spent or held in the period (the USD ceilings; else 0); ``retry_after``: seconds.
+    """
+
+    def __init__(self, limit: str, index: int, used: int, retry_after: float) -> None:
+        super().__init__(f"{limit} limit exceeded")
+        self.limit = limit
+        self.index = index
+        self.used = used
+        self.retry_after = retry_after

@@ -32,6 +32,14 @@ Rules (``N = limit``, ``P = period`` rounded to whole nanoseconds, ``T = P / N``
 * ``set_limit(n)`` keeps ``tat`` (floored to the ns), hence the fraction of the window
   used: 5 of 10 used becomes 10 of 20 used.
 
+:class:`Limiter` is the live limit state of one key or project: its windows, its
+concurrency cap, and daily and monthly USD ceilings that count open holds.
+:func:`admit` checks every limit of every limiter of a call (key first, then project)
+and takes them all or none, raising :class:`~meshfast_core.exceptions.LimitExceeded`
+for the first limit that does not fit; :func:`finish` gives back what a call took and
+corrects the token windows to its actual usage; :func:`rate_headers` renders OpenAI's
+``x-ratelimit-*`` headers.
+
 ``meshfast/store/lua/meshfast.lua`` applies the same rules in Redis (in milliseconds).
 """
 
@@ -40,7 +48,9 @@ from __future__ import annotations
 import math
 from operator import index as _index
 
-__all__ = ("Concurrency", "Window")
+from .exceptions import LimitExceeded
+
+__all__ = ("Admission", "Concurrency", "Limiter", "Window", "admit", "finish", "rate_headers", "reset_value")
 
 MAX_LIMIT = 1 << 40
 MAX_UNITS = 1 << 40
@@ -217,3 +227,181 @@ class Concurrency:
         if self._active <= 0:
             raise RuntimeError("Concurrency.release() without a matching acquire")
         self._active -= 1
+
+
+def reset_value(seconds: float) -> bytes:
+    """OpenAI's reset format, as a header value: b"20ms", b"1.5s", b"6m0s"."""
+    if seconds < 1:
+        return b"%dms" % max(math.ceil(seconds * 1000), 0)
+    if seconds < 60:
+        return b"%.3gs" % seconds
+    minutes, rest = divmod(math.ceil(seconds), 60)
+    return b"%dm%ds" % (minutes, rest)
+
+
+def _resize(window: Window | None, limit: int | None, period: float) -> Window | None:
+    if not limit:
+        return None
+    if window is None or window.period != period:
+        return Window(limit, period)
+    window.set_limit(limit)
+    return window
+
+
+class Limiter:
+    """The live limits of one key or project: requests and tokens per minute
+    (:class:`Window`), concurrent calls (:class:`Concurrency`), and daily and monthly
+    ceilings in nano-USD that count the owner's settled ``spend`` per period
+    (``"YYYY-MM"`` / ``"YYYY-MM-DD"`` -> nano-USD) plus its open holds (``held_nano``).
+    A limit that is ``None`` (or 0 for the counts) is not enforced."""
+
+    __slots__ = (
+        "concurrency",
+        "daily_nano",
+        "held_nano",
+        "monthly_nano",
+        "rpm",
+        "rpm_header",
+        "spend",
+        "tpm",
+        "tpm_header",
+    )
+
+    def __init__(self) -> None:
+        self.rpm: Window | None = None
+        self.tpm: Window | None = None
+        self.concurrency: Concurrency | None = None
+        self.daily_nano: int | None = None
+        self.monthly_nano: int | None = None
+        self.spend: dict[str, int] = {}
+        self.held_nano = 0
+        self.rpm_header: tuple[bytes, bytes] | None = None
+        self.tpm_header: tuple[bytes, bytes] | None = None
+
+    def configure(
+        self,
+        rpm: int | None,
+        tpm: int | None,
+        concurrency: int | None,
+        daily_nano: int | None,
+        monthly_nano: int | None,
+        period: float,
+    ) -> None:
+        """Set the limits, live: windows keep their used fraction, the cap its holders."""
+        self.rpm = _resize(self.rpm, rpm, period)
+        self.tpm = _resize(self.tpm, tpm, period)
+        if concurrency:
+            if self.concurrency is None:
+                self.concurrency = Concurrency(concurrency)
+            else:
+                self.concurrency.set_limit(concurrency)
+        else:
+            self.concurrency = None
+        self.daily_nano = daily_nano
+        self.monthly_nano = monthly_nano
+        # the x-ratelimit-limit-* headers change only with the limits: built here
+        self.rpm_header = (b"x-ratelimit-limit-requests", b"%d" % rpm) if rpm else None
+        self.tpm_header = (b"x-ratelimit-limit-tokens", b"%d" % tpm) if tpm else None
+
+    def monthly_left(self, month: str) -> int | None:
+        """nano-USD left under the monthly ceiling (settled spend and open holds counted,
+        at least 0); ``None`` without a ceiling."""
+        ceiling = self.monthly_nano
+        if ceiling is None:
+            return None
+        left = ceiling - self.spend.get(month, 0) - self.held_nano
+        return left if left > 0 else 0
+
+
+class Admission:
+    """What one admitted call took, to give back or correct when it ends."""
+
+    __slots__ = ("concurrency", "states", "tokens")
+
+    def __init__(self, states: tuple[Limiter, ...], tokens: int, concurrency: tuple[Concurrency, ...]) -> None:
+        self.states = states
+        self.tokens = tokens
+        # the Concurrency objects acquired: released as they are, even if a limit changed since
+        self.concurrency = concurrency
+
+
+def admit(states: tuple[Limiter, ...], now: float, tokens: int, amount_nano: int, month: str, day: str) -> Admission:
+    """Check every limit of every limiter (in order; per limiter: concurrency, rpm, tpm,
+    daily, monthly) and take them all, or raise :class:`LimitExceeded` for the first that
+    does not fit and take nothing. ``tokens`` is the reservation for the token windows,
+    ``amount_nano`` the hold counted against the USD ceilings."""
+    if not 0.0 <= now <= MAX_NOW:
+        raise _bad_now(now)
+    tokens = _check_units(tokens)
+    for i, st in enumerate(states):
+        c = st.concurrency
+        if c is not None and c.active >= c.limit:
+            raise LimitExceeded("concurrency", i, 0, 1.0)
+        w = st.rpm
+        if w is not None:
+            wait = w.retry_after(now, 1)
+            if wait > 0:
+                raise LimitExceeded("rpm", i, 0, wait)
+        w = st.tpm
+        if w is not None:
+            wait = w.retry_after(now, tokens)
+            if wait > 0:
+                raise LimitExceeded("tpm", i, 0, wait)
+        ceiling = st.daily_nano
+        if ceiling is not None:
+            used = st.spend.get(day, 0) + st.held_nano
+            if used + amount_nano > ceiling:
+                raise LimitExceeded("daily", i, used, 0.0)
+        ceiling = st.monthly_nano
+        if ceiling is not None:
+            used = st.spend.get(month, 0) + st.held_nano
+            if used + amount_nano > ceiling:
+                raise LimitExceeded("monthly", i, used, 0.0)
+    took: list[Concurrency] = []
+    for st in states:
+        if st.concurrency is not None:
+            st.concurrency.try_acquire()
+            took.append(st.concurrency)
+        if st.rpm is not None:
+            st.rpm.try_take(now, 1)
+        if st.tpm is not None:
+            st.tpm.try_take(now, tokens)
+        st.held_nano += amount_nano
+    return Admission(states, tokens, tuple(took))
+
+
+def finish(adm: Admission, now: float, amount_nano: int, actual_tokens: int | None) -> None:
+    """The call ended: release its concurrency slots and held amount; correct the token
+    windows to the actual usage (``None``: nothing was used, give the reservation back)."""
+    if not 0.0 <= now <= MAX_NOW:
+        raise _bad_now(now)
+    for slot in adm.concurrency:
+        slot.release()
+    # an upstream's nonsense usage (negative, huge) must not fail the settlement
+    used = 0 if actual_tokens is None or actual_tokens < 0 else min(_index(actual_tokens), MAX_UNITS)
+    reserved = adm.tokens
+    for st in adm.states:
+        st.held_nano -= amount_nano
+        w = st.tpm
+        if w is not None:
+            if used < reserved:
+                w.give_back(now, reserved - used)
+            elif used > reserved:
+                w.take_more(now, used - reserved)
+
+
+def rate_headers(st: Limiter, now: float) -> list[tuple[bytes, bytes]]:
+    """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for the
+    limiter's windows (none for a window it does not have)."""
+    out: list[tuple[bytes, bytes]] = []
+    w = st.rpm
+    if w is not None:
+        out.append(st.rpm_header)  # type: ignore[arg-type]
+        out.append((b"x-ratelimit-remaining-requests", b"%d" % w.remaining(now)))
+        out.append((b"x-ratelimit-reset-requests", reset_value(w.reset_after(now))))
+    w = st.tpm
+    if w is not None:
+        out.append(st.tpm_header)  # type: ignore[arg-type]
+        out.append((b"x-ratelimit-remaining-tokens", b"%d" % w.remaining(now)))
+        out.append((b"x-ratelimit-reset-tokens", reset_value(w.reset_after(now))))
+    return out

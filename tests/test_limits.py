@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshfast_core import limits
+from meshfast_core import limits, limits_py
+from meshfast_core.exceptions import LimitExceeded
 from meshfast_core.limits import ConcurrencyC, ConcurrencyPy, WindowC, WindowPy
 
 _NOT_COMPILED = pytest.mark.skipif(
     WindowC is None, reason="meshfast_core._limits is not compiled (or disabled)"
 )
 WINDOWS = [pytest.param(WindowPy, id="py"), pytest.param(WindowC, id="c", marks=_NOT_COMPILED)]
+# the modules: Limiter, admit, finish, rate_headers, reset_value of each implementation
+LIMIT_C = sys.modules[WindowC.__module__] if WindowC is not None else None
+IMPLS = [pytest.param(limits_py, id="py"), pytest.param(LIMIT_C, id="c", marks=_NOT_COMPILED)]
 CONCURRENCIES = [
     pytest.param(ConcurrencyPy, id="py"),
     pytest.param(ConcurrencyC, id="c", marks=_NOT_COMPILED),
@@ -43,6 +48,7 @@ def test_limits_compiled_loaded() -> None:
     assert limits.COMPILED, "meshfast_core._limits did not load: build it with setup.py build_ext"
     assert limits.Window is WindowC and limits.Concurrency is ConcurrencyC
     assert WindowC.__module__ == "meshfast_core._limits"
+    assert limits.admit.__module__ == limits.Limiter.__module__ == "meshfast_core._limits"
 
 
 def take_all(w: Any, now: float) -> int:
@@ -320,3 +326,169 @@ def test_gcra_bound(
                 continue  # ... and ends at the last event at time b
             net = prefix[j + 1] - prefix[i]
             assert net * p < n * (p + (b - a) + 1), (a, b, net)
+
+
+# --- admission over a key and its project -------------------------------------------------
+
+MONTH, DAY = "2026-11", "2026-11-26"
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> Any:
+    return request.param
+
+
+def limiter(impl: Any, rpm=None, tpm=None, concurrency=None, daily=None, monthly=None) -> Any:
+    lim = impl.Limiter()
+    lim.configure(rpm, tpm, concurrency, daily, monthly, 60.0)
+    return lim
+
+
+def state(lim: Any) -> tuple:
+    return (
+        lim.rpm.remaining(T0) if lim.rpm else None,
+        lim.tpm.remaining(T0) if lim.tpm else None,
+        lim.concurrency.active if lim.concurrency else None,
+        lim.held_nano,
+    )
+
+
+def test_admit_takes_every_limit_or_none(impl: Any) -> None:
+    key = limiter(impl, rpm=2, tpm=1000, concurrency=5, daily=10_000, monthly=50_000)
+    project = limiter(impl, rpm=10, concurrency=1)
+    adm = impl.admit((key, project), T0, 300, 4_000, MONTH, DAY)
+    assert state(key) == (1, 700, 1, 4_000) and state(project) == (9, None, 1, 4_000)
+    assert adm.tokens == 300 and adm.states == (key, project)
+    before = (state(key), state(project))
+    with pytest.raises(LimitExceeded) as exc:  # the project's concurrency (1) is taken
+        impl.admit((key, project), T0, 300, 4_000, MONTH, DAY)
+    assert (exc.value.limit, exc.value.index, exc.value.retry_after) == ("concurrency", 1, 1.0)
+    assert (state(key), state(project)) == before  # nothing taken
+    impl.finish(adm, T0, 4_000, 120)  # used 120 of the 300 reserved
+    assert state(key) == (1, 880, 0, 0) and state(project) == (9, None, 0, 0)
+
+
+def test_admit_order_and_refusal_details(impl: Any) -> None:
+    key = limiter(impl, rpm=1, tpm=100, daily=1_000, monthly=5_000)
+    impl.admit((key,), T0, 10, 100, MONTH, DAY)
+    with pytest.raises(LimitExceeded) as exc:  # rpm is checked before tpm and the ceilings
+        impl.admit((key,), T0, 1_000, 10**6, MONTH, DAY)
+    assert exc.value.limit == "rpm" and exc.value.index == 0 and exc.value.retry_after == pytest.approx(60.0)
+    key.configure(None, 100, None, 1_000, 5_000, 60.0)  # no rpm limit now
+    with pytest.raises(LimitExceeded) as exc:
+        impl.admit((key,), T0, 101, 100, MONTH, DAY)  # more tokens than the window holds
+    assert exc.value.limit == "tpm" and exc.value.retry_after == math.inf
+    key.spend[DAY] = 800
+    with pytest.raises(LimitExceeded) as exc:  # 800 spent + 100 held + 200 > 1000
+        impl.admit((key,), T0, 1, 200, MONTH, DAY)
+    assert (exc.value.limit, exc.value.used, exc.value.retry_after) == ("daily", 900, 0.0)
+    key.spend[MONTH] = 4_850
+    with pytest.raises(LimitExceeded) as exc:
+        impl.admit((key,), T0, 1, 60, MONTH, DAY)
+    assert (exc.value.limit, exc.value.used) == ("monthly", 4_950)
+    assert key.monthly_left(MONTH) == 50 and key.monthly_left("2026-12") == 4_900
+    key.configure(None, 100, None, None, None, 60.0)
+    assert key.monthly_left(MONTH) is None
+
+
+def test_finish_releases_the_slots_it_took(impl: Any) -> None:
+    """A limit removed (or changed) while a call runs: the call gives back what it took."""
+    key = limiter(impl, concurrency=1)
+    slot = key.concurrency
+    adm = impl.admit((key,), T0, 0, 0, MONTH, DAY)
+    key.configure(None, None, None, None, None, 60.0)
+    assert key.concurrency is None
+    impl.finish(adm, T0, 0, None)
+    assert slot.active == 0
+    with pytest.raises(RuntimeError):
+        impl.finish(adm, T0, 0, None)  # twice: the slot is not held any more
+
+
+def test_finish_tolerates_nonsense_usage(impl: Any) -> None:
+    key = limiter(impl, tpm=1000)
+    impl.finish(impl.admit((key,), T0, 100, 0, MONTH, DAY), T0, 0, -5)
+    assert key.tpm.remaining(T0) == 1000
+    impl.finish(impl.admit((key,), T0, 100, 0, MONTH, DAY), T0, 0, 10**15)
+    assert key.tpm.remaining(T0) == 0 and key.tpm.retry_after(T0, 1) > 1e6
+
+
+def test_rate_headers(impl: Any) -> None:
+    key = limiter(impl, rpm=60, tpm=10_000)
+    impl.admit((key,), T0, 2_500, 0, MONTH, DAY)
+    assert impl.rate_headers(key, T0) == [
+        (b"x-ratelimit-limit-requests", b"60"),
+        (b"x-ratelimit-remaining-requests", b"59"),
+        (b"x-ratelimit-reset-requests", b"1s"),
+        (b"x-ratelimit-limit-tokens", b"10000"),
+        (b"x-ratelimit-remaining-tokens", b"7500"),
+        (b"x-ratelimit-reset-tokens", b"15s"),
+    ]
+    assert impl.rate_headers(limiter(impl, concurrency=3), T0) == []
+
+
+@pytest.mark.parametrize(
+    ("seconds", "value"),
+    [(0.0, b"0ms"), (0.0004, b"1ms"), (0.02, b"20ms"), (1.5, b"1.5s"), (59.99, b"60s"), (60.0, b"1m0s"), (366.2, b"6m7s")],
+)
+def test_reset_value(impl: Any, seconds: float, value: bytes) -> None:
+    assert impl.reset_value(seconds) == value
+
+
+ADMISSION_STEPS = st.lists(
+    st.tuples(
+        st.floats(0.0, 30.0),
+        st.sampled_from(["admit", "admit", "admit", "finish", "configure", "spend"]),
+        st.integers(0, 400),
+        st.integers(0, 3_000),
+    ),
+    max_size=50,
+)
+LIMIT_SETS = st.tuples(
+    *[st.one_of(st.none(), st.integers(1, 500)) for _ in range(3)],
+    *[st.one_of(st.none(), st.integers(0, 20_000)) for _ in range(2)],
+)
+
+
+def admission_trace(impl: Any, key_limits: tuple, project_limits: tuple, steps: list) -> list:
+    key, project = impl.Limiter(), impl.Limiter()
+    key.configure(*key_limits, 60.0)
+    project.configure(*project_limits, 60.0)
+    now = T0
+    open_calls: list[tuple[Any, int]] = []
+    out: list = []
+    for dt, op, tokens, amount in steps:
+        now += dt
+        if op == "admit":
+            try:
+                open_calls.append((impl.admit((key, project), now, tokens, amount, MONTH, DAY), amount))
+                out.append("ok")
+            except LimitExceeded as exc:
+                out.append((exc.limit, exc.index, exc.used, exc.retry_after))
+        elif op == "finish" and open_calls:
+            adm, held = open_calls.pop(0)
+            impl.finish(adm, now, held, None if tokens % 7 == 0 else tokens)
+        elif op == "configure":
+            (key if tokens % 2 else project).configure(
+                tokens or None, amount or None, tokens % 5 or None, amount * 3 or None, None, 60.0
+            )
+        elif op == "spend":
+            key.spend[DAY] = key.spend.get(DAY, 0) + amount
+        out.append(
+            (impl.rate_headers(key, now), impl.rate_headers(project, now), key.monthly_left(MONTH), key.held_nano, project.held_nano)
+        )
+    return out
+
+
+@pytest.mark.skipif(WindowC is None, reason="meshfast_core._limits is not compiled")
+@settings(max_examples=200, deadline=None)
+@given(key_limits=LIMIT_SETS, project_limits=LIMIT_SETS, steps=ADMISSION_STEPS)
+def test_admission_differential_py_c(key_limits: tuple, project_limits: tuple, steps: list) -> None:
+    assert admission_trace(limits_py, key_limits, project_limits, steps) == admission_trace(
+        LIMIT_C, key_limits, project_limits, steps
+    )
+
+
+@pytest.mark.skipif(WindowC is None, reason="meshfast_core._limits is not compiled")
+@given(seconds=st.one_of(st.floats(-1.0, 2.0), st.floats(0.0, 1e7), st.sampled_from([0.999, 0.9995, 1.0, 59.95, 60.0])))
+def test_reset_value_differential_py_c(seconds: float) -> None:
+    assert limits_py.reset_value(seconds) == LIMIT_C.reset_value(seconds)

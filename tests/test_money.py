@@ -13,6 +13,8 @@ from decimal import Decimal
 import httpx
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshfast.config import StoreConfig
 from meshfast.store import open_store
@@ -437,3 +439,15 @@ def test_limit_change_while_a_call_is_in_flight(tmp_path):
         await store.close()
 
     asyncio.run(run())
+
+
+@settings(max_examples=500, deadline=None)
+@given(nano=st.one_of(st.integers(-(10**20), 10**20), st.integers(-(10**10), 10**10), st.sampled_from([0, 1, 10**9, -(10**9), 10**9 + 1])))
+def test_nano_to_usd_is_exact_and_round_trips(nano: int) -> None:
+    from meshfast.money import nano_to_usd, usd_to_nano
+
+    text = nano_to_usd(nano)
+    expected = format(Decimal(nano).scaleb(-9).normalize(), "f")
+    assert text == expected
+    assert "." not in text or not text.endswith(("0", "."))
+    assert (-usd_to_nano(text[1:]) if nano < 0 else usd_to_nano(text)) == nano

@@ -337,11 +337,10 @@ class EmbeddedStore(Store):
         key_state, project_state = hold.admission.states
         now = time.monotonic()
         out = rate_headers(key_state if (key_state.rpm or key_state.tpm) else project_state, now)
-        budget = key_state if key_state.limits.monthly_usd_nano is not None else project_state
-        if budget.limits.monthly_usd_nano is not None:
-            month, _ = spend_buckets(time.time())
-            left = budget.limits.monthly_usd_nano - budget.spend.get(month, 0) - budget.held_nano
-            out.append((b"x-mesh-monthly-remaining-usd", nano_to_usd(max(left, 0)).encode()))
+        budget = key_state if key_state.monthly_nano is not None else project_state
+        if budget.monthly_nano is not None:
+            left = budget.monthly_left(spend_buckets(time.time())[0])
+            out.append((b"x-mesh-monthly-remaining-usd", nano_to_usd(left).encode()))
         return out
 
     def _close_hold(self, hold: Hold, used_tokens: int | None) -> None:
