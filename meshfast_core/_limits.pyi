@@ -2,7 +2,7 @@
 
 from typing import SupportsIndex, final
 
-__all__ = ("Concurrency", "Window")
+__all__ = ("Admission", "Concurrency", "Limiter", "Window", "admit", "finish", "rate_headers", "reset_value")
 
 @final
 class Window:
@@ -29,3 +29,40 @@ class Concurrency:
     def set_limit(self, limit: SupportsIndex) -> None: ...
     def try_acquire(self) -> bool: ...
     def release(self) -> None: ...
+
+class Limiter:
+    rpm: Window | None
+    tpm: Window | None
+    concurrency: Concurrency | None
+    daily_nano: int | None
+    monthly_nano: int | None
+    spend: dict[str, int]
+    held_nano: int
+    rpm_header: tuple[bytes, bytes] | None
+    tpm_header: tuple[bytes, bytes] | None
+    def __init__(self) -> None: ...
+    def configure(
+        self,
+        rpm: int | None,
+        tpm: int | None,
+        concurrency: int | None,
+        daily_nano: int | None,
+        monthly_nano: int | None,
+        period: float,
+    ) -> None: ...
+    def monthly_left(self, month: str) -> int | None: ...
+
+@final
+class Admission:
+    @property
+    def states(self) -> tuple[Limiter, ...]: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def concurrency(self) -> tuple[Concurrency, ...]: ...
+    def __init__(self, states: tuple[Limiter, ...], tokens: int, concurrency: tuple[Concurrency, ...]) -> None: ...
+
+def admit(states: tuple[Limiter, ...], now: float, tokens: int, amount_nano: int, month: str, day: str) -> Admission: ...
+def finish(adm: Admission, now: float, amount_nano: int, actual_tokens: int | None) -> None: ...
+def rate_headers(st: Limiter, now: float) -> list[tuple[bytes, bytes]]: ...
+def reset_value(seconds: float) -> bytes: ...
