@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install compile debug serve test test-py lint bench bench-stores bench-micro clean
+.PHONY: install compile debug serve test test-py lint bench bench-stores bench-pipeline bench-micro clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ bench: compile
 
 bench-stores: compile
 	$(BIN)/python -m benchmarks.stores
+
+bench-pipeline: compile
+	$(BIN)/python -m benchmarks.pipeline
+	$(BIN)/python -m benchmarks.pipeline --workload W2
 
 bench-micro: compile
 	$(BIN)/python -m pytest benchmarks --timeout=0 --benchmark-only --benchmark-group-by=group

@@ -215,7 +215,8 @@ def test_two_workers_share_the_redis_store(tmp_path):
             assert codes.count(200) == 10 and codes.count(429) == 6, codes
             live = redis.Redis.from_url(REDIS_URL).smembers(f"{prefix}:instances")
             assert len(live) == 2  # one per worker, both following revocations
-            assert admin(server, "GET", "/ledger/verify")["ok"]
+            report = admin(server, "GET", "/ledger/verify")
+            assert report["ok"], report
     finally:
         drop_prefix(prefix)
 
