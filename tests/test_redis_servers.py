@@ -206,17 +206,24 @@ def test_two_workers_share_the_redis_store(tmp_path):
             raw = orjson.dumps({"model": "sim-1", "messages": MSG, "max_tokens": 2})
             headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                codes = list(
+                replies = list(
                     pool.map(
-                        lambda _: httpx.post(server.base_url + "/chat/completions", content=raw, headers=headers, timeout=30).status_code,
+                        lambda _: httpx.post(server.base_url + "/chat/completions", content=raw, headers=headers, timeout=30),
                         range(16),
                     )
                 )
+            codes = [r.status_code for r in replies]
             assert codes.count(200) == 10 and codes.count(429) == 6, codes
             live = redis.Redis.from_url(REDIS_URL).smembers(f"{prefix}:instances")
             assert len(live) == 2  # one per worker, both following revocations
+            # forked workers must not share an id sequence: every call its own receipt, billed
+            receipts = {r.headers["x-mesh-receipt-id"] for r in replies if r.status_code == 200}
+            assert len(receipts) == 10, receipts
+            assert len({rid[5:21] for rid in receipts}) == 2  # one process part per worker
             report = admin(server, "GET", "/ledger/verify")
             assert report["ok"], report
+            account = admin(server, "GET", f"/accounts/{meta['account_id']}")
+            assert account["held_usd"] == "0" and len(admin(server, "GET", f"/receipts?account={meta['account_id']}")["data"]) == 10
     finally:
         drop_prefix(prefix)
 

@@ -251,3 +251,24 @@ def test_store_in_use_is_refused(tmp_path):
         )
     assert proc.returncode == 2
     assert "in use by another meshfast process" in proc.stderr
+
+
+def test_forked_workers_get_their_own_id_sequence():
+    """granian forks its workers from the process that imported meshfast: each child must
+    hand out hold and receipt ids of its own (a shared sequence once billed one call and
+    dropped the other's receipt as a duplicate)."""
+    from meshfast.store.base import new_id
+
+    before = new_id("rcpt_")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one id, then leave without running any cleanup
+        os.write(w, new_id("rcpt_").encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    child = os.read(r, 200).decode()
+    os.close(r)
+    parent = new_id("rcpt_")
+    assert child.startswith("rcpt_") and child != parent
+    assert child[5:21] != parent[5:21] == before[5:21]  # the child's process part is its own

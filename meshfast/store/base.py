@@ -52,6 +52,18 @@ _ID_PREFIX = os.urandom(8).hex()  # per process: ids are unique across processes
 _id_counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
 
 
+def _new_process_ids() -> None:
+    """A forked child (granian's workers fork from the process that imported this module)
+    must not continue its parent's id sequence: two workers would hand out the same hold
+    and receipt ids."""
+    global _ID_PREFIX, _id_counter
+    _ID_PREFIX = os.urandom(8).hex()
+    _id_counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
+
+
+os.register_at_fork(after_in_child=_new_process_ids)
+
+
 def new_id(prefix: str) -> str:
     """A unique id: a random per-process part and a counter (no syscall per id)."""
     return f"{prefix}{_ID_PREFIX}{next(_id_counter):010x}"
