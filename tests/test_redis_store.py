@@ -154,6 +154,30 @@ def test_settle_never_takes_the_balance_below_zero(prefix):
     run(main())
 
 
+def test_a_receipt_id_written_by_another_call_is_reported(prefix, caplog):
+    """Two settlements under one receipt id (ids are unique per process, so only a bug
+    could do this): the first stays as written and the second is logged, not hidden."""
+
+    async def main():
+        store = await opened(prefix)
+        try:
+            _, _, key, secret = await funded(store, "1")
+            key = await store.authenticate(secret)
+            first, second = await store.place_hold(key, 1_000, 1), await store.place_hold(key, 1_000, 1)
+            r = receipt_for(key, 500, 400)
+            await store.settle(first, r)
+            twin = receipt_for(key, 700, 600)
+            twin.id = r.id
+            with caplog.at_level("ERROR", logger="meshfast.store"):
+                await store.settle(second, twin)
+            assert f"receipt id {r.id} was already written by another call" in caplog.text
+            assert (await store.receipt(r.id)).total_nano == 500
+        finally:
+            await store.close()
+
+    run(main())
+
+
 def test_rpm_window_is_exact_across_instances(prefix):
     async def main():
         a, b = await opened(prefix, window_seconds=2.0), await opened(prefix, window_seconds=2.0)

@@ -402,7 +402,9 @@ class RedisStore(Store):
             out = await asyncio.shield(fut)
         except (*_DOWN, ResponseError):
             return  # kept or logged by _settled
-        if out[0] not in ("dup", "noaccount") and int(out[1]):
+        if out[0] == "dup":  # a reply to this very send: another call wrote this receipt id
+            log.error("receipt id %s was already written by another call; this call's settlement was not applied", receipt.id)
+        elif out[0] != "noaccount" and int(out[1]):
             receipt.total_nano = int(out[0])
             receipt.margin_nano = receipt.total_nano - receipt.upstream_cost_nano
             receipt.capped = True
