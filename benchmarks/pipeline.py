@@ -182,24 +182,24 @@ def report(args: argparse.Namespace, results: dict[str, list[float]]) -> None:
         print(f"limited / pinned (every limit set vs none): {r:.3f}x")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    stack = load.Stack()
-    try:
-        proc = stack.spawn(
-            "upstream",
-            [sys.executable, "-m", "benchmarks.static_upstream", "--host", load.HOST, "--port", str(port := load.free_port())],
-        )
-        load.wait_http_ok(port, "/health", 15, proc.popen, "static upstream")
-        import uvloop
+def _run(args: argparse.Namespace, stack: load.Stack) -> int:
+    port = load.free_port()
+    proc = stack.spawn(
+        "upstream",
+        [sys.executable, "-m", "benchmarks.static_upstream", "--host", load.HOST, "--port", str(port)],
+    )
+    load.wait_http_ok(port, "/health", 15, proc.popen, "static upstream")
+    store_path = stack.tmp / "store" / "meshfast.db"
+    plain, limited = load.provision_bench_key(store_path)  # before the loop: it runs its own
+    import uvloop
 
-        store_path = stack.tmp / "store" / "meshfast.db"
-        plain, limited = load.provision_bench_key(store_path)  # before the loop: it runs its own
-        return uvloop.run(measure(args, port, str(store_path), plain, limited))
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        stack.stop_all()
+    return uvloop.run(measure(args, port, str(store_path), plain, limited))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Ctrl-C, SIGTERM or a failure: one line, and the upstream is stopped (load.run_bench)."""
+    args = parse_args(argv)
+    return load.run_bench(lambda stack: _run(args, stack))
 
 
 if __name__ == "__main__":
