@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from meshfast.config import BillingConfig
-from meshfast.money import MTOK, margin_of, nano_to_usd, token_cost
+from meshfast.money import margin_of, nano_to_usd, token_cost
 from meshfast.providers.base import Endpoint
 from meshfast.store.base import Account, Receipt
 from meshfast_core.tokens import count_chat, count_text
@@ -128,8 +128,7 @@ class Billing:
                 out = (asked if 0 < asked < cap else cap) * n
             else:
                 out = max_output
-            # token_cost(prompt, input) + token_cost(out, output), inlined: once per candidate
-            cost = -(-prompt_tokens * ep.input_nano_per_mtok // MTOK) - (-out * ep.output_nano_per_mtok // MTOK)
+            cost = self.upstream_cost(ep, prompt_tokens, out)
             if cost > upstream:
                 upstream = cost
             if out > out_max:

@@ -56,11 +56,6 @@ class LimitState(Limiter):
             limits.rpm, limits.tpm, limits.concurrency, limits.daily_usd_nano, limits.monthly_usd_nano, period
         )
 
-    @property
-    def active(self) -> bool:
-        lim = self.limits
-        return bool(lim.rpm or lim.tpm or lim.concurrency or lim.monthly_usd_nano or lim.daily_usd_nano)
-
 
 def _refuse(cls: type[errors.MeshError], message: str, retry_after: float) -> errors.MeshError:
     retry = max(1, math.ceil(retry_after)) if math.isfinite(retry_after) else 3600

@@ -960,9 +960,8 @@ def _unhealthy_last(ge: tuple[int, Endpoint]) -> bool:
 
 
 def _smallest(idxs: list[int], keys: Callable[[list[int]], list[tuple[Any, ...]]], n: int) -> list[int]:
-    """The ``n`` entries of ``idxs`` with the smallest keys, ties in index order: each key
-    ends with its pool index, so plain tuple order is the stable order (and ``idxs`` is
-    ascending)."""
+    """The ``n`` entries of ``idxs`` with the smallest keys, ties in pool order: each key
+    ends with its pool index, so plain tuple order breaks them."""
     if not idxs or n <= 0:
         return []
     if len(idxs) == 1:

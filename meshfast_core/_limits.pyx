@@ -57,6 +57,13 @@ cdef inline long long _as_int(object x) except? -1:
     return x
 
 
+cdef inline long long _check_cost(object cost) except -1:
+    cdef long long c = _as_int(cost)
+    if c < 0:
+        raise ValueError(f"cost must be >= 0, got {c}")
+    return c
+
+
 cdef inline long long _check_units(object value) except -1:
     cdef long long units = _as_int(value)
     if not 0 <= units <= MAX_UNITS:
@@ -163,10 +170,7 @@ cdef class Window:
     def try_take(self, double now, object cost=1):
         """Take ``cost`` units if they fit now (True), else take nothing (False)."""
         _check_now(now)
-        cdef long long c = _as_int(cost)
-        if c < 0:
-            raise ValueError(f"cost must be >= 0, got {c}")
-        return self._take(_ns(now), c)
+        return self._take(_ns(now), _check_cost(cost))
 
     def give_back(self, double now, object units):
         """Return ``units`` taken earlier (never beyond full capacity)."""
@@ -191,10 +195,7 @@ cdef class Window:
     def retry_after(self, double now, object cost=1):
         """Seconds until ``cost`` units would fit: 0.0 if now, ``inf`` if ``cost > limit``."""
         _check_now(now)
-        cdef long long c = _as_int(cost)
-        if c < 0:
-            raise ValueError(f"cost must be >= 0, got {c}")
-        return self._retry(_ns(now), c)
+        return self._retry(_ns(now), _check_cost(cost))
 
 
 @cython.auto_pickle(False)
