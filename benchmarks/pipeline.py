@@ -19,7 +19,10 @@ per-round ratios against the first variant:
 * ``limited``: the same with the bench key that has every limit set (rpm, tpm,
   concurrency, daily and monthly USD): what the limit checks and headers add;
 * ``cheapest``: ``"model": "cheapest"`` over the routing comparison's 81 catalogue
-  endpoints (benchmarks/load.py), and ``routed-pin``: the provider/model it picks, pinned.
+  endpoints (benchmarks/load.py), and ``routed-pin``: the provider/model it picks, pinned;
+* ``redis``: ``pinned`` on the Redis store (a private redis-server started for the run, as
+  in benchmarks/stores.py): what the Redis store costs this process; redis-server's own CPU
+  is printed beside it (benchmarks/stores.py measures both under load).
 
 What it leaves out: granian (HTTP parsing, the ASGI bridge, response headers on the
 wire), which load.py's "floor" column measures, and the SQLite writer process (its CPU is
@@ -38,10 +41,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import load, passthrough_app
+from benchmarks import load, passthrough_app, stores
 from benchmarks.static_upstream import W1_PATH, W2_PATH
 
-VARIANTS = ("floor", "pinned", "limited", "cheapest", "routed-pin")
+VARIANTS = ("floor", "pinned", "limited", "cheapest", "routed-pin", "redis")
 CONCURRENCY = 32
 
 
@@ -107,7 +110,9 @@ class Variant:
         return next((v.decode() for k, v in self.headers if k == name), "")
 
 
-async def measure(args: argparse.Namespace, upstream_port: int, store_path: str, plain: str, limited: str) -> int:
+async def measure(
+    args: argparse.Namespace, upstream_port: int, store_path: str, plain: str, limited: str, redis: tuple[str, str, Any] | None
+) -> int:
     from meshfast import config
     from meshfast.server import App
 
@@ -117,6 +122,14 @@ async def measure(args: argparse.Namespace, upstream_port: int, store_path: str,
     os.environ[passthrough_app.UPSTREAM_ENV] = f"http://{load.HOST}:{upstream_port}"
     app = App(config.load(str(conf)))
     await app.startup()
+    redis_app = None
+    if redis is not None:
+        os.environ["MESHFAST_REDIS_URL"], os.environ["MESHFAST_REDIS_PREFIX"] = redis[0], stores.PREFIX
+        try:
+            redis_app = App(config.load(str(conf)))
+        finally:
+            del os.environ["MESHFAST_REDIS_URL"], os.environ["MESHFAST_REDIS_PREFIX"]
+        await redis_app.startup()
     stream = args.workload == "W2"
     bodies = load.request_bodies()
     mesh_body = bodies["mesh_stream" if stream else "mesh_chat"]
@@ -139,6 +152,7 @@ async def measure(args: argparse.Namespace, upstream_port: int, store_path: str,
             "limited": lambda: Variant("limited", app, chat, mesh_body, limited),
             "cheapest": lambda: Variant("cheapest", app, chat, cheapest_body, plain),
             "routed-pin": lambda: Variant("routed-pin", app, chat, load.pinned_body(cheapest_body, picked), plain),
+            "redis": lambda: Variant("redis", redis_app, chat, mesh_body, redis[1]),  # type: ignore[index]
         }
         variants = {name: make[name]() for name in args.variants}
         for v in variants.values():  # warm up, and check that every call succeeds
@@ -152,13 +166,24 @@ async def measure(args: argparse.Namespace, upstream_port: int, store_path: str,
             file=sys.stderr,
         )
         results: dict[str, list[float]] = {name: [] for name in variants}
+        server_cpu: list[float] = []  # redis-server's CPU µs per call, during the redis runs
         order = list(variants.values())
         for rnd in range(args.rounds):
             turn = order[rnd % len(order) :] + order[: rnd % len(order)]
             for v in turn:
-                results[v.name].append(await v.run(args.calls))
+                if v.name == "redis":
+                    meter = load.CpuMeter(redis[2])  # type: ignore[index]
+                    meter.start()
+                    results[v.name].append(await v.run(args.calls))
+                    server_cpu.append(meter.seconds() * 1e6 / (args.calls // CONCURRENCY * CONCURRENCY))
+                else:
+                    results[v.name].append(await v.run(args.calls))
         report(args, results)
+        if server_cpu:
+            print(f"redis-server CPU per call during the redis runs: {statistics.median(server_cpu):.1f} µs (median)")
     finally:
+        if redis_app is not None:
+            await redis_app.shutdown()
         await app.shutdown()
         if passthrough_app._pool is not None:
             await passthrough_app._pool.close()
@@ -191,9 +216,14 @@ def _run(args: argparse.Namespace, stack: load.Stack) -> int:
     load.wait_http_ok(port, "/health", 15, proc.popen, "static upstream")
     store_path = stack.tmp / "store" / "meshfast.db"
     plain, limited = load.provision_bench_key(store_path)  # before the loop: it runs its own
+    redis = None
+    if "redis" in args.variants:
+        proc, redis_port = stores.start_redis(stack, aof=False)
+        url = f"redis://{load.HOST}:{redis_port}/0"
+        redis = (url, stores.provision_redis_key(url), proc.popen.pid)
     import uvloop
 
-    return uvloop.run(measure(args, port, str(store_path), plain, limited))
+    return uvloop.run(measure(args, port, str(store_path), plain, limited, redis))
 
 
 def main(argv: list[str] | None = None) -> int:

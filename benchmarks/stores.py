@@ -97,9 +97,11 @@ def provision_redis_key(url: str) -> str:
 def redis_commands(port: int) -> dict[str, int]:
     import redis
 
-    stats = redis.Redis(host=HOST, port=port).info("commandstats")
+    r = redis.Redis(host=HOST, port=port)
+    stats = r.info("commandstats")
     out = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
     out["fcall_usec"] = int(stats.get("cmdstat_fcall", {}).get("usec", 0))
+    out["reads"] = int(r.info("stats").get("total_reads_processed", 0))  # socket reads: how well calls are batched
     return out
 
 
@@ -174,18 +176,20 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
 
                 run = loaders[name].run(port, "/v1/chat/completions", body_of[wl], args.connections, args.duration, args.warmup, on_measure)
                 cpu = meter.seconds() * 1e6 / run.requests if run.requests else None
-                cmds = rcpu = in_functions = None
+                cmds = rcpu = in_functions = per_read = None
                 if before and run.requests:
                     rcpu = rmeter.seconds() * 1e6 / run.requests
                     # FCALLs only: the commands a function runs inside count in commandstats too
                     after = redis_commands(redis_port)
                     cmds = (after.get("fcall", 0) - before.get("fcall", 0)) / run.requests
                     in_functions = (after["fcall_usec"] - before.get("fcall_usec", 0)) / run.requests
+                    reads = after["reads"] - before.get("reads", 0)
+                    per_read = cmds * run.requests / reads if reads else None
                 runs[wl][name].append((run.rps, run.p50_us, cpu, cmds, rcpu))
                 note = f", {run.errors} errors, {run.non2xx} non-2xx" if run.errors or run.non2xx else ""
                 log(
                     f"  {wl} round {rnd + 1}/{args.rounds} {name}: {run.rps:,.0f}/s  p50 {fmt_lat(run.p50_us)}  "
-                    f"cpu {fmt_cpu(cpu)}/req" + (f"  redis {cmds:.2f} round trips/req, redis-server cpu {fmt_cpu(rcpu)}/req ({fmt_cpu(in_functions)} in functions)" if cmds is not None else "") + note
+                    f"cpu {fmt_cpu(cpu)}/req" + (f"  redis {cmds:.2f} round trips/req, redis-server cpu {fmt_cpu(rcpu)}/req ({fmt_cpu(in_functions)} in functions), {per_read or 0:.1f} calls per read" if cmds is not None else "") + note
                 )
                 if run.non2xx or run.errors:
                     raise BenchError(f"{name} answered errors during {wl}; see {proc.log_path}")

@@ -491,8 +491,8 @@ def test_an_admit_arriving_after_its_release_is_refused(prefix):
             assert await store._fcall("release", account.id, member, store.window_ms, 5000) == 0
             ver = store._context_of(key).ver
             out = await store._fcall(
-                "admit", account.id, ver, key.id, project.id, 1000, 5, member, store.hold_ttl_ms, store.window_ms,
-                "2026-11", "2026-11-26", 0, 0, -1, -1, 0, 0, 0, -1, -1, 0, 0,
+                "admit", account.id, ver, key.id, project.id, 1000, 5, member, "hold_late1", store.hold_ttl_ms,
+                store.window_ms, "2026-11", "2026-11-26", 0,
             )  # fmt: skip
             assert out == ["released"]
             assert (await store.account(account.id)).held_nano == 0

@@ -112,6 +112,9 @@ def _limit_args(lim: Limits) -> tuple[int, int, int, int, int]:
     )
 
 
+NO_LIMITS = _limit_args(Limits())
+
+
 def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
@@ -160,9 +163,11 @@ class _Context:
         self.account = account
         self.project = project
         self.ver = ver
-        # what every admit of this key sends, built once per load
+        # what every admit of this key sends, built once per load: its expiry, then the
+        # limits only when the key or its project has any (admit skips them otherwise)
         klim, plim = _limit_args(key.limits), _limit_args(project.limits)
-        self.limit_args = (*klim, *plim, 0 if key.expires_at is None else int(key.expires_at * 1000))
+        limited = (klim, plim) != (NO_LIMITS, NO_LIMITS)
+        self.limit_args = (0 if key.expires_at is None else int(key.expires_at * 1000), *((*klim, *plim) if limited else ()))
         self.member_tail = f":{klim[1]}:{plim[1]}:{int(klim[4] > 0)}{int(plim[4] > 0)}"
 
 
@@ -312,7 +317,7 @@ class RedisStore(Store):
         member = f"{hid}:{amount_nano}:{key.id}:{key.project_id}:{tokens}{ctx.member_tail}"
         sent = time.monotonic()
         out = await self._fcall(
-            "admit", key.account_id, ctx.ver, key.id, key.project_id, amount_nano, tokens, member,
+            "admit", key.account_id, ctx.ver, key.id, key.project_id, amount_nano, tokens, member, hid,
             self.hold_ttl_ms, self.window_ms, month, day, *ctx.limit_args,
             # the admit may have run: release the hold once Redis answers, so a short outage
             # does not leave its slots and amount held until the hold expires
@@ -352,6 +357,8 @@ class RedisStore(Store):
     @staticmethod
     def _headers(out: list[Any]) -> list[tuple[bytes, bytes]]:
         headers: list[tuple[bytes, bytes]] = []
+        if len(out) == 2:  # neither the key nor its project has limits
+            return headers
         rpm, rpm_left, rpm_reset, tpm, tpm_left, tpm_reset, monthly_left = (int(x) for x in out[2:9])
         if rpm:
             headers += [

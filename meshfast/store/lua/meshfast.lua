@@ -25,7 +25,9 @@
 -- limits, revocations); admit refuses with "stale" when the caller's copy is older.
 --
 -- Money is integer nano-USD. Lua numbers are doubles: exact up to 2^53 nano-USD
--- (about 9 million USD), which topup enforces per account.
+-- (about 9 million USD), which topup enforces per account. redis.call sends a Lua number
+-- as "%.17g" (newer Redis: as an integer when it is one), which writes every integer below
+-- 2^53 exactly, so numbers go to Redis as they are, with no string.format per value.
 
 local MAX_NANO = 9007199254740991
 
@@ -51,11 +53,6 @@ end
 
 local function num(v)
   return tonumber(v) or 0
-end
-
--- an integer as Redis wants it: a Lua number alone would be sent as "%.14g" (1e+15)
-local function I(x)
-  return string.format('%d', x)
 end
 
 -- GCRA windows: the rules of meshfast_core/limits_py.py, in milliseconds.
@@ -134,6 +131,9 @@ end
 -- (kc / pc: 1 when the hold took a concurrency slot of the key / the project). The caller
 -- builds the member at admit and passes it back to settle or release; ZREM of the member
 -- is the atomic "was it still open" test. No hash per hold: fewer commands per call.
+-- A member ending in PLAIN took no slot and reserved no tokens: closing it is its ZREM.
+local PLAIN = ':0:0:00'
+
 local function parse_hold(m)
   local hid, a, kid, pid, t, kt, pt, kc, pc =
     string.match(m, '^([^:]+):(%d+):([^:]+):([^:]+):(%d+):(%d+):(%d+):([01])([01])$')
@@ -166,12 +166,15 @@ end
 
 -- Give a closed hold's amount back (the account's and its owners' held amounts).
 local function unhold(acct, amount, kid, pid)
-  redis.call('HINCRBY', acct, 'held', I(-amount))
-  redis.call('HINCRBY', acct, 'h:' .. kid, I(-amount))
-  redis.call('HINCRBY', acct, 'h:' .. pid, I(-amount))
+  redis.call('HINCRBY', acct, 'held', -amount)
+  redis.call('HINCRBY', acct, 'h:' .. kid, -amount)
+  redis.call('HINCRBY', acct, 'h:' .. pid, -amount)
 end
 
--- Release the holds of this account whose time ran out (their instance died or hung).
+-- Release the holds of this account whose time ran out (their instance died or hung), and
+-- keep the account's "pn" field: a time no later than the earliest expiry among its open
+-- holds (never-ending when it has none). admit purges only once "pn" has passed, so an
+-- expired hold is still released by the very next admit, and the others skip the purge.
 local function purge(base, acct, now, p)
   local expired = redis.call('ZRANGEBYSCORE', base .. 'hs', '-inf', now, 'LIMIT', 0, 64)
   for _, member in ipairs(expired) do
@@ -180,6 +183,13 @@ local function purge(base, acct, now, p)
       unhold(acct, amount, kid, pid)
     end
   end
+  local first = redis.call('ZRANGE', base .. 'hs', 0, 0, 'WITHSCORES')
+  local pn = MAX_NANO -- no open hold
+  if first[2] then
+    pn = tonumber(first[2])
+  end
+  redis.call('HSET', acct, 'pn', pn)
+  return pn
 end
 
 local function base_of(keys)
@@ -216,7 +226,7 @@ end
 
 local function take(base, owner, lim, now, p, tokens, hid, expiry)
   if lim[5] > 0 then
-    redis.call('ZADD', base .. 'cc:' .. owner, I(expiry), hid)
+    redis.call('ZADD', base .. 'cc:' .. owner, expiry, hid)
   end
   if lim[1] > 0 then
     local key = base .. 'w:' .. owner .. ':r'
@@ -228,62 +238,20 @@ local function take(base, owner, lim, now, p, tokens, hid, expiry)
   end
 end
 
--- admit: auth + limits + hold in one call.
--- KEYS  P:{A}:a
--- ARGV  ver key_id project_id amount tokens hold_member hold_ttl_ms window_ms month day
---       key: rpm tpm monthly daily concurrency   project: rpm tpm monthly daily concurrency
---       expires_at_ms (0: never; the caller's copy, which `ver` vouches for)
---       (hold_member as described above, built by the caller from these same values)
--- ->    {'ok', expiry_ms, rpm_limit, rpm_remaining, rpm_reset_ms,
---        tpm_limit, tpm_remaining, tpm_reset_ms, monthly_left}   (the header owner's windows;
---        0 limits mean none, monthly_left -1 none)
---       or {'stale'} {'revoked'} {'expired'} {'released'} {'balance', balance, held}
---       or {limit_name, 'key'|'project', limit, retry_ms or used}
-local function admit(keys, args)
-  local base = base_of(keys)
-  local acct = keys[1]
-  local ver, kid, pid = args[1], args[2], args[3]
-  local amount, tokens, member = tonumber(args[4]), tonumber(args[5]), args[6]
-  local ttl, p, month, day = tonumber(args[7]), tonumber(args[8]), args[9], args[10]
-  local klim = {tonumber(args[11]), tonumber(args[12]), tonumber(args[13]), tonumber(args[14]), tonumber(args[15])}
-  local plim = {tonumber(args[16]), tonumber(args[17]), tonumber(args[18]), tonumber(args[19]), tonumber(args[20])}
-  local hid = string.match(member, '^([^:]+):')
-  local expires = tonumber(args[21])
-  local now = now_ms()
-  if expires > 0 and expires <= now then
-    return {'expired'}
-  end
-  if redis.call('EXISTS', base .. 'x:' .. hid) == 1 then
-    return {'released'} -- its caller gave up and released it already (see release)
-  end
-  -- The caller read the key (not revoked, not expired), its project and the account's terms
-  -- at version `ver`; every change to any of them (revoke included) bumps it. So an equal
-  -- `ver` means the caller's copy is exact, and the key needs no read of its own here.
-  purge(base, acct, now, p)
-  local v = redis.call('HMGET', acct, 'ver', 'balance', 'held', 'h:' .. kid, 'h:' .. pid,
-    's:' .. kid .. ':' .. day, 's:' .. kid .. ':' .. month, 's:' .. pid .. ':' .. day, 's:' .. pid .. ':' .. month)
-  if (v[1] or '0') ~= ver then
-    local k = redis.call('HGET', base .. 'k:' .. kid, 'revoked_at')
-    if k and k ~= '' then
-      return {'revoked'}
-    end
-    return {'stale'}
-  end
-  local balance, held, hk, hp = num(v[2]), num(v[3]), num(v[4]), num(v[5])
-  if amount > balance - held then
-    return {'balance', balance, held}
-  end
-  local r = refusal(base, kid, 'key', klim, now, p, tokens, amount, hk, num(v[6]), num(v[7]))
-    or refusal(base, pid, 'project', plim, now, p, tokens, amount, hp, num(v[8]), num(v[9]))
+-- The limits part of admit (only for a key or project that has limits): check, take, and
+-- the rate-limit figures for the response headers.
+local function admit_limits(base, args, v, now, p, tokens, amount, hid, expiry)
+  local kid, pid = args[2], args[3]
+  local klim = {tonumber(args[13]), tonumber(args[14]), tonumber(args[15]), tonumber(args[16]), tonumber(args[17])}
+  local plim = {tonumber(args[18]), tonumber(args[19]), tonumber(args[20]), tonumber(args[21]), tonumber(args[22])}
+  local hk, hp = num(v[4]), num(v[5])
+  local r = refusal(base, kid, 'key', klim, now, p, tokens, amount, hk, num(v[7]), num(v[8]))
+    or refusal(base, pid, 'project', plim, now, p, tokens, amount, hp, num(v[9]), num(v[10]))
   if r then
     return r
   end
-  local expiry = now + ttl
   take(base, kid, klim, now, p, tokens, hid, expiry)
   take(base, pid, plim, now, p, tokens, hid, expiry)
-  redis.call('HSET', acct, 'held', I(held + amount), 'h:' .. kid, I(hk + amount), 'h:' .. pid, I(hp + amount))
-  redis.call('ZADD', base .. 'hs', I(expiry), member)
-
   local out = {'ok', expiry, 0, 0, 0, 0, 0, 0, -1}
   local howner, hlim = kid, klim
   if klim[1] <= 0 and klim[2] <= 0 then
@@ -298,10 +266,82 @@ local function admit(keys, args)
     out[6], out[7], out[8] = hlim[2], g_remaining(rel, hlim[2], p), idiv(rel, hlim[2])
   end
   if klim[3] >= 0 then
-    out[9] = math.max(klim[3] - num(v[7]) - hk - amount, 0)
+    out[9] = math.max(klim[3] - num(v[8]) - hk - amount, 0)
   elseif plim[3] >= 0 then
-    out[9] = math.max(plim[3] - num(v[9]) - hp - amount, 0)
+    out[9] = math.max(plim[3] - num(v[10]) - hp - amount, 0)
   end
+  return out
+end
+
+-- admit: auth + limits + hold in one call.
+-- KEYS  P:{A}:a
+-- ARGV  ver key_id project_id amount tokens hold_member hold_id hold_ttl_ms window_ms month day
+--       expires_at_ms (0: never; the caller's copy, which `ver` vouches for)
+--       then, only when the key or its project has any limit:
+--       key: rpm tpm monthly daily concurrency   project: rpm tpm monthly daily concurrency
+--       (hold_member as described above, built by the caller from these same values)
+-- ->    {'ok', expiry_ms} (no limits), or with limits {'ok', expiry_ms, rpm_limit,
+--        rpm_remaining, rpm_reset_ms, tpm_limit, tpm_remaining, tpm_reset_ms, monthly_left}
+--        (the header owner's windows; 0 limits mean none, monthly_left -1 none)
+--       or {'stale'} {'revoked'} {'expired'} {'released'} {'balance', balance, held}
+--       or {limit_name, 'key'|'project', limit, retry_ms or used}
+-- Without limits it reads and writes only what the hold needs; the spend summaries and
+-- windows are read only for a key or project that has limits.
+local function admit(keys, args)
+  local base = base_of(keys)
+  local acct = keys[1]
+  local ver, kid, pid, hid = args[1], args[2], args[3], args[7]
+  local amount, tokens, member = tonumber(args[4]), tonumber(args[5]), args[6]
+  local ttl, p = tonumber(args[8]), tonumber(args[9])
+  local expires = tonumber(args[12])
+  local limited = #args > 12
+  local now = now_ms()
+  if expires > 0 and expires <= now then
+    return {'expired'}
+  end
+  if redis.call('EXISTS', base .. 'x:' .. hid) == 1 then
+    return {'released'} -- its caller gave up and released it already (see release)
+  end
+  -- The caller read the key (not revoked, not expired), its project and the account's terms
+  -- at version `ver`; every change to any of them (revoke included) bumps it. So an equal
+  -- `ver` means the caller's copy is exact, and the key needs no read of its own here.
+  local fields = {'ver', 'balance', 'held', 'h:' .. kid, 'h:' .. pid, 'pn'}
+  if limited then
+    local month, day = args[10], args[11]
+    fields[7], fields[8] = 's:' .. kid .. ':' .. day, 's:' .. kid .. ':' .. month
+    fields[9], fields[10] = 's:' .. pid .. ':' .. day, 's:' .. pid .. ':' .. month
+  end
+  local v = redis.call('HMGET', acct, unpack(fields))
+  if (v[1] or '0') ~= ver then
+    local k = redis.call('HGET', base .. 'k:' .. kid, 'revoked_at')
+    if k and k ~= '' then
+      return {'revoked'}
+    end
+    return {'stale'}
+  end
+  local pn = num(v[6])
+  if now >= pn then -- an open hold may have expired: release it before counting
+    pn = purge(base, acct, now, p)
+    v = redis.call('HMGET', acct, unpack(fields))
+  end
+  local balance, held = num(v[2]), num(v[3])
+  if amount > balance - held then
+    return {'balance', balance, held}
+  end
+  local expiry = now + ttl
+  local out = {'ok', expiry}
+  if limited then
+    out = admit_limits(base, args, v, now, p, tokens, amount, hid, expiry)
+    if out[1] ~= 'ok' then
+      return out
+    end
+  end
+  if expiry < pn then
+    redis.call('HSET', acct, 'held', held + amount, 'h:' .. kid, num(v[4]) + amount, 'h:' .. pid, num(v[5]) + amount, 'pn', expiry)
+  else
+    redis.call('HSET', acct, 'held', held + amount, 'h:' .. kid, num(v[4]) + amount, 'h:' .. pid, num(v[5]) + amount)
+  end
+  redis.call('ZADD', base .. 'hs', expiry, member)
   return out
 end
 
@@ -316,12 +356,11 @@ local function settle(keys, args)
   local base = base_of(keys)
   local acct = keys[1]
   local member, rid = args[1], args[2]
-  local total, used = tonumber(args[3]), tonumber(args[5])
-  local created, month, day, kid, pid = args[6], args[7], args[8], args[9], args[10]
-  local p, aid = tonumber(args[11]), args[13]
-  local spend = {'s:' .. aid .. ':' .. month, 's:' .. kid .. ':' .. month, 's:' .. kid .. ':' .. day,
-    's:' .. pid .. ':' .. month, 's:' .. pid .. ':' .. day}
-  local v = redis.call('HMGET', acct, 'id', 'balance', 'held', 'h:' .. kid, 'h:' .. pid, unpack(spend))
+  local total = tonumber(args[3])
+  local month, day, kid, pid, aid = args[7], args[8], args[9], args[10], args[13]
+  local fa, fkm, fkd = 's:' .. aid .. ':' .. month, 's:' .. kid .. ':' .. month, 's:' .. kid .. ':' .. day
+  local fpm, fpd, fhk, fhp = 's:' .. pid .. ':' .. month, 's:' .. pid .. ':' .. day, 'h:' .. kid, 'h:' .. pid
+  local v = redis.call('HMGET', acct, 'id', 'balance', 'held', fhk, fhp, fa, fkm, fkd, fpm, fpd, 'spent')
   if not v[1] then
     return {'noaccount'}
   end
@@ -330,7 +369,14 @@ local function settle(keys, args)
     return {'dup', redis.call('HGET', rkey, 'c') or total}
   end
   local balance, held, hk, hp = num(v[2]), num(v[3]), num(v[4]), num(v[5])
-  local released = close_hold(base, member, p, used, false)
+  local released
+  if string.sub(member, -#PLAIN) == PLAIN then -- no slots, no tokens: the ZREM closes it
+    if redis.call('ZREM', base .. 'hs', member) == 1 then
+      released = tonumber(string.match(member, '^[^:]+:(%d+):'))
+    end
+  else
+    released = close_hold(base, member, tonumber(args[11]), tonumber(args[5]), false)
+  end
   if released then -- the member names this key and project (the caller built it so)
     held, hk, hp = held - released, hk - released, hp - released
   end
@@ -338,16 +384,19 @@ local function settle(keys, args)
   if total > balance - held then
     total = math.max(balance - held, 0)
     capped = 1
-    redis.call('HSET', rkey, 'c', I(total))
+    redis.call('HSET', rkey, 'c', total)
   end
-  local writes = {'balance', I(balance - total), 'held', I(held), 'h:' .. kid, I(hk), 'h:' .. pid, I(hp)}
-  for i, field in ipairs(spend) do
-    writes[#writes + 1] = field
-    writes[#writes + 1] = I(num(v[5 + i]) + total)
+  -- "spent" is a lifetime total: it may pass 2^53 one day, and then HINCRBY adds it exactly
+  local spent = num(v[11]) + total
+  if spent < MAX_NANO then
+    redis.call('HSET', acct, 'balance', balance - total, 'held', held, fhk, hk, fhp, hp, 'spent', spent,
+      fa, num(v[6]) + total, fkm, num(v[7]) + total, fkd, num(v[8]) + total, fpm, num(v[9]) + total, fpd, num(v[10]) + total)
+  else
+    redis.call('HSET', acct, 'balance', balance - total, 'held', held, fhk, hk, fhp, hp,
+      fa, num(v[6]) + total, fkm, num(v[7]) + total, fkd, num(v[8]) + total, fpm, num(v[9]) + total, fpd, num(v[10]) + total)
+    redis.call('HINCRBY', acct, 'spent', total)
   end
-  redis.call('HSET', acct, unpack(writes))
-  redis.call('HINCRBY', acct, 'spent', I(total)) -- a lifetime total: may pass 2^53, so not in Lua
-  redis.call('ZADD', base .. 'rs', created, rid)
+  redis.call('ZADD', base .. 'rs', args[6], rid)
   return {total, capped}
 end
 
@@ -404,8 +453,8 @@ local function topup(keys, args)
     return {'max', balance}
   end
   redis.call('HSET', base .. 'tu', args[1], args[3])
-  redis.call('HINCRBY', keys[1], 'topped', I(amount))
-  return {'ok', redis.call('HINCRBY', keys[1], 'balance', I(amount))}
+  redis.call('HINCRBY', keys[1], 'topped', amount)
+  return {'ok', redis.call('HINCRBY', keys[1], 'balance', amount)}
 end
 
 -- context: what an instance caches for a key: the key, its account and its project.
