@@ -312,6 +312,61 @@ def test_expired_holds_are_released(prefix):
     run(main())
 
 
+def test_admit_purges_when_the_earliest_hold_is_due_and_only_then(prefix):
+    """admit skips the expired-hold scan until the earliest open hold's expiry (the account's
+    "pn" field) has passed; a short-lived hold placed among long ones is still released by
+    the first admit after it expires."""
+
+    async def main():
+        long = await opened(prefix)  # holds live 900 s
+        short = await opened(prefix, hold_ttl_seconds=0.5)
+        try:
+            account, _, _, secret = await funded(long, "1")
+            acct_key = long._acct(account.id)
+            kl, ks = await long.authenticate(secret), await short.authenticate(secret)
+            first = await long.place_hold(kl, 1000, 1)
+            pn = int(await long.r.hget(acct_key, "pn"))
+            assert pn == int(await long.r.zscore(long._base(account.id) + "hs", first.admission[1]))
+            await long.place_hold(kl, 1000, 1)  # expires later: pn stays
+            assert int(await long.r.hget(acct_key, "pn")) == pn
+            await short.place_hold(ks, 5000, 1)  # expires sooner: pn moves to it
+            assert int(await long.r.hget(acct_key, "pn")) < pn
+            assert (await long.account(account.id)).held_nano == 7000
+            await asyncio.sleep(0.6)
+            await long.place_hold(kl, 1000, 1)  # the short hold is due: purged first
+            assert (await long.account(account.id)).held_nano == 3000
+            assert int(await long.r.hget(acct_key, "pn")) == pn  # the earliest open one again
+            await long.settle(first, receipt_for(kl, 500, 400))
+            assert await long.verify_ledger() == []
+        finally:
+            await long.close()
+            await short.close()
+
+    run(main())
+
+
+def test_the_lifetime_total_stays_exact_past_2_pow_53(prefix):
+    """settle writes "spent" with the other fields while it fits a Lua number exactly, and
+    adds it with HINCRBY (exact 64-bit) once it would not."""
+
+    async def main():
+        store = await opened(prefix)
+        try:
+            account, _, _, secret = await funded(store, "1")
+            key = await store.authenticate(secret)
+            acct_key = store._acct(account.id)
+            await store.r.hset(acct_key, "spent", 2**53 - 10)
+            for _ in range(2):
+                hold = await store.place_hold(key, 1000, 1)
+                await store.settle(hold, receipt_for(key, 7, 5))
+            assert int(await store.r.hget(acct_key, "spent")) == 2**53 - 10 + 14
+            assert (await store.account(account.id)).balance_nano == usd_to_nano("1") - 14
+        finally:
+            await store.close()
+
+    run(main())
+
+
 def test_revocation_is_acknowledged_by_every_instance(prefix):
     async def main():
         a, b = await opened(prefix), await opened(prefix)
