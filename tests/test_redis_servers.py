@@ -293,7 +293,9 @@ def test_redis_stopped_and_restarted_under_load(tmp_path):
 
         statuses = {s for _, s, _, _ in results}
         assert statuses <= {200, 503}, statuses
-        during = [(s, code, round(t - down_at, 3)) for t, s, _, code in results if down_at < t < restart_at]
+        # started while Redis was down, and not so close to its restart that the server
+        # reached the store after Redis was back (a request takes some ms to get there)
+        during = [(s, code, round(t - down_at, 3)) for t, s, _, code in results if down_at < t < restart_at - 0.2]
         assert during and all(s == 503 and code == "store_unavailable" for s, code, _ in during), ([x for x in during if x[0] != 503][:5])
         after = [(round(t - up_at, 3), s, code) for t, s, _, code in results if t > up_at + 1.0]
         assert after and all(s == 200 for _, s, _ in after), [x for x in after if x[1] != 200][:20]

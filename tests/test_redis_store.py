@@ -134,6 +134,79 @@ def test_concurrent_holds_never_overspend(prefix):
     run(main())
 
 
+def fcalls_sent(store: RedisStore) -> list[tuple]:
+    """Record every command the store's hot-path connection sends (a spy, not a stub: the
+    commands still go to Redis)."""
+    sent: list[tuple] = []
+    send_now = store.hot.send_now
+
+    def spy(args):
+        sent.append(args)
+        return send_now(args)
+
+    store.hot.send_now = spy  # type: ignore[method-assign]
+    return sent
+
+
+def test_the_operations_of_one_loop_iteration_share_one_call(prefix):
+    """Admits and settles of one account queued together go to Redis as one batch call; the
+    batch keeps each one's outcome: the balance covers exactly ten of 40 holds, and within
+    one call a settle cannot be applied twice."""
+
+    async def main():
+        store = await opened(prefix)
+        try:
+            account, _, key, secret = await funded(store, "1")
+            other, _, key2, secret2 = await funded(store, "1")
+            key, key2 = await store.authenticate(secret), await store.authenticate(secret2)
+            sent = fcalls_sent(store)
+            results = await asyncio.gather(
+                *[store.place_hold(key, 100_000_000, 1) for _ in range(40)],
+                *[store.place_hold(key2, 1_000_000, 1) for _ in range(3)],
+                return_exceptions=True,
+            )
+            batches = [c for c in sent if c[0] == "FCALL" and c[1] == store._fn["batch"]]
+            assert sorted(c[3] for c in batches) == sorted([store._acct(account.id), store._acct(other.id)])
+            held = [h for h in results[:40] if not isinstance(h, BaseException)]
+            assert len(held) == 10
+            assert all(isinstance(e, errors.InsufficientBalance) for e in results[:40] if isinstance(e, BaseException))
+            assert all(not isinstance(h, BaseException) for h in results[40:])
+            assert (await store.account(account.id)).held_nano == 1_000_000_000
+            sent.clear()
+            receipts = [receipt_for(key, 60_000_000, 50_000_000) for _ in held]
+            twin = receipt_for(key, 60_000_000, 50_000_000)
+            twin.id = receipts[0].id  # the same receipt id twice in one call
+            await asyncio.gather(*[store.settle(h, r) for h, r in zip(held, receipts, strict=True)], store.settle(held[0], twin))
+            assert len([c for c in sent if c[0] == "FCALL"]) == 1
+            acct = await store.account(account.id)
+            assert (acct.balance_nano, acct.held_nano) == (1_000_000_000 - 10 * 60_000_000, 0)
+            assert await store.verify_ledger() == []
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_a_batch_recovers_when_redis_lost_the_functions(prefix):
+    """Redis restarted without persistence (no function library): the batch call is refused,
+    the library loaded again and the batch sent again, so the calls go through."""
+
+    async def main():
+        store = await opened(prefix)
+        try:
+            account, _, _, secret = await funded(store, "1")
+            key = await store.authenticate(secret)
+            await store.r.function_delete(store._fn["batch"].rsplit("_", 1)[0])
+            holds = await asyncio.gather(*[store.place_hold(key, 1000, 1) for _ in range(3)])
+            await store.settle(holds[0], receipt_for(key, 500, 400))
+            acct = await store.account(account.id)
+            assert (acct.held_nano, acct.balance_nano) == (2000, usd_to_nano("1") - 500)
+        finally:
+            await store.close()
+
+    run(main())
+
+
 def test_settle_never_takes_the_balance_below_zero(prefix):
     async def main():
         store = await opened(prefix)

@@ -79,6 +79,7 @@ HEARTBEAT_TTL_MS = 2000  # an instance silent this long is no longer live
 ACK_TIMEOUT = 1.0  # seconds a revoke waits for every live instance
 SETTLE_RETRY_EVERY = 0.2  # seconds between attempts to write settlements Redis refused
 CACHE_MAX = 100_000  # cached key contexts; the cache is emptied when it grows past this
+BATCH_MAX = 64  # operations per batch call: bounds how long one call keeps Redis busy
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 # Redis answers these while it cannot serve (starting, a failover, a long script): an outage
 _UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "OOM", "MISCONF")
@@ -193,7 +194,9 @@ class RedisStore(Store):
         )  # fmt: skip
         self.hot = RespConnection(url)  # the hot path's pipelined connection (meshfast/store/resp.py)
         self.channel = f"{prefix}:revoke"
-        self._fn = {name: f"{LIBRARY}_{name}" for name in ("admit", "settle", "release", "revoke", "topup", "context", "bump")}
+        self._fn = {name: f"{LIBRARY}_{name}" for name in ("admit", "settle", "batch", "release", "revoke", "topup", "context", "bump")}
+        self._batches: dict[str, tuple[list[Any], list[asyncio.Future]]] = {}  # account id -> ops queued this iteration
+        self._batch_scheduled = False
         self._cache: dict[str, _Context] = {}  # sha256 of the secret -> context
         self._by_key: dict[str, str] = {}  # key id -> sha256, to drop a key's context
         self._recent: dict[str, _Context] = {}  # the latest load per key, cached or not
@@ -228,35 +231,96 @@ class RedisStore(Store):
             if "already exists" not in str(exc):
                 raise
 
-    async def _fcall(self, name: str, aid: str, *args: Any, unknown: Any = None) -> Any:
+    async def _fcall(self, name: str, aid: str, *args: Any) -> Any:
         """One function call (the library is loaded again if Redis lost it, e.g. a restart
-        without persistence). Redis down -> StoreUnavailable. ``unknown()`` runs when the
-        call was sent but its outcome cannot be known (the connection broke, or the caller
-        was cancelled, before the reply)."""
+        without persistence). Redis down -> StoreUnavailable."""
         fn = self._fn[name]
         for attempt in (1, 2):
             cmd = ("FCALL", fn, 1, self._acct(aid), *args)
-            fut = self.hot.send_now(cmd)
-            if fut is None:
-                try:
-                    fut = await self.hot.start(cmd)
-                except _DOWN as exc:  # not sent
-                    raise _outage(exc) from exc
             try:
-                return await fut
-            except asyncio.CancelledError:
-                if unknown is not None:
-                    unknown()
-                raise
+                return await self.hot.call(*cmd)
             except _DOWN as exc:
-                if unknown is not None:
-                    unknown()
                 raise _outage(exc) from exc
             except ResponseError as exc:  # Redis answered: it did not run the function
                 if "Function not found" not in str(exc) or attempt == 2:
                     raise _outage(exc) from exc
             await self._do(self.load_functions())
         raise AssertionError("unreachable")
+
+    # -- batched hot-path calls ---------------------------------------------------------
+    def _submit(self, aid: str, op: str, args: tuple[Any, ...]) -> asyncio.Future:
+        """Queue one admit ("a") or settle ("s") of account ``aid``; its future gets the
+        operation's reply. Every operation queued for one account in one loop iteration
+        goes to Redis as one call of the batch function, which reads and writes the account
+        once for all of them (Redis's CPU per call is most of the Redis store's cost)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        batch = self._batches.get(aid)
+        if batch is None:
+            batch = self._batches[aid] = ([], [])
+            if not self._batch_scheduled:
+                self._batch_scheduled = True
+                loop.call_soon(self._send_batches)
+        flat, futs = batch
+        flat += (op, len(args), *args)
+        futs.append(fut)
+        if len(futs) >= BATCH_MAX:
+            self._send_batch(aid, self._batches.pop(aid))
+        return fut
+
+    def _send_batches(self) -> None:
+        self._batch_scheduled = False
+        batches, self._batches = self._batches, {}
+        for aid, batch in batches.items():
+            self._send_batch(aid, batch)
+        self.hot.flush()  # out in this loop iteration
+
+    def _send_batch(self, aid: str, batch: tuple[list[Any], list[asyncio.Future]], attempt: int = 1) -> None:
+        cmd = ("FCALL", self._fn["batch"], 1, self._acct(aid), *batch[0])
+        try:
+            sent = self.hot.send_now(cmd)
+        except Exception as exc:  # an argument hiredis cannot pack: a bug, not an outage
+            self._fail_batch(batch, exc)
+            return
+        if sent is None:  # not connected: connect, then send
+            asyncio.get_running_loop().create_task(self._connect_and_send(aid, batch, cmd, attempt))
+        else:
+            sent.add_done_callback(lambda f: self._batch_replied(aid, batch, attempt, f))
+
+    async def _connect_and_send(self, aid: str, batch: tuple[list[Any], list[asyncio.Future]], cmd: tuple[Any, ...], attempt: int) -> None:
+        try:
+            sent = await self.hot.start(cmd)
+        except _DOWN as exc:  # never sent: the callers get an outage, and nothing ran
+            self._fail_batch(batch, _outage(exc))
+            return
+        sent.add_done_callback(lambda f: self._batch_replied(aid, batch, attempt, f))
+
+    def _batch_replied(self, aid: str, batch: tuple[list[Any], list[asyncio.Future]], attempt: int, sent: asyncio.Future) -> None:
+        exc = RedisConnectionError("the batch call was cancelled") if sent.cancelled() else sent.exception()
+        if exc is None:
+            for fut, reply in zip(batch[1], sent.result(), strict=True):
+                if not fut.done():  # a caller cancelled meanwhile: the reply is dropped
+                    fut.set_result(reply)
+        elif isinstance(exc, ResponseError) and "Function not found" in str(exc) and attempt == 1:
+            # Redis lost the library (a restart without persistence): nothing ran; load it, send again
+            asyncio.get_running_loop().create_task(self._reload_and_send(aid, batch))
+        else:
+            self._fail_batch(batch, exc)
+
+    async def _reload_and_send(self, aid: str, batch: tuple[list[Any], list[asyncio.Future]]) -> None:
+        try:
+            await self._do(self.load_functions())
+        except errors.StoreUnavailable as exc:
+            self._fail_batch(batch, exc)
+            return
+        self._send_batch(aid, batch, attempt=2)
+        self.hot.flush()
+
+    @staticmethod
+    def _fail_batch(batch: tuple[list[Any], list[asyncio.Future]], exc: BaseException) -> None:
+        for fut in batch[1]:
+            if not fut.done():
+                fut.set_exception(exc)
 
     async def _do(self, coro: Any) -> Any:
         try:
@@ -316,13 +380,23 @@ class RedisStore(Store):
         hid = new_id("hold_")
         member = f"{hid}:{amount_nano}:{key.id}:{key.project_id}:{tokens}{ctx.member_tail}"
         sent = time.monotonic()
-        out = await self._fcall(
-            "admit", key.account_id, ctx.ver, key.id, key.project_id, amount_nano, tokens, member, hid,
+        fut = self._submit(key.account_id, "a", (
+            ctx.ver, key.id, key.project_id, amount_nano, tokens, member, hid,
             self.hold_ttl_ms, self.window_ms, month, day, *ctx.limit_args,
+        ))  # fmt: skip
+        try:
+            out = await fut
+        except errors.StoreUnavailable:  # never sent: nothing ran
+            raise
+        except (asyncio.CancelledError, *_DOWN) as exc:
             # the admit may have run: release the hold once Redis answers, so a short outage
             # does not leave its slots and amount held until the hold expires
-            unknown=lambda: self._keep(("release", key.account_id, [member, self.window_ms, self.hold_ttl_ms])),
-        )  # fmt: skip
+            self._keep(("release", key.account_id, [member, self.window_ms, self.hold_ttl_ms]))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _outage(exc) from exc
+        except ResponseError as exc:
+            raise _outage(exc) from exc
         status = out[0]
         if status == "ok":
             hold = Hold(hid, key.account_id, key.id, amount_nano, time.time(), (self._headers(out), member))
@@ -393,21 +467,13 @@ class RedisStore(Store):
             receipt.key_id, receipt.project_id, self.window_ms, doc, hold.account_id,
         ]  # fmt: skip
         aid = hold.account_id
-        cmd = ("FCALL", self._fn["settle"], 1, self._acct(aid), *args)
-        try:
-            fut = self.hot.send_now(cmd) or await self.hot.start(cmd)
-        except _DOWN:  # never sent: keep it for the retry
-            self._keep(("settle", aid, args))
-            return
-        except asyncio.CancelledError:  # cancelled while connecting: not sent either
-            self._keep(("settle", aid, args))
-            raise
-        # Sent: whatever happens to the caller now (a client gone, a revocation), the reply
-        # is handled by _settled, which keeps the settlement for a retry on an outage.
+        # Whatever happens to the caller now (a client gone, a revocation), the reply is
+        # handled by _settled, which keeps the settlement for a retry on an outage.
+        fut = self._submit(aid, "s", args)
         fut.add_done_callback(lambda f: self._settled(f, aid, args))
         try:
             out = await asyncio.shield(fut)
-        except (*_DOWN, ResponseError):
+        except (*_DOWN, ResponseError, errors.StoreUnavailable):
             return  # kept or logged by _settled
         if out[0] == "dup":  # a reply to this very send: another call wrote this receipt id
             log.error("receipt id %s was already written by another call; this call's settlement was not applied", receipt.id)
@@ -424,7 +490,8 @@ class RedisStore(Store):
             if fut.result()[0] == "noaccount":
                 log.error("receipt %s not written: account %s is not in Redis (was it wiped?)", args[1], aid)
             return
-        if isinstance(exc, ResponseError) and "Function not found" not in str(exc) and _outage(exc) is exc:
+        bug = isinstance(exc, TypeError | ValueError)  # an argument that cannot be sent
+        if bug or (isinstance(exc, ResponseError) and "Function not found" not in str(exc) and _outage(exc) is exc):
             log.error("receipt %s could not be written and is set aside: %s", args[1], exc)
             self.failed.append(("settle", aid, args))
         else:  # an outage, or a Redis that lost the functions: the retry reloads and writes it

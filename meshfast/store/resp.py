@@ -174,6 +174,12 @@ class RespConnection:
             return None
         return proto.send(args)
 
+    def flush(self) -> None:
+        """Write the commands queued so far now, not at the end of this loop iteration."""
+        proto = self._proto
+        if proto is not None:
+            proto._flush()
+
     async def start(self, args: tuple[Any, ...]) -> asyncio.Future:
         """Send one command and return the future of its reply without waiting for it (the
         command runs even if the caller is cancelled afterwards)."""

@@ -238,15 +238,17 @@ local function take(base, owner, lim, now, p, tokens, hid, expiry)
   end
 end
 
--- The limits part of admit (only for a key or project that has limits): check, take, and
--- the rate-limit figures for the response headers.
-local function admit_limits(base, args, v, now, p, tokens, amount, hid, expiry)
-  local kid, pid = args[2], args[3]
-  local klim = {tonumber(args[13]), tonumber(args[14]), tonumber(args[15]), tonumber(args[16]), tonumber(args[17])}
-  local plim = {tonumber(args[18]), tonumber(args[19]), tonumber(args[20]), tonumber(args[21]), tonumber(args[22])}
-  local hk, hp = num(v[4]), num(v[5])
-  local r = refusal(base, kid, 'key', klim, now, p, tokens, amount, hk, num(v[7]), num(v[8]))
-    or refusal(base, pid, 'project', plim, now, p, tokens, amount, hp, num(v[9]), num(v[10]))
+-- The limits part of an admit (only for a key or project that has limits): check, take,
+-- and the rate-limit figures for the response headers. args[o + i] is the admit's i-th
+-- argument; V the account hash as the call sees it (see run_ops).
+local function admit_limits(base, args, o, V, now, p, tokens, amount, hid, expiry)
+  local kid, pid, month, day = args[o + 2], args[o + 3], args[o + 10], args[o + 11]
+  local klim = {tonumber(args[o + 13]), tonumber(args[o + 14]), tonumber(args[o + 15]), tonumber(args[o + 16]), tonumber(args[o + 17])}
+  local plim = {tonumber(args[o + 18]), tonumber(args[o + 19]), tonumber(args[o + 20]), tonumber(args[o + 21]), tonumber(args[o + 22])}
+  local hk, hp = V['h:' .. kid], V['h:' .. pid]
+  local km, pm = V['s:' .. kid .. ':' .. month], V['s:' .. pid .. ':' .. month]
+  local r = refusal(base, kid, 'key', klim, now, p, tokens, amount, hk, V['s:' .. kid .. ':' .. day], km)
+    or refusal(base, pid, 'project', plim, now, p, tokens, amount, hp, V['s:' .. pid .. ':' .. day], pm)
   if r then
     return r
   end
@@ -266,15 +268,23 @@ local function admit_limits(base, args, v, now, p, tokens, amount, hid, expiry)
     out[6], out[7], out[8] = hlim[2], g_remaining(rel, hlim[2], p), idiv(rel, hlim[2])
   end
   if klim[3] >= 0 then
-    out[9] = math.max(klim[3] - num(v[8]) - hk - amount, 0)
+    out[9] = math.max(klim[3] - km - hk - amount, 0)
   elseif plim[3] >= 0 then
-    out[9] = math.max(plim[3] - num(v[10]) - hp - amount, 0)
+    out[9] = math.max(plim[3] - pm - hp - amount, 0)
   end
   return out
 end
 
--- admit: auth + limits + hold in one call.
--- KEYS  P:{A}:a
+-- A change to the account hash, kept in S.V and written by run_ops' one HSET at the end.
+local function set(S, f, x)
+  S.V[f] = x
+  if not S.dirty[f] then
+    S.dirty[f] = true
+    S.dl[#S.dl + 1] = f
+  end
+end
+
+-- admit: auth + limits + hold.
 -- ARGV  ver key_id project_id amount tokens hold_member hold_id hold_ttl_ms window_ms month day
 --       expires_at_ms (0: never; the caller's copy, which `ver` vouches for)
 --       then, only when the key or its project has any limit:
@@ -287,118 +297,252 @@ end
 --       or {limit_name, 'key'|'project', limit, retry_ms or used}
 -- Without limits it reads and writes only what the hold needs; the spend summaries and
 -- windows are read only for a key or project that has limits.
-local function admit(keys, args)
-  local base = base_of(keys)
-  local acct = keys[1]
-  local ver, kid, pid, hid = args[1], args[2], args[3], args[7]
-  local amount, tokens, member = tonumber(args[4]), tonumber(args[5]), args[6]
-  local ttl, p = tonumber(args[8]), tonumber(args[9])
-  local expires = tonumber(args[12])
-  local limited = #args > 12
-  local now = now_ms()
+local function admit_op(S, o, n)
+  local args, V = S.args, S.V
+  local ver, kid, pid, hid = args[o + 1], args[o + 2], args[o + 3], args[o + 7]
+  local amount, tokens, member = tonumber(args[o + 4]), tonumber(args[o + 5]), args[o + 6]
+  local ttl, p, expires = tonumber(args[o + 8]), tonumber(args[o + 9]), tonumber(args[o + 12])
+  local now = S.now
   if expires > 0 and expires <= now then
     return {'expired'}
   end
-  if redis.call('EXISTS', base .. 'x:' .. hid) == 1 then
+  if S.tombs and redis.call('EXISTS', S.base .. 'x:' .. hid) == 1 then
     return {'released'} -- its caller gave up and released it already (see release)
   end
   -- The caller read the key (not revoked, not expired), its project and the account's terms
   -- at version `ver`; every change to any of them (revoke included) bumps it. So an equal
   -- `ver` means the caller's copy is exact, and the key needs no read of its own here.
-  local fields = {'ver', 'balance', 'held', 'h:' .. kid, 'h:' .. pid, 'pn'}
-  if limited then
-    local month, day = args[10], args[11]
-    fields[7], fields[8] = 's:' .. kid .. ':' .. day, 's:' .. kid .. ':' .. month
-    fields[9], fields[10] = 's:' .. pid .. ':' .. day, 's:' .. pid .. ':' .. month
-  end
-  local v = redis.call('HMGET', acct, unpack(fields))
-  if (v[1] or '0') ~= ver then
-    local k = redis.call('HGET', base .. 'k:' .. kid, 'revoked_at')
+  if S.ver ~= ver then
+    local k = redis.call('HGET', S.base .. 'k:' .. kid, 'revoked_at')
     if k and k ~= '' then
       return {'revoked'}
     end
     return {'stale'}
   end
-  local pn = num(v[6])
-  if now >= pn then -- an open hold may have expired: release it before counting
-    pn = purge(base, acct, now, p)
-    v = redis.call('HMGET', acct, unpack(fields))
-  end
-  local balance, held = num(v[2]), num(v[3])
-  if amount > balance - held then
-    return {'balance', balance, held}
+  local held = V.held
+  if amount > V.balance - held then
+    return {'balance', V.balance, held}
   end
   local expiry = now + ttl
   local out = {'ok', expiry}
-  if limited then
-    out = admit_limits(base, args, v, now, p, tokens, amount, hid, expiry)
+  if n > 12 then
+    out = admit_limits(S.base, args, o, V, now, p, tokens, amount, hid, expiry)
     if out[1] ~= 'ok' then
       return out
     end
   end
-  if expiry < pn then
-    redis.call('HSET', acct, 'held', held + amount, 'h:' .. kid, num(v[4]) + amount, 'h:' .. pid, num(v[5]) + amount, 'pn', expiry)
-  else
-    redis.call('HSET', acct, 'held', held + amount, 'h:' .. kid, num(v[4]) + amount, 'h:' .. pid, num(v[5]) + amount)
+  local hk, hp = 'h:' .. kid, 'h:' .. pid
+  set(S, 'held', held + amount)
+  set(S, hk, V[hk] + amount)
+  set(S, hp, V[hp] + amount)
+  if expiry < V.pn then
+    set(S, 'pn', expiry)
   end
-  redis.call('ZADD', base .. 'hs', expiry, member)
+  local h = S.holds
+  h[#h + 1] = expiry
+  h[#h + 1] = member
   return out
 end
 
 -- settle: close the hold, debit the balance (never below zero), write the receipt and
--- the spend summaries, in one call. Idempotent by receipt id (a retried settle is a no-op).
--- A hold that expired meanwhile is simply no longer open: the call is billed all the same.
--- KEYS  P:{A}:a
+-- the spend summaries. Idempotent by receipt id (a retried settle is a no-op). A hold
+-- that expired meanwhile is simply no longer open: the call is billed all the same.
 -- ARGV  hold_member receipt_id total upstream used_tokens created_ms month day key_id
 --       project_id window_ms receipt_json account_id
 -- ->    {total, capped 0/1} | {'dup', total} (already written) | {'noaccount'} (nothing written)
-local function settle(keys, args)
-  local base = base_of(keys)
-  local acct = keys[1]
-  local member, rid = args[1], args[2]
-  local total = tonumber(args[3])
-  local month, day, kid, pid, aid = args[7], args[8], args[9], args[10], args[13]
-  local fa, fkm, fkd = 's:' .. aid .. ':' .. month, 's:' .. kid .. ':' .. month, 's:' .. kid .. ':' .. day
-  local fpm, fpd, fhk, fhp = 's:' .. pid .. ':' .. month, 's:' .. pid .. ':' .. day, 'h:' .. kid, 'h:' .. pid
-  local v = redis.call('HMGET', acct, 'id', 'balance', 'held', fhk, fhp, fa, fkm, fkd, fpm, fpd, 'spent')
-  if not v[1] then
+local function settle_op(S, o)
+  local args, V, base = S.args, S.V, S.base
+  local member, rid, total = args[o + 1], args[o + 2], tonumber(args[o + 3])
+  local month, day, kid, pid, aid = args[o + 7], args[o + 8], args[o + 9], args[o + 10], args[o + 13]
+  if not S.id then
     return {'noaccount'}
   end
   local rkey = base .. 'r:' .. rid
-  if redis.call('HSETNX', rkey, 'j', args[12]) == 0 then
+  if S.rids[rid] or (S.dups and redis.call('EXISTS', rkey) == 1) then
     return {'dup', redis.call('HGET', rkey, 'c') or total}
   end
-  local balance, held, hk, hp = num(v[2]), num(v[3]), num(v[4]), num(v[5])
+  S.rids[rid] = true
   local released
-  if string.sub(member, -#PLAIN) == PLAIN then -- no slots, no tokens: the ZREM closes it
-    if redis.call('ZREM', base .. 'hs', member) == 1 then
+  if string.sub(member, -#PLAIN) == PLAIN then -- no slots, no tokens: its ZREM closes it
+    if S.open[member] then
+      S.open[member] = nil
+      S.zrem[#S.zrem + 1] = member
       released = tonumber(string.match(member, '^[^:]+:(%d+):'))
     end
   else
-    released = close_hold(base, member, tonumber(args[11]), tonumber(args[5]), false)
+    released = close_hold(base, member, tonumber(args[o + 11]), tonumber(args[o + 5]), false)
   end
+  local held = V.held
   if released then -- the member names this key and project (the caller built it so)
-    held, hk, hp = held - released, hk - released, hp - released
+    local hk, hp = 'h:' .. kid, 'h:' .. pid
+    held = held - released
+    set(S, 'held', held)
+    set(S, hk, V[hk] - released)
+    set(S, hp, V[hp] - released)
   end
   local capped = 0
-  if total > balance - held then
-    total = math.max(balance - held, 0)
+  local w = S.receipts
+  w[#w + 1] = rkey
+  w[#w + 1] = args[o + 12]
+  if total > V.balance - held then
+    total = math.max(V.balance - held, 0)
     capped = 1
-    redis.call('HSET', rkey, 'c', total)
   end
-  -- "spent" is a lifetime total: it may pass 2^53 one day, and then HINCRBY adds it exactly
-  local spent = num(v[11]) + total
-  if spent < MAX_NANO then
-    redis.call('HSET', acct, 'balance', balance - total, 'held', held, fhk, hk, fhp, hp, 'spent', spent,
-      fa, num(v[6]) + total, fkm, num(v[7]) + total, fkd, num(v[8]) + total, fpm, num(v[9]) + total, fpd, num(v[10]) + total)
-  else
-    redis.call('HSET', acct, 'balance', balance - total, 'held', held, fhk, hk, fhp, hp,
-      fa, num(v[6]) + total, fkm, num(v[7]) + total, fkd, num(v[8]) + total, fpm, num(v[9]) + total, fpd, num(v[10]) + total)
-    redis.call('HINCRBY', acct, 'spent', total)
-  end
-  redis.call('ZADD', base .. 'rs', args[6], rid)
+  w[#w + 1] = capped == 1 and total or false
+  set(S, 'balance', V.balance - total)
+  local f = 's:' .. aid .. ':' .. month
+  set(S, f, V[f] + total)
+  f = 's:' .. kid .. ':' .. month
+  set(S, f, V[f] + total)
+  f = 's:' .. kid .. ':' .. day
+  set(S, f, V[f] + total)
+  f = 's:' .. pid .. ':' .. month
+  set(S, f, V[f] + total)
+  f = 's:' .. pid .. ':' .. day
+  set(S, f, V[f] + total)
+  S.spent = S.spent + total
+  S.rs[#S.rs + 1] = args[o + 6]
+  S.rs[#S.rs + 1] = rid
   return {total, capped}
 end
+
+-- Run admits and settles of one account, in order, as one atomic step. The account hash is
+-- read with one HMGET of every field they need and written back with one HSET of what they
+-- changed; the holds they open and close, their receipts and the receipt index are written
+-- once each at the end. Everything the operations check is read before anything is
+-- written, so a call that fails (a bug) leaves the account as it was, but for the limit
+-- windows and slots of a key with limits.
+-- ARGV  op n arg_1 .. arg_n  [op n arg_1 .. arg_n ...]   op: 'a' admit or 's' settle, with
+--       the arguments described above  ->  the operations' replies, in order
+local function run_ops(keys, args)
+  local base, acct = base_of(keys), keys[1]
+  local ops, names, seen = {}, {'ver', 'id', 'balance', 'held', 'pn', 'spent'}, {}
+  local tombs, plain, rkeys = {}, {}, {}
+  local function need(f)
+    if not seen[f] then
+      seen[f] = true
+      names[#names + 1] = f
+    end
+  end
+  local i = 1
+  while i <= #args do
+    local op, n = args[i], tonumber(args[i + 1])
+    local o = i + 1 -- args[o + k]: the operation's k-th argument
+    ops[#ops + 1] = {op, o, n}
+    local kid, pid
+    if op == 'a' then
+      kid, pid = args[o + 2], args[o + 3]
+      tombs[#tombs + 1] = base .. 'x:' .. args[o + 7]
+      if n > 12 then
+        local month, day = args[o + 10], args[o + 11]
+        need('s:' .. kid .. ':' .. day)
+        need('s:' .. kid .. ':' .. month)
+        need('s:' .. pid .. ':' .. day)
+        need('s:' .. pid .. ':' .. month)
+      end
+    elseif op == 's' then
+      local member, month, day = args[o + 1], args[o + 7], args[o + 8]
+      kid, pid = args[o + 9], args[o + 10]
+      need('s:' .. args[o + 13] .. ':' .. month)
+      need('s:' .. kid .. ':' .. month)
+      need('s:' .. kid .. ':' .. day)
+      need('s:' .. pid .. ':' .. month)
+      need('s:' .. pid .. ':' .. day)
+      if string.sub(member, -#PLAIN) == PLAIN then
+        plain[#plain + 1] = member
+      end
+      rkeys[#rkeys + 1] = base .. 'r:' .. args[o + 2]
+    else
+      return redis.error_reply('meshfast: unknown operation ' .. tostring(op))
+    end
+    need('h:' .. kid)
+    need('h:' .. pid)
+    i = o + n + 1
+  end
+  local vals = redis.call('HMGET', acct, unpack(names))
+  local now = 0
+  if #tombs > 0 then
+    now = now_ms()
+    if now >= (tonumber(vals[5]) or 0) then -- an open hold may have expired: release it first
+      purge(base, acct, now, 0)
+      vals = redis.call('HMGET', acct, unpack(names))
+    end
+  end
+  local V = {}
+  for k = 3, #names do
+    V[names[k]] = tonumber(vals[k]) or 0
+  end
+  local S = {
+    args = args, base = base, V = V, now = now, ver = vals[1] or '0', id = vals[2],
+    dirty = {}, dl = {}, holds = {}, zrem = {}, receipts = {}, rs = {}, rids = {}, open = {}, spent = 0,
+    -- one EXISTS each for all tombstones and all receipts; an operation checks its own only
+    -- when one of them exists (a late admit, a retried settle)
+    tombs = #tombs > 0 and redis.call('EXISTS', unpack(tombs)) > 0,
+    dups = #rkeys > 0 and redis.call('EXISTS', unpack(rkeys)) > 0,
+  }
+  if #plain > 0 then
+    local scores = redis.call('ZMSCORE', base .. 'hs', unpack(plain))
+    for k, m in ipairs(plain) do
+      if scores[k] then
+        S.open[m] = true
+      end
+    end
+  end
+  local out = {}
+  for k, op in ipairs(ops) do
+    if op[1] == 'a' then
+      out[k] = admit_op(S, op[2], op[3])
+    else
+      out[k] = settle_op(S, op[2])
+    end
+  end
+  -- the writes
+  local w = S.receipts
+  for k = 1, #w, 3 do
+    if w[k + 2] then -- capped at what the balance could cover
+      redis.call('HSET', w[k], 'j', w[k + 1], 'c', w[k + 2])
+    else
+      redis.call('HSET', w[k], 'j', w[k + 1])
+    end
+  end
+  if #S.holds > 0 then
+    redis.call('ZADD', base .. 'hs', unpack(S.holds))
+  end
+  if #S.zrem > 0 then
+    redis.call('ZREM', base .. 'hs', unpack(S.zrem))
+  end
+  if S.spent > 0 then -- a lifetime total: past 2^53 it is added by HINCRBY, exactly
+    if V.spent + S.spent < MAX_NANO then
+      set(S, 'spent', V.spent + S.spent)
+    else
+      redis.call('HINCRBY', acct, 'spent', S.spent)
+    end
+  end
+  if #S.dl > 0 then
+    local hw = {}
+    for _, f in ipairs(S.dl) do
+      hw[#hw + 1] = f
+      hw[#hw + 1] = V[f]
+    end
+    redis.call('HSET', acct, unpack(hw))
+  end
+  if #S.rs > 0 then
+    redis.call('ZADD', base .. 'rs', unpack(S.rs))
+  end
+  return out
+end
+
+-- One operation alone, with its arguments as ARGV (retries and tools use these).
+local function one(op)
+  return function(keys, args)
+    local a = {op, #args}
+    for k = 1, #args do
+      a[k + 2] = args[k]
+    end
+    return run_ops(keys, a)[1]
+  end
+end
+local admit, settle = one('a'), one('s')
 
 -- release: nothing to bill; give the hold back (tokens reservation included). Safe to
 -- repeat: a hold already closed is left alone.
@@ -484,6 +628,7 @@ end
 
 redis.register_function('__LIB___admit', admit)
 redis.register_function('__LIB___settle', settle)
+redis.register_function('__LIB___batch', run_ops)
 redis.register_function('__LIB___release', release)
 redis.register_function('__LIB___revoke', revoke)
 redis.register_function('__LIB___topup', topup)
