@@ -187,6 +187,46 @@ def test_the_operations_of_one_loop_iteration_share_one_call(prefix):
     run(main())
 
 
+def test_a_faulty_operation_fails_alone(prefix, caplog):
+    """A batch call that fails for a reason other than an outage (an argument that cannot be
+    sent, an error inside the function) is sent again one operation at a time: only the
+    faulty one fails, its neighbours are served and billed."""
+
+    async def main():
+        store = await opened(prefix)
+        try:
+            account, _, _, secret = await funded(store, "1")
+            key = await store.authenticate(secret)
+            ctx = store._context_of(key)
+            good = [store.place_hold(key, 100_000_000, 1) for _ in range(3)]
+            # an admit whose amount is not a number: the function raises a Lua error
+            bad = ("a", (ctx.ver, key.id, key.project_id, "lots", 1, "hold_bad:1:k:p:1:0:0:00", "hold_bad",
+                         store.hold_ttl_ms, store.window_ms, "2026-11", "2026-11-26", 0))  # fmt: skip
+            unpackable = ("s", (object(),))  # hiredis cannot send it
+            with caplog.at_level("ERROR", logger="meshfast.store"):
+                results = await asyncio.gather(
+                    *good, store._submit(account.id, *bad), store._submit(account.id, *unpackable), return_exceptions=True
+                )
+            assert "sending each alone" in caplog.text
+            holds, lua_error, pack_error = results[:3], results[3], results[4]
+            assert all(not isinstance(h, BaseException) for h in holds), holds
+            assert isinstance(lua_error, redis.ResponseError)
+            assert isinstance(pack_error, TypeError)
+            for h in holds:
+                await store.settle(h, receipt_for(key, 100_000_000, 90_000_000))
+            acct = await store.account(account.id)
+            assert (acct.balance_nano, acct.held_nano) == (usd_to_nano("1") - 300_000_000, 0)
+            # every number the functions wrote is a plain integer (HINCRBY and int() read them)
+            fields = await store.r.hgetall(store._acct(account.id))
+            for name in ("balance", "held", "spent", "pn", f"h:{key.id}", f"h:{key.project_id}"):
+                assert fields[name].lstrip("-").isdigit(), (name, fields[name])
+            assert await store.verify_ledger() == []
+        finally:
+            await store.close()
+
+    run(main())
+
+
 def test_a_batch_recovers_when_redis_lost_the_functions(prefix):
     """Redis restarted without persistence (no function library): the batch call is refused,
     the library loaded again and the batch sent again, so the calls go through."""

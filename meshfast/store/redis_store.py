@@ -172,6 +172,29 @@ class _Context:
         self.member_tail = f":{klim[1]}:{plim[1]}:{int(klim[4] > 0)}{int(plim[4] > 0)}"
 
 
+class _Batch:
+    """The operations of one account queued for one batch call, and their futures."""
+
+    __slots__ = ("flat", "ops", "args", "futs")
+
+    def __init__(self) -> None:
+        self.flat: list[Any] = []  # the batch function's arguments: op n arg_1 .. arg_n ...
+        self.ops: list[str] = []
+        self.args: list[Any] = []
+        self.futs: list[asyncio.Future] = []
+
+    def add(self, op: str, args: tuple[Any, ...] | list[Any], fut: asyncio.Future) -> None:
+        self.flat += (op, len(args), *args)
+        self.ops.append(op)
+        self.args.append(args)
+        self.futs.append(fut)
+
+    def fail(self, exc: BaseException) -> None:
+        for fut in self.futs:
+            if not fut.done():
+                fut.set_exception(exc)
+
+
 class RedisStore(Store):
     def __init__(
         self,
@@ -195,7 +218,7 @@ class RedisStore(Store):
         self.hot = RespConnection(url)  # the hot path's pipelined connection (meshfast/store/resp.py)
         self.channel = f"{prefix}:revoke"
         self._fn = {name: f"{LIBRARY}_{name}" for name in ("admit", "settle", "batch", "release", "revoke", "topup", "context", "bump")}
-        self._batches: dict[str, tuple[list[Any], list[asyncio.Future]]] = {}  # account id -> ops queued this iteration
+        self._batches: dict[str, _Batch] = {}  # account id -> operations queued this loop iteration
         self._batch_scheduled = False
         self._cache: dict[str, _Context] = {}  # sha256 of the secret -> context
         self._by_key: dict[str, str] = {}  # key id -> sha256, to drop a key's context
@@ -248,7 +271,7 @@ class RedisStore(Store):
         raise AssertionError("unreachable")
 
     # -- batched hot-path calls ---------------------------------------------------------
-    def _submit(self, aid: str, op: str, args: tuple[Any, ...]) -> asyncio.Future:
+    def _submit(self, aid: str, op: str, args: tuple[Any, ...] | list[Any]) -> asyncio.Future:
         """Queue one admit ("a") or settle ("s") of account ``aid``; its future gets the
         operation's reply. Every operation queued for one account in one loop iteration
         goes to Redis as one call of the batch function, which reads and writes the account
@@ -257,14 +280,12 @@ class RedisStore(Store):
         fut = loop.create_future()
         batch = self._batches.get(aid)
         if batch is None:
-            batch = self._batches[aid] = ([], [])
+            batch = self._batches[aid] = _Batch()
             if not self._batch_scheduled:
                 self._batch_scheduled = True
                 loop.call_soon(self._send_batches)
-        flat, futs = batch
-        flat += (op, len(args), *args)
-        futs.append(fut)
-        if len(futs) >= BATCH_MAX:
+        batch.add(op, args, fut)
+        if len(batch.futs) >= BATCH_MAX:
             self._send_batch(aid, self._batches.pop(aid))
         return fut
 
@@ -275,52 +296,71 @@ class RedisStore(Store):
             self._send_batch(aid, batch)
         self.hot.flush()  # out in this loop iteration
 
-    def _send_batch(self, aid: str, batch: tuple[list[Any], list[asyncio.Future]], attempt: int = 1) -> None:
-        cmd = ("FCALL", self._fn["batch"], 1, self._acct(aid), *batch[0])
+    def _send_batch(self, aid: str, batch: _Batch, attempt: int = 1) -> None:
+        cmd = ("FCALL", self._fn["batch"], 1, self._acct(aid), *batch.flat)
         try:
             sent = self.hot.send_now(cmd)
         except Exception as exc:  # an argument hiredis cannot pack: a bug, not an outage
-            self._fail_batch(batch, exc)
+            self._batch_failed(aid, batch, exc)
             return
         if sent is None:  # not connected: connect, then send
             asyncio.get_running_loop().create_task(self._connect_and_send(aid, batch, cmd, attempt))
         else:
             sent.add_done_callback(lambda f: self._batch_replied(aid, batch, attempt, f))
 
-    async def _connect_and_send(self, aid: str, batch: tuple[list[Any], list[asyncio.Future]], cmd: tuple[Any, ...], attempt: int) -> None:
+    async def _connect_and_send(self, aid: str, batch: _Batch, cmd: tuple[Any, ...], attempt: int) -> None:
         try:
             sent = await self.hot.start(cmd)
         except _DOWN as exc:  # never sent: the callers get an outage, and nothing ran
-            self._fail_batch(batch, _outage(exc))
+            batch.fail(_outage(exc))
+            return
+        except BaseException as exc:  # a bad argument, or cancelled at shutdown: never sent
+            self._batch_failed(aid, batch, exc if isinstance(exc, Exception) else errors.StoreUnavailable("The gateway is shutting down."))
+            if not isinstance(exc, Exception):
+                raise
             return
         sent.add_done_callback(lambda f: self._batch_replied(aid, batch, attempt, f))
 
-    def _batch_replied(self, aid: str, batch: tuple[list[Any], list[asyncio.Future]], attempt: int, sent: asyncio.Future) -> None:
+    def _batch_replied(self, aid: str, batch: _Batch, attempt: int, sent: asyncio.Future) -> None:
         exc = RedisConnectionError("the batch call was cancelled") if sent.cancelled() else sent.exception()
         if exc is None:
-            for fut, reply in zip(batch[1], sent.result(), strict=True):
-                if not fut.done():  # a caller cancelled meanwhile: the reply is dropped
-                    fut.set_result(reply)
-        elif isinstance(exc, ResponseError) and "Function not found" in str(exc) and attempt == 1:
+            replies = sent.result()
+            if isinstance(replies, list) and len(replies) == len(batch.futs):
+                for fut, reply in zip(batch.futs, replies):
+                    if not fut.done():  # a caller cancelled meanwhile: the reply is dropped
+                        fut.set_result(reply)
+                return
+            exc = ResponseError(f"the batch function answered {len(replies) if isinstance(replies, list) else type(replies).__name__} replies for {len(batch.futs)} operations")
+        if isinstance(exc, ResponseError) and "Function not found" in str(exc) and attempt == 1:
             # Redis lost the library (a restart without persistence): nothing ran; load it, send again
             asyncio.get_running_loop().create_task(self._reload_and_send(aid, batch))
+        elif isinstance(exc, _DOWN) or _outage(exc) is not exc:
+            batch.fail(exc)  # an outage: admits keep a release, settles are kept for the retry
         else:
-            self._fail_batch(batch, exc)
+            self._batch_failed(aid, batch, exc)
 
-    async def _reload_and_send(self, aid: str, batch: tuple[list[Any], list[asyncio.Future]]) -> None:
+    def _batch_failed(self, aid: str, batch: _Batch, exc: BaseException) -> None:
+        """A batch call failed for a reason that is not an outage (a bug: an argument that
+        cannot be sent, an error in the function). The checks of the batch function come
+        before its writes, so each operation is sent again alone: only the faulty one fails."""
+        if len(batch.futs) == 1:
+            batch.fail(exc)
+            return
+        log.error("a batch of %d Redis operations failed (%s); sending each alone", len(batch.futs), exc)
+        for op, args, fut in zip(batch.ops, batch.args, batch.futs):
+            alone = _Batch()
+            alone.add(op, args, fut)
+            self._send_batch(aid, alone)
+        self.hot.flush()
+
+    async def _reload_and_send(self, aid: str, batch: _Batch) -> None:
         try:
             await self._do(self.load_functions())
-        except errors.StoreUnavailable as exc:
-            self._fail_batch(batch, exc)
+        except Exception as exc:
+            batch.fail(exc)
             return
         self._send_batch(aid, batch, attempt=2)
         self.hot.flush()
-
-    @staticmethod
-    def _fail_batch(batch: tuple[list[Any], list[asyncio.Future]], exc: BaseException) -> None:
-        for fut in batch[1]:
-            if not fut.done():
-                fut.set_exception(exc)
 
     async def _do(self, coro: Any) -> Any:
         try:

@@ -25,11 +25,17 @@
 -- limits, revocations); admit refuses with "stale" when the caller's copy is older.
 --
 -- Money is integer nano-USD. Lua numbers are doubles: exact up to 2^53 nano-USD
--- (about 9 million USD), which topup enforces per account. redis.call sends a Lua number
--- as "%.17g" (newer Redis: as an integer when it is one), which writes every integer below
--- 2^53 exactly, so numbers go to Redis as they are, with no string.format per value.
+-- (about 9 million USD), which topup enforces per account. A number written to Redis goes
+-- through I() first: redis.call would send a Lua number as "%.17g" on Redis 7.0 but in
+-- the shortest form on 7.2.0-7.2.4 ("1e+08" for $0.10), which HINCRBY refuses and Python's
+-- int() cannot read. The batch function formats each changed field once per call.
 
 local MAX_NANO = 9007199254740991
+
+-- an integer as Redis wants it, whatever the Redis version
+local function I(x)
+  return string.format('%d', x)
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -166,9 +172,9 @@ end
 
 -- Give a closed hold's amount back (the account's and its owners' held amounts).
 local function unhold(acct, amount, kid, pid)
-  redis.call('HINCRBY', acct, 'held', -amount)
-  redis.call('HINCRBY', acct, 'h:' .. kid, -amount)
-  redis.call('HINCRBY', acct, 'h:' .. pid, -amount)
+  redis.call('HINCRBY', acct, 'held', I(-amount))
+  redis.call('HINCRBY', acct, 'h:' .. kid, I(-amount))
+  redis.call('HINCRBY', acct, 'h:' .. pid, I(-amount))
 end
 
 -- Release the holds of this account whose time ran out (their instance died or hung), and
@@ -188,7 +194,7 @@ local function purge(base, acct, now, p)
   if first[2] then
     pn = tonumber(first[2])
   end
-  redis.call('HSET', acct, 'pn', pn)
+  redis.call('HSET', acct, 'pn', I(pn))
   return pn
 end
 
@@ -226,7 +232,7 @@ end
 
 local function take(base, owner, lim, now, p, tokens, hid, expiry)
   if lim[5] > 0 then
-    redis.call('ZADD', base .. 'cc:' .. owner, expiry, hid)
+    redis.call('ZADD', base .. 'cc:' .. owner, I(expiry), hid)
   end
   if lim[1] > 0 then
     local key = base .. 'w:' .. owner .. ':r'
@@ -339,7 +345,7 @@ local function admit_op(S, o, n)
     set(S, 'pn', expiry)
   end
   local h = S.holds
-  h[#h + 1] = expiry
+  h[#h + 1] = I(expiry)
   h[#h + 1] = member
   return out
 end
@@ -500,7 +506,7 @@ local function run_ops(keys, args)
   local w = S.receipts
   for k = 1, #w, 3 do
     if w[k + 2] then -- capped at what the balance could cover
-      redis.call('HSET', w[k], 'j', w[k + 1], 'c', w[k + 2])
+      redis.call('HSET', w[k], 'j', w[k + 1], 'c', I(w[k + 2]))
     else
       redis.call('HSET', w[k], 'j', w[k + 1])
     end
@@ -515,14 +521,14 @@ local function run_ops(keys, args)
     if V.spent + S.spent < MAX_NANO then
       set(S, 'spent', V.spent + S.spent)
     else
-      redis.call('HINCRBY', acct, 'spent', S.spent)
+      redis.call('HINCRBY', acct, 'spent', I(S.spent))
     end
   end
   if #S.dl > 0 then
     local hw = {}
     for _, f in ipairs(S.dl) do
       hw[#hw + 1] = f
-      hw[#hw + 1] = V[f]
+      hw[#hw + 1] = I(V[f])
     end
     redis.call('HSET', acct, unpack(hw))
   end
@@ -597,8 +603,8 @@ local function topup(keys, args)
     return {'max', balance}
   end
   redis.call('HSET', base .. 'tu', args[1], args[3])
-  redis.call('HINCRBY', keys[1], 'topped', amount)
-  return {'ok', redis.call('HINCRBY', keys[1], 'balance', amount)}
+  redis.call('HINCRBY', keys[1], 'topped', I(amount))
+  return {'ok', redis.call('HINCRBY', keys[1], 'balance', I(amount))}
 end
 
 -- context: what an instance caches for a key: the key, its account and its project.
