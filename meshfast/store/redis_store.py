@@ -326,7 +326,7 @@ class RedisStore(Store):
         if exc is None:
             replies = sent.result()
             if isinstance(replies, list) and len(replies) == len(batch.futs):
-                for fut, reply in zip(batch.futs, replies):
+                for fut, reply in zip(batch.futs, replies, strict=True):
                     if not fut.done():  # a caller cancelled meanwhile: the reply is dropped
                         fut.set_result(reply)
                 return
@@ -347,7 +347,7 @@ class RedisStore(Store):
             batch.fail(exc)
             return
         log.error("a batch of %d Redis operations failed (%s); sending each alone", len(batch.futs), exc)
-        for op, args, fut in zip(batch.ops, batch.args, batch.futs):
+        for op, args, fut in zip(batch.ops, batch.args, batch.futs, strict=True):
             alone = _Batch()
             alone.add(op, args, fut)
             self._send_batch(aid, alone)
