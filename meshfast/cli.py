@@ -181,6 +181,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     print(f"{cfg.source}: ok")
+    if cfg.store.kind == "redis":
+        from meshfast.store.redis_store import RedisStore
+
+        async def probe() -> str:
+            store = RedisStore(cfg.store.redis_url or "", prefix=cfg.store.redis_prefix)
+            try:
+                return await store.probe()
+            finally:
+                await store.close()
+
+        try:
+            found = asyncio.run(probe())
+        except StoreUnavailable as exc:
+            print(f"  store: {exc.message}", file=sys.stderr)
+            return 2
+        print(f"  store: {store_label(cfg)}, prefix {cfg.store.redis_prefix!r}: reachable, {found}")
+    else:
+        print(f"  store: {store_label(cfg)}")
     if cfg.sim.enabled:
         print("  provider sim (built-in simulator): sim-1, sim-1-mini, sim-embed-1")
     for p in cfg.providers:

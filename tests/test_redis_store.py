@@ -715,3 +715,60 @@ def test_a_server_that_is_not_redis_is_named_as_such(tmp_path):
             await server.wait_closed()
 
     run(main())
+
+
+def test_check_config_reaches_redis_and_refuses_a_cluster_node(tmp_path):
+    """`meshfast check-config` with the Redis store says whether Redis can serve meshfast:
+    reachable (with its version), unreachable, or a Redis Cluster node (not supported yet:
+    refused with one clear line rather than failing call by call)."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    def check(url: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "MESHFAST_REDIS_URL": url, "MESHFAST_CONFIG": ""}
+        return subprocess.run(
+            [sys.executable, "-m", "meshfast", "check-config"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    p = check(REDIS_URL)
+    assert p.returncode == 0 and "reachable, Redis 7." in p.stdout, (p.stdout, p.stderr)
+    p = check(f"redis://127.0.0.1:{free_port()}/0")
+    assert p.returncode == 2 and "unreachable" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed: the cluster-node check needs one of its own")
+    def bindable(p: int) -> bool:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", p))
+                return True
+            except OSError:
+                return False
+
+    # a cluster node also listens on its port + 10000 (the cluster bus)
+    port = next(p for p in iter(free_port, None) if p + 10000 <= 65535 and bindable(p + 10000))
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
+         "--cluster-config-file", str(tmp_path / "nodes.conf"), "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None, "the cluster-enabled redis-server exited at start"
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the cluster-enabled redis-server did not answer"
+            time.sleep(0.05)
+        p = check(f"redis://127.0.0.1:{port}/0")
+        assert p.returncode == 2 and "Redis Cluster is not supported yet" in p.stderr, (p.stdout, p.stderr)
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -956,8 +956,34 @@ class RedisStore(Store):
         return problems
 
     # -- lifecycle ----------------------------------------------------------------------
+    async def probe(self) -> str:
+        """Reach Redis and check it can serve meshfast, writing nothing: its version (7.0 or
+        newer, for Redis Functions) and not a Redis Cluster node (not supported yet).
+        Returns "Redis <version>"; StoreUnavailable with the reason if not."""
+        where = f"Redis at {redacted_url(self.url)}"
+        try:
+            server = await self.r.info("server")
+            cluster = await self.r.info("cluster")
+        except RedisAuthError as exc:
+            raise errors.StoreUnavailable(f"{where} refused the login (check the password in the URL): {exc}") from exc
+        except _DOWN as exc:
+            raise errors.StoreUnavailable(f"{where} is unreachable: {exc}") from exc
+        except RedisError as exc:  # e.g. InvalidResponse: something else answers on that port
+            raise errors.StoreUnavailable(f"{where} did not answer as Redis does (is it a Redis server?): {exc}") from exc
+        version = str(server.get("redis_version", "0"))
+        major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+        if major < 7:
+            raise errors.StoreUnavailable(f"{where} is Redis {version}; meshfast needs Redis 7.0 or newer (Redis Functions).")
+        if int(cluster.get("cluster_enabled", 0)):
+            raise errors.StoreUnavailable(
+                f"{where} is a Redis Cluster node; Redis Cluster is not supported yet. Use a standalone Redis "
+                "(with replicas and Sentinel for failover if you need them)."
+            )
+        return f"Redis {version}"
+
     async def check(self) -> None:
         """Reach Redis now and load the functions; StoreUnavailable with the reason if not."""
+        await self.probe()
         where = f"Redis at {redacted_url(self.url)}"
         try:
             await self.load_functions()
