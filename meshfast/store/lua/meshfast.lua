@@ -303,7 +303,8 @@ end
 --       or {limit_name, 'key'|'project', limit, retry_ms or used}
 -- Without limits it reads and writes only what the hold needs; the spend summaries and
 -- windows are read only for a key or project that has limits.
-local function admit_op(S, o, n)
+-- r: the operation's record from run_ops: {op, o, n, 'h:'..key, 'h:'..project}.
+local function admit_op(S, o, n, r)
   local args, V = S.args, S.V
   local ver, kid, pid, hid = args[o + 1], args[o + 2], args[o + 3], args[o + 7]
   local amount, tokens, member = tonumber(args[o + 4]), tonumber(args[o + 5]), args[o + 6]
@@ -337,7 +338,7 @@ local function admit_op(S, o, n)
       return out
     end
   end
-  local hk, hp = 'h:' .. kid, 'h:' .. pid
+  local hk, hp = r[4], r[5] -- 'h:' .. kid, 'h:' .. pid, built by run_ops
   set(S, 'held', held + amount)
   set(S, hk, V[hk] + amount)
   set(S, hp, V[hp] + amount)
@@ -356,14 +357,15 @@ end
 -- ARGV  hold_member receipt_id total upstream used_tokens created_ms month day key_id
 --       project_id window_ms receipt_json account_id
 -- ->    {total, capped 0/1} | {'dup', total} (already written) | {'noaccount'} (nothing written)
-local function settle_op(S, o)
+-- r: the operation's record from run_ops: {op, o, n, 'h:'..key, 'h:'..project, receipt key,
+-- the five spend fields}, the names built once per call.
+local function settle_op(S, o, r)
   local args, V, base = S.args, S.V, S.base
   local member, rid, total = args[o + 1], args[o + 2], tonumber(args[o + 3])
-  local month, day, kid, pid, aid = args[o + 7], args[o + 8], args[o + 9], args[o + 10], args[o + 13]
   if not S.id then
     return {'noaccount'}
   end
-  local rkey = base .. 'r:' .. rid
+  local rkey = r[6] -- base .. 'r:' .. rid
   if S.rids[rid] or (S.dups and redis.call('EXISTS', rkey) == 1) then
     return {'dup', redis.call('HGET', rkey, 'c') or total}
   end
@@ -380,7 +382,7 @@ local function settle_op(S, o)
   end
   local held = V.held
   if released then -- the member names this key and project (the caller built it so)
-    local hk, hp = 'h:' .. kid, 'h:' .. pid
+    local hk, hp = r[4], r[5]
     held = held - released
     set(S, 'held', held)
     set(S, hk, V[hk] - released)
@@ -396,16 +398,10 @@ local function settle_op(S, o)
   end
   w[#w + 1] = capped == 1 and total or false
   set(S, 'balance', V.balance - total)
-  local f = 's:' .. aid .. ':' .. month
-  set(S, f, V[f] + total)
-  f = 's:' .. kid .. ':' .. month
-  set(S, f, V[f] + total)
-  f = 's:' .. kid .. ':' .. day
-  set(S, f, V[f] + total)
-  f = 's:' .. pid .. ':' .. month
-  set(S, f, V[f] + total)
-  f = 's:' .. pid .. ':' .. day
-  set(S, f, V[f] + total)
+  for k = 7, 11 do -- the spend summaries: account month, key month and day, project month and day
+    local f = r[k]
+    set(S, f, V[f] + total)
+  end
   S.spent = S.spent + total
   S.rs[#S.rs + 1] = args[o + 6]
   S.rs[#S.rs + 1] = rid
@@ -434,10 +430,10 @@ local function run_ops(keys, args)
   while i <= #args do
     local op, n = args[i], tonumber(args[i + 1])
     local o = i + 1 -- args[o + k]: the operation's k-th argument
-    ops[#ops + 1] = {op, o, n}
-    local kid, pid
+    local kid, pid, r
     if op == 'a' then
       kid, pid = args[o + 2], args[o + 3]
+      r = {op, o, n, 'h:' .. kid, 'h:' .. pid}
       tombs[#tombs + 1] = base .. 'x:' .. args[o + 7]
       if n > 12 then
         local month, day = args[o + 10], args[o + 11]
@@ -449,20 +445,21 @@ local function run_ops(keys, args)
     elseif op == 's' then
       local member, month, day = args[o + 1], args[o + 7], args[o + 8]
       kid, pid = args[o + 9], args[o + 10]
-      need('s:' .. args[o + 13] .. ':' .. month)
-      need('s:' .. kid .. ':' .. month)
-      need('s:' .. kid .. ':' .. day)
-      need('s:' .. pid .. ':' .. month)
-      need('s:' .. pid .. ':' .. day)
+      r = {op, o, n, 'h:' .. kid, 'h:' .. pid, base .. 'r:' .. args[o + 2], 's:' .. args[o + 13] .. ':' .. month,
+        's:' .. kid .. ':' .. month, 's:' .. kid .. ':' .. day, 's:' .. pid .. ':' .. month, 's:' .. pid .. ':' .. day}
+      for k = 7, 11 do
+        need(r[k])
+      end
       if string.sub(member, -#PLAIN) == PLAIN then
         plain[#plain + 1] = member
       end
-      rkeys[#rkeys + 1] = base .. 'r:' .. args[o + 2]
+      rkeys[#rkeys + 1] = r[6]
     else
       return redis.error_reply('meshfast: unknown operation ' .. tostring(op))
     end
-    need('h:' .. kid)
-    need('h:' .. pid)
+    need(r[4])
+    need(r[5])
+    ops[#ops + 1] = r
     i = o + n + 1
   end
   local vals = redis.call('HMGET', acct, unpack(names))
@@ -497,9 +494,9 @@ local function run_ops(keys, args)
   local out = {}
   for k, op in ipairs(ops) do
     if op[1] == 'a' then
-      out[k] = admit_op(S, op[2], op[3])
+      out[k] = admit_op(S, op[2], op[3], op)
     else
-      out[k] = settle_op(S, op[2])
+      out[k] = settle_op(S, op[2], op)
     end
   end
   -- the writes
