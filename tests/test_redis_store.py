@@ -355,6 +355,48 @@ def test_limits_tpm_concurrency_and_budgets(prefix):
     run(main())
 
 
+def test_limits_hold_within_one_batch(prefix):
+    """Limited and plain operations of one account in one batch call: each admit sees what
+    the ones before it took (concurrency slots, the daily budget's held amount), and the
+    settles of both kinds update the spend the next admits count."""
+
+    async def main():
+        store = await opened(prefix)
+        try:
+            account, project, key, secret = await funded(
+                store, "10", Limits(concurrency=3, daily_usd_nano=usd_to_nano("0.35"))
+            )
+            plain_key, plain_secret = await store.create_key(project, "plain")
+            key, plain_key = await store.authenticate(secret), await store.authenticate(plain_secret)
+            sent = fcalls_sent(store)
+            results = await asyncio.gather(
+                *[store.place_hold(key, usd_to_nano("0.1"), 1) for _ in range(6)],
+                *[store.place_hold(plain_key, usd_to_nano("0.1"), 1) for _ in range(4)],
+                return_exceptions=True,
+            )
+            assert len([c for c in sent if c[0] == "FCALL"]) == 1
+            limited, plain = results[:6], results[6:]
+            ok = [h for h in limited if not isinstance(h, BaseException)]
+            assert len(ok) == 3  # the concurrency cap (0.3 held is within the 0.35 daily budget)
+            assert all(isinstance(e, errors.ConcurrencyLimited) for e in limited if isinstance(e, BaseException))
+            assert all(not isinstance(h, BaseException) for h in plain)
+            await asyncio.gather(*[store.settle(h, receipt_for(key, usd_to_nano("0.1"), usd_to_nano("0.09"))) for h in ok],
+                                 *[store.settle(h, receipt_for(plain_key, usd_to_nano("0.1"), usd_to_nano("0.09"))) for h in plain])  # fmt: skip
+            # 0.3 spent today by the limited key: one more 0.1 call would pass 0.35
+            results = await asyncio.gather(store.place_hold(key, usd_to_nano("0.04"), 1), store.place_hold(key, usd_to_nano("0.1"), 1),
+                                           return_exceptions=True)  # fmt: skip
+            assert not isinstance(results[0], BaseException)
+            assert isinstance(results[1], errors.DailyBudgetExceeded)
+            await store.release(results[0])
+            acct = await store.account(account.id)
+            assert (acct.balance_nano, acct.held_nano) == (usd_to_nano("10") - usd_to_nano("0.7"), 0)
+            assert await store.verify_ledger() == []
+        finally:
+            await store.close()
+
+    run(main())
+
+
 def test_project_limits_apply_to_all_its_keys(prefix):
     async def main():
         store = await opened(prefix)
