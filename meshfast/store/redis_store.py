@@ -425,9 +425,7 @@ class RedisStore(Store):
             self.hold_ttl_ms, self.window_ms, month, day, *ctx.limit_args,
         ))  # fmt: skip
         try:
-            out = await fut
-        except errors.StoreUnavailable:  # never sent: nothing ran
-            raise
+            out = await fut  # StoreUnavailable: never sent, nothing ran (raised as it is)
         except (asyncio.CancelledError, *_DOWN) as exc:
             # the admit may have run: release the hold once Redis answers, so a short outage
             # does not leave its slots and amount held until the hold expires
@@ -976,8 +974,7 @@ class RedisStore(Store):
             raise errors.StoreUnavailable(f"{where} is Redis {version}; meshfast needs Redis 7.0 or newer (Redis Functions).")
         if int(cluster.get("cluster_enabled", 0)):
             raise errors.StoreUnavailable(
-                f"{where} is a Redis Cluster node; Redis Cluster is not supported yet. Use a standalone Redis "
-                "(with replicas and Sentinel for failover if you need them)."
+                f"{where} is a Redis Cluster node; Redis Cluster is not supported yet: use a standalone Redis."
             )
         return f"Redis {version}"
 
