@@ -1,18 +1,20 @@
 #!lua name=__LIB__
 -- meshfast's Redis functions: every hot-path state change of the Redis store is one call
--- of one function here, so it is atomic across all instances.
+-- of one function here, so it is atomic across all instances. The hot path calls `batch`:
+-- the admits and settles of one account that an instance has ready together, in one call.
 --
--- Versioned by name: the loader (meshfast/store/redis.py) replaces __LIB__ with
+-- Versioned by name: the loader (meshfast/store/redis_store.py) replaces __LIB__ with
 -- "meshfast_" plus a hash of this file, so two versions of these rules never share a
 -- name and a rolling upgrade runs each instance against its own version.
 --
 -- Key layout (P is the configured prefix, A an account id; every key a function touches
 -- carries the hash tag {A}, so the functions also run on Redis Cluster):
 --   P:{A}:a            hash  account: id name balance held spent topped margin_ppm fee_nano created ver,
+--                            pn (no later than the earliest open hold's expiry: see purge),
 --                            h:<owner> held by the owner's open calls (owner: a key or project id),
 --                            s:<owner>:<YYYY-MM or YYYY-MM-DD> settled spend (keys and projects:
---                            both periods; the account: months). One hash, so admit and settle
---                            read and write it in one command each.
+--                            both periods; the account: months). One hash, so a batch call
+--                            reads and writes it in one command each.
 --   P:{A}:k:<key>      hash  key: id project_id account_id hash prefix name created revoked_at expires_at limits
 --   P:{A}:p:<proj>     hash  project: id account_id name created limits
 --   P:{A}:hs           zset  open holds (the member carries the hold's data) -> expiry (ms)
