@@ -414,8 +414,9 @@ end
 -- read with one HMGET of every field they need and written back with one HSET of what they
 -- changed; the holds they open and close, their receipts and the receipt index are written
 -- once each at the end. Everything the operations check is read before anything is
--- written, so a call that fails (a bug) leaves the account as it was, but for the limit
--- windows and slots of a key with limits.
+-- written, so a call that fails (a bug) leaves the account as it was, but for the purge of
+-- expired holds and, for a key or project with limits, its windows and slots (taken and
+-- given back as each operation runs).
 -- ARGV  op n arg_1 .. arg_n  [op n arg_1 .. arg_n ...]   op: 'a' admit or 's' settle, with
 --       the arguments described above  ->  the operations' replies, in order
 local function run_ops(keys, args)
