@@ -86,6 +86,7 @@ def provision_redis_key(url: str) -> str:
     async def create() -> str:
         store = RedisStore(url, prefix=PREFIX)
         try:
+            await store.check()
             account = await store.create_account("bench")
             await store.topup(account.id, usd_to_nano("1000000"), "manual", "bench-balance")
             project = await store.create_project(account.id, "bench")

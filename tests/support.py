@@ -31,11 +31,30 @@ def _redis_up() -> bool:
 needs_redis = pytest.mark.skipif(not _redis_up(), reason=f"no Redis at {REDIS_URL} (the test machines run one)")
 
 
+def redis_client(url: str = REDIS_URL):
+    """A synchronous client for ``url``: redis-py's cluster client when it names a Redis
+    Cluster node (tests can run against a cluster with MESHFAST_TEST_REDIS_URL)."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    r = redis.Redis.from_url(url)
+    if int(r.info("cluster").get("cluster_enabled", 0)):
+        r.close()
+        return RedisCluster.from_url(url)
+    return r
+
+
 def drop_prefix(prefix: str, url: str = REDIS_URL) -> None:
     """Delete every Redis key a test made under ``prefix``."""
     import redis
+    from redis.cluster import RedisCluster
 
     r = redis.Redis.from_url(url)
+    if int(r.info("cluster").get("cluster_enabled", 0)):  # every node, a key at a time
+        with RedisCluster.from_url(url) as cluster:
+            for key in list(cluster.scan_iter(match=prefix + ":*", count=1000)):
+                cluster.delete(key)
+        return
     keys = list(r.scan_iter(match=prefix + ":*", count=1000))
     if keys:
         r.delete(*keys)
@@ -239,3 +258,77 @@ class SlowStream:
     def join(self, timeout: float) -> None:
         assert self.ended.wait(timeout), "the stream did not end"
         self._thread.join()
+
+
+class RedisClusterNodes:
+    """A Redis Cluster of three primaries on free ports (each node also listens on its port +
+    10000, the cluster bus), for tests of the Redis store on a cluster."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen] = []
+        self.ports: list[int] = []
+
+    @staticmethod
+    def _bindable(port: int) -> bool:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                return False
+
+    def _port(self) -> int:
+        while True:
+            p = free_port()
+            if p + 10000 <= 65535 and p not in self.ports and self._bindable(p + 10000):
+                return p
+
+    @staticmethod
+    def _ping(port: int, command: bytes = b"PING\r\n") -> bytes:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+                conn.sendall(command)
+                return conn.recv(4096)
+        except OSError:
+            return b""
+
+    def start(self) -> str:
+        import shutil
+
+        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if server is None or cli is None:
+            pytest.skip("redis-server and redis-cli are needed to start a Redis Cluster")
+        for i in range(3):
+            port = self._port()
+            self.ports.append(port)
+            d = self.workdir / f"node{i}"
+            d.mkdir()
+            self.procs.append(subprocess.Popen(
+                [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no", "--dir", str(d)],
+                stdout=subprocess.DEVNULL,
+            ))  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not all(self._ping(p).startswith(b"+PONG") for p in self.ports):
+            assert all(p.poll() is None for p in self.procs), "a cluster node exited at start"
+            assert time.monotonic() < deadline, "the cluster nodes did not start"
+            time.sleep(0.05)
+        subprocess.run(
+            [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports], "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while not all(b"cluster_state:ok" in self._ping(p, b"CLUSTER INFO\r\n") for p in self.ports):
+            assert time.monotonic() < deadline, "the cluster did not reach cluster_state:ok"
+            time.sleep(0.1)
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()

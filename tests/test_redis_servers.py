@@ -25,7 +25,15 @@ import redis
 
 from meshfast.billing import estimate_prompt_tokens
 from meshfast.money import margin_of, nano_to_usd, token_cost
-from tests.support import REDIS_URL, MeshServer, SlowStream, drop_prefix, free_port, needs_redis
+from tests.support import (
+    REDIS_URL,
+    MeshServer,
+    SlowStream,
+    drop_prefix,
+    free_port,
+    needs_redis,
+    redis_client,
+)
 
 ADMIN = "redis-admin-token-" + "z" * 20
 MSG = [{"role": "user", "content": "hello"}]
@@ -214,7 +222,7 @@ def test_two_workers_share_the_redis_store(tmp_path):
                 )
             codes = [r.status_code for r in replies]
             assert codes.count(200) == 10 and codes.count(429) == 6, codes
-            live = redis.Redis.from_url(REDIS_URL).smembers(f"{prefix}:instances")
+            live = redis_client().smembers(f"{prefix}:instances")
             assert len(live) == 2  # one per worker, both following revocations
             # forked workers must not share an id sequence: every call its own receipt, billed
             receipts = {r.headers["x-mesh-receipt-id"] for r in replies if r.status_code == 200}

@@ -39,9 +39,10 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AuthenticationError as RedisAuthError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meshfast import errors
@@ -68,7 +69,7 @@ from meshfast.store.base import (
     spend_buckets,
     usable_key,
 )
-from meshfast.store.resp import RespConnection
+from meshfast.store.resp import ClusterRespConnection, RespConnection
 
 log = logging.getLogger("meshfast.store")
 
@@ -82,7 +83,7 @@ CACHE_MAX = 100_000  # cached key contexts; the cache is emptied when it grows p
 BATCH_MAX = 64  # operations per batch call: bounds how long one call keeps Redis busy
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 # Redis answers these while it cannot serve (starting, a failover, a long script): an outage
-_UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "OOM", "MISCONF")
+_UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "OOM", "MISCONF", "MOVED", "ASK")
 
 
 def _outage(exc: Exception) -> Exception:
@@ -196,6 +197,10 @@ class _Batch:
 
 
 class RedisStore(Store):
+    """Call ``check()`` (or ``attach()``, which a server runs) before anything else: it
+    loads the functions and, when the URL names a Redis Cluster node, switches to the
+    cluster clients."""
+
     def __init__(
         self,
         url: str,
@@ -215,7 +220,9 @@ class RedisStore(Store):
             url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0,
             client_name=f"meshfast:{self.instance_id}",  # CLIENT LIST names the instance
         )  # fmt: skip
-        self.hot = RespConnection(url)  # the hot path's pipelined connection (meshfast/store/resp.py)
+        self.hot: RespConnection | ClusterRespConnection = RespConnection(url)  # the hot path's pipelined connection (meshfast/store/resp.py)
+        self.cluster = False  # set by probe() when the URL names a Redis Cluster node
+        self._plain = self.r  # a connection to the URL's node: pub/sub on a cluster
         self.channel = f"{prefix}:revoke"
         self._fn = {name: f"{LIBRARY}_{name}" for name in ("admit", "settle", "batch", "release", "revoke", "topup", "context", "bump")}
         self._batches: dict[str, _Batch] = {}  # account id -> operations queued this loop iteration
@@ -247,9 +254,14 @@ class RedisStore(Store):
 
     # -- Redis calls ------------------------------------------------------------------
     async def load_functions(self) -> None:
-        """Load this version's function library unless Redis already has it."""
+        """Load this version's function library unless Redis already has it (on a cluster:
+        on every primary, replacing a copy of the same version)."""
+        code = LUA_SOURCE.replace("__LIB__", LIBRARY)
+        if self.cluster:
+            await self.r.execute_command("FUNCTION LOAD", "REPLACE", code, target_nodes=RedisCluster.PRIMARIES)
+            return
         try:
-            await self.r.function_load(LUA_SOURCE.replace("__LIB__", LIBRARY))
+            await self.r.function_load(code)
         except ResponseError as exc:
             if "already exists" not in str(exc):
                 raise
@@ -265,10 +277,18 @@ class RedisStore(Store):
             except _DOWN as exc:
                 raise _outage(exc) from exc
             except ResponseError as exc:  # Redis answered: it did not run the function
+                self._moved(exc)
                 if "Function not found" not in str(exc) or attempt == 2:
                     raise _outage(exc) from exc
             await self._do(self.load_functions())
         raise AssertionError("unreachable")
+
+    def _moved(self, exc: BaseException) -> None:
+        """A cluster node that no longer serves the slot (resharding, a failover): the call
+        failed as an outage; the next ones go where the reply says (ASK, a slot in the
+        middle of a migration, only fails the call)."""
+        if self.cluster and isinstance(exc, ResponseError) and str(exc).startswith("MOVED "):
+            self.hot.moved(str(exc))  # type: ignore[union-attr]
 
     # -- batched hot-path calls ---------------------------------------------------------
     def _submit(self, aid: str, op: str, args: tuple[Any, ...] | list[Any]) -> asyncio.Future:
@@ -331,6 +351,7 @@ class RedisStore(Store):
                         fut.set_result(reply)
                 return
             exc = ResponseError(f"the batch function answered {len(replies) if isinstance(replies, list) else type(replies).__name__} replies for {len(batch.futs)} operations")
+        self._moved(exc)
         if isinstance(exc, ResponseError) and "Function not found" in str(exc) and attempt == 1:
             # Redis lost the library (a restart without persistence): nothing ran; load it, send again
             asyncio.get_running_loop().create_task(self._reload_and_send(aid, batch))
@@ -366,6 +387,7 @@ class RedisStore(Store):
         try:
             return await coro
         except (*_DOWN, ResponseError) as exc:
+            self._moved(exc)
             raise _outage(exc) from exc
 
     # -- hot path ---------------------------------------------------------------------
@@ -590,7 +612,7 @@ class RedisStore(Store):
     async def _listen(self) -> None:
         """Follow the revocation channel; acknowledge each revocation once handled."""
         while not self._closing:
-            pubsub = self.r.pubsub()
+            pubsub = self._plain.pubsub()  # on a cluster, every node sees every PUBLISH
             try:
                 await pubsub.subscribe(self.channel)
                 # Revocations may have been missed while unsubscribed: forget every cached key,
@@ -702,7 +724,7 @@ class RedisStore(Store):
             fields["margin_ppm"] = margin_ppm
         if fee_nano is not None:
             fields["fee_nano"] = fee_nano
-        async with self.r.pipeline(transaction=True) as pipe:
+        async with self.r.pipeline(transaction=not self.cluster) as pipe:  # two slots on a cluster
             pipe.hset(self._acct(a.id), mapping=fields).sadd(self._g("accounts"), a.id)
             await self._do(pipe.execute())
         return a
@@ -956,27 +978,51 @@ class RedisStore(Store):
     # -- lifecycle ----------------------------------------------------------------------
     async def probe(self) -> str:
         """Reach Redis and check it can serve meshfast, writing nothing: its version (7.0 or
-        newer, for Redis Functions) and not a Redis Cluster node (not supported yet).
-        Returns "Redis <version>"; StoreUnavailable with the reason if not."""
+        newer, for Redis Functions). A Redis Cluster node switches this store to the cluster
+        clients (every command to the node serving its key's slot). Returns what it found
+        ("Redis <version>" or "Redis Cluster <version>, <n> primaries"); StoreUnavailable
+        with the reason if Redis cannot serve."""
         where = f"Redis at {redacted_url(self.url)}"
         try:
-            server = await self.r.info("server")
-            cluster = await self.r.info("cluster")
+            server = await self._plain.info("server")
+            cluster = await self._plain.info("cluster")
+            version = str(server.get("redis_version", "0"))
+            major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+            if major < 7:
+                raise errors.StoreUnavailable(f"{where} is Redis {version}; meshfast needs Redis 7.0 or newer (Redis Functions).")
+            if not int(cluster.get("cluster_enabled", 0)):
+                return f"Redis {version}"
+            if not self.cluster:
+                await self._use_cluster()
+            return f"Redis Cluster {version}, {len(self.r.get_primaries())} primaries"  # type: ignore[union-attr]
         except RedisAuthError as exc:
             raise errors.StoreUnavailable(f"{where} refused the login (check the password in the URL): {exc}") from exc
         except _DOWN as exc:
             raise errors.StoreUnavailable(f"{where} is unreachable: {exc}") from exc
+        except RedisClusterException as exc:  # e.g. slots not all served yet
+            raise errors.StoreUnavailable(f"{where} is a Redis Cluster node, but the cluster cannot serve: {exc}") from exc
         except RedisError as exc:  # e.g. InvalidResponse: something else answers on that port
             raise errors.StoreUnavailable(f"{where} did not answer as Redis does (is it a Redis server?): {exc}") from exc
-        version = str(server.get("redis_version", "0"))
-        major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
-        if major < 7:
-            raise errors.StoreUnavailable(f"{where} is Redis {version}; meshfast needs Redis 7.0 or newer (Redis Functions).")
-        if int(cluster.get("cluster_enabled", 0)):
-            raise errors.StoreUnavailable(
-                f"{where} is a Redis Cluster node; Redis Cluster is not supported yet: use a standalone Redis."
-            )
-        return f"Redis {version}"
+
+    async def _use_cluster(self) -> None:
+        """The URL names a Redis Cluster node: the control plane goes through redis-py's
+        cluster client and the hot path through one pipelined connection per node. Every
+        key an account's functions touch carries the account's hash tag, so each call runs
+        on one node; the global keys (key hashes, instances, names) live wherever their
+        slots are."""
+        cluster = RedisCluster.from_url(
+            self.url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0,
+            client_name=f"meshfast:{self.instance_id}",
+        )  # fmt: skip
+        try:
+            await cluster.initialize()
+        except BaseException:
+            await cluster.aclose()
+            raise
+        self.r = cluster  # type: ignore[assignment]
+        self.hot.close()
+        self.hot = ClusterRespConnection(cluster, self.url)
+        self.cluster = True
 
     async def check(self) -> None:
         """Reach Redis now and load the functions; StoreUnavailable with the reason if not."""
@@ -1025,3 +1071,5 @@ class RedisStore(Store):
             pass
         self.hot.close()
         await self.r.aclose()
+        if self._plain is not self.r:
+            await self._plain.aclose()

@@ -215,3 +215,54 @@ class RespConnection:
         if self._proto is not None and self._proto.transport is not None:
             self._proto.transport.close()
         self._proto = None
+
+
+class ClusterRespConnection:
+    """The hot path on Redis Cluster: one pipelined :class:`RespConnection` per node, each
+    command sent to the node that serves its key's slot (the slot map is the one redis-py's
+    cluster client keeps). A command that reaches a node that no longer serves its slot is
+    answered MOVED or ASK; the caller treats that as an outage of that call, and a MOVED
+    updates the map (``moved``)."""
+
+    def __init__(self, cluster: Any, url: str, *, timeout: float = 2.0, connect_timeout: float = 1.0) -> None:
+        self.cluster = cluster  # redis.asyncio.cluster.RedisCluster, initialized
+        u = urlparse(url)
+        self._auth = u.netloc.rpartition("@")[0]
+        self._scheme = u.scheme
+        self._timeout, self._connect_timeout = timeout, connect_timeout
+        self._conns: dict[tuple[str, int], RespConnection] = {}
+
+    def _conn(self, args: tuple[Any, ...]) -> RespConnection:
+        key = args[3] if args[0] == "FCALL" else args[1]  # FCALL fn numkeys key ... | CMD key ...
+        node = self.cluster.get_node_from_key(key)
+        conn = self._conns.get((node.host, node.port))
+        if conn is None:
+            auth = f"{self._auth}@" if self._auth else ""
+            url = f"{self._scheme}://{auth}{node.host}:{node.port}/0"
+            conn = self._conns[(node.host, node.port)] = RespConnection(url, timeout=self._timeout, connect_timeout=self._connect_timeout)
+        return conn
+
+    async def call(self, *args: Any) -> Any:
+        return await self._conn(args).call(*args)
+
+    def send_now(self, args: tuple[Any, ...]) -> asyncio.Future | None:
+        return self._conn(args).send_now(args)
+
+    async def start(self, args: tuple[Any, ...]) -> asyncio.Future:
+        return await self._conn(args).start(args)
+
+    def flush(self) -> None:
+        for conn in self._conns.values():
+            conn.flush()
+
+    def moved(self, reply: str) -> None:
+        """A node answered "MOVED <slot> <host>:<port>" (resharding, a failover): that slot
+        is served there from now on (redis-py's slot map learns it the same way)."""
+        from redis.exceptions import MovedError
+
+        self.cluster.nodes_manager.move_slot(MovedError(reply.split(" ", 1)[1]))
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()

@@ -1,0 +1,197 @@
+"""The Redis store on a Redis Cluster of three primaries started for this module.
+
+Every key an account's functions touch carries the account's hash tag, so each batch call
+runs on the one node that serves the account's slot; the global keys (key hashes,
+instances, names) live wherever their slots are. The whole of tests/test_redis_store.py
+and tests/test_redis_servers.py also passes against a cluster: point
+MESHFAST_TEST_REDIS_URL at one of its nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import openai
+import pytest
+from redis.cluster import RedisCluster
+
+from meshfast import errors
+from meshfast.store.redis_store import RedisStore
+from tests.support import MeshServer, RedisClusterNodes, drop_prefix, needs_redis
+from tests.test_redis_servers import ADMIN, MSG, admin, new_key
+from tests.test_redis_store import funded, receipt_for, run
+
+pytestmark = needs_redis
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    nodes = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture
+def prefix(cluster):
+    p = "mfcl-" + os.urandom(4).hex()
+    yield p
+    drop_prefix(p, url(cluster, 0))
+
+
+def url(cluster: RedisClusterNodes, node: int) -> str:
+    return f"redis://127.0.0.1:{cluster.ports[node]}/0"
+
+
+async def opened(cluster: RedisClusterNodes, prefix: str, node: int = 0) -> RedisStore:
+    store = RedisStore(url(cluster, node), prefix=prefix)
+    await store.attach()
+    return store
+
+
+def test_a_cluster_serves_calls_exactly(cluster, prefix):
+    """Batched calls on the node that serves the account's slot: a balance that covers ten
+    holds serves ten of 40, receipts and the ledger are right, and every key of the account
+    shares one slot."""
+
+    async def main():
+        store = await opened(cluster, prefix)
+        try:
+            assert store.cluster and (await store.probe()).startswith("Redis Cluster 7.")
+            account, _, _, secret = await funded(store, "1")
+            key = await store.authenticate(secret)
+            results = await asyncio.gather(*[store.place_hold(key, 100_000_000, 1) for _ in range(40)], return_exceptions=True)
+            held = [h for h in results if not isinstance(h, BaseException)]
+            assert len(held) == 10
+            assert all(isinstance(e, errors.InsufficientBalance) for e in results if isinstance(e, BaseException))
+            receipts = [receipt_for(key, 60_000_000, 50_000_000) for _ in held]
+            await asyncio.gather(*[store.settle(h, r) for h, r in zip(held, receipts, strict=True)])
+            acct = await store.account(account.id)
+            assert (acct.balance_nano, acct.held_nano) == (1_000_000_000 - 600_000_000, 0)
+            assert (await store.receipt(receipts[3].id, account.id)).total_nano == 60_000_000
+            assert await store.verify_ledger() == []
+            with RedisCluster.from_url(url(cluster, 1)) as r:
+                keys = [k.decode() for k in r.scan_iter(match=f"{prefix}:{{{account.id}}}:*", count=1000)]
+                assert len(keys) > 12 and len({r.keyslot(k) for k in keys}) == 1
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_instances_on_different_nodes_stay_exact_and_hear_revocations(cluster, prefix):
+    """Two instances reaching the cluster through different nodes: 200 holds split across
+    them against a balance for ten, and a revocation through one acknowledged by the other
+    (PUBLISH on a cluster reaches every node)."""
+
+    async def main():
+        a, b = await opened(cluster, prefix, 0), await opened(cluster, prefix, 1)
+        try:
+            _, _, key, secret = await funded(a, "1")
+            ka, kb = await a.authenticate(secret), await b.authenticate(secret)
+            results = await asyncio.gather(
+                *[(a.place_hold(ka, 100_000_000, 1) if i % 2 else b.place_hold(kb, 100_000_000, 1)) for i in range(200)],
+                return_exceptions=True,
+            )
+            held = [h for h in results if not isinstance(h, BaseException)]
+            assert len(held) == 10
+            for h in held:
+                await b.settle(h, receipt_for(key, 100_000_000, 90_000_000))
+            assert len(await a.live_instances()) == 2
+            await a.revoke_key(key.id)  # returns once b acknowledged
+            with pytest.raises(errors.KeyRevoked):
+                await b.authenticate(secret)
+            assert await b.verify_ledger() == []
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+
+
+def move_slot(cluster: RedisClusterNodes, slot: int, to_port: int) -> None:
+    """Migrate one hash slot, keys included, to the node at ``to_port`` (the manual
+    procedure: IMPORTING / MIGRATING, MIGRATE the keys, then SETSLOT NODE everywhere)."""
+    with RedisCluster.from_url(url(cluster, 0)) as r:
+        src = r.nodes_manager.get_node_from_slot(slot)
+        nodes = {n.port: n for n in r.get_primaries()}
+        dst = nodes[to_port]
+        ids = {n.port: r.execute_command("CLUSTER MYID", target_nodes=n) for n in nodes.values()}
+        src_id, dst_id = ids[src.port], ids[dst.port]
+        src_r, dst_r = src.redis_connection, dst.redis_connection
+        dst_r.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        src_r.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := src_r.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            src_r.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *keys)
+        for n in nodes.values():
+            n.redis_connection.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+
+
+def test_an_account_moved_to_another_node_is_served_again(cluster, prefix):
+    """Resharding: the account's slot moves to another node while an instance holds the
+    old slot map. Its next calls are answered MOVED: they fail closed (503, nothing billed
+    twice) while the instance reads the map again, then calls go to the new node."""
+
+    async def main():
+        store = await opened(cluster, prefix)
+        try:
+            account, _, _, secret = await funded(store, "1")
+            key = await store.authenticate(secret)
+            hold = await store.place_hold(key, 100_000_000, 1)
+            acct_key = store._acct(account.id)
+            slot = store.r.keyslot(acct_key)
+            here = store.r.get_node_from_key(acct_key).port
+            move_slot(cluster, slot, next(p for p in cluster.ports if p != here))
+            await store.settle(hold, receipt_for(key, 60_000_000, 50_000_000))  # MOVED: kept, then retried
+            served, refused = 0, 0
+            for _ in range(20):
+                try:
+                    h = await store.place_hold(key, 10_000_000, 1)
+                except errors.StoreUnavailable:
+                    refused += 1
+                    await asyncio.sleep(0.1)
+                    continue
+                await store.settle(h, receipt_for(key, 5_000_000, 4_000_000))
+                served += 1
+            assert served >= 15 and refused <= 5, (served, refused)
+            deadline = time.monotonic() + 5
+            while store._unsettled and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert not store._unsettled and not store.failed
+            acct = await store.account(account.id)
+            assert (acct.balance_nano, acct.held_nano) == (1_000_000_000 - 60_000_000 - served * 5_000_000, 0)
+            assert await store.verify_ledger() == []
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_a_server_on_the_cluster_with_the_openai_sdk(cluster, prefix, tmp_path):
+    """`meshfast check-config` names the cluster; a server on it answers the openai SDK
+    with receipts, streams included."""
+    env = {"MESHFAST_REDIS_URL": url(cluster, 2), "MESHFAST_REDIS_PREFIX": prefix, "MESHFAST_ADMIN_TOKEN": ADMIN}
+    p = subprocess.run(
+        [sys.executable, "-m", "meshfast", "check-config"], env={**os.environ, **env, "MESHFAST_CONFIG": ""},
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0 and "reachable, Redis Cluster 7." in p.stdout and "3 primaries" in p.stdout, (p.stdout, p.stderr)
+    with MeshServer(tmp_path, "", env=env, usd="") as server:
+        key, meta = new_key(server, "1")
+        with openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0, timeout=30) as client:
+            raw = client.chat.completions.with_raw_response.create(model="sim-1", messages=MSG, max_tokens=5)
+            assert raw.http_response.status_code == 200 and raw.headers["x-mesh-receipt-id"].startswith("rcpt_")
+            chunks = list(client.chat.completions.create(
+                model="sim-1", messages=MSG, max_tokens=5, stream=True, stream_options={"include_usage": True}
+            ))  # fmt: skip
+            usage = chunks[-1].usage
+            assert usage is not None and usage.model_extra["mesh"]["receipt_id"].startswith("rcpt_")
+        assert len(admin(server, "GET", f"/receipts?account={meta['account_id']}")["data"]) == 2
+        assert admin(server, "GET", "/ledger/verify")["ok"]
+
