@@ -261,11 +261,15 @@ class SlowStream:
 
 
 class RedisClusterNodes:
-    """A Redis Cluster of three primaries on free ports (each node also listens on its port +
-    10000, the cluster bus), for tests of the Redis store on a cluster."""
+    """A Redis Cluster of three primaries (and ``replicas`` replicas of each) on free ports
+    (each node also listens on its port + 10000, the cluster bus), for tests of the Redis
+    store on a cluster. A primary that stops answering for ``node_timeout_ms`` is failed
+    over to one of its replicas."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, replicas: int = 0, node_timeout_ms: int = 15000) -> None:
         self.workdir = workdir
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
         self.procs: list[subprocess.Popen] = []
         self.ports: list[int] = []
 
@@ -299,14 +303,15 @@ class RedisClusterNodes:
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if server is None or cli is None:
             pytest.skip("redis-server and redis-cli are needed to start a Redis Cluster")
-        for i in range(3):
+        for i in range(3 * (1 + self.replicas)):
             port = self._port()
             self.ports.append(port)
             d = self.workdir / f"node{i}"
             d.mkdir()
             self.procs.append(subprocess.Popen(
                 [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no", "--dir", str(d)],
+                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
+                 "--repl-diskless-sync-delay", "0", "--save", "", "--appendonly", "no", "--dir", str(d)],
                 stdout=subprocess.DEVNULL,
             ))  # fmt: skip
         deadline = time.monotonic() + 10
@@ -315,14 +320,22 @@ class RedisClusterNodes:
             assert time.monotonic() < deadline, "the cluster nodes did not start"
             time.sleep(0.05)
         subprocess.run(
-            [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports], "--cluster-replicas", "0", "--cluster-yes"],
+            [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports], "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=30,
         )  # fmt: skip
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 20
         while not all(b"cluster_state:ok" in self._ping(p, b"CLUSTER INFO\r\n") for p in self.ports):
             assert time.monotonic() < deadline, "the cluster did not reach cluster_state:ok"
             time.sleep(0.1)
+        # a replica takes over only once it has synced with its primary
+        while self.replicas and sum(b"master_link_status:up" in self._ping(p, b"INFO replication\r\n") for p in self.ports) < 3 * self.replicas:
+            assert time.monotonic() < deadline, "the replicas did not sync with their primaries"
+            time.sleep(0.1)
         return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def kill(self, port: int) -> None:
+        """Stop one node at once, as a crash would."""
+        self.procs[self.ports.index(port)].kill()
 
     def stop(self) -> None:
         for p in self.procs:

@@ -268,13 +268,18 @@ class RedisStore(Store):
 
     async def _fcall(self, name: str, aid: str, *args: Any) -> Any:
         """One function call (the library is loaded again if Redis lost it, e.g. a restart
-        without persistence). Redis down -> StoreUnavailable."""
+        without persistence; on a cluster, a node that does not answer makes it read the
+        slot map and try once more: every function but the hot path's batch is safe to
+        repeat). Redis down -> StoreUnavailable."""
         fn = self._fn[name]
         for attempt in (1, 2):
             cmd = ("FCALL", fn, 1, self._acct(aid), *args)
             try:
                 return await self.hot.call(*cmd)
             except _DOWN as exc:
+                if self.cluster and attempt == 1:
+                    await self.hot.reload_now()  # type: ignore[union-attr]
+                    continue
                 raise _outage(exc) from exc
             except ResponseError as exc:  # Redis answered: it did not run the function
                 self._moved(exc)
@@ -284,11 +289,17 @@ class RedisStore(Store):
         raise AssertionError("unreachable")
 
     def _moved(self, exc: BaseException) -> None:
-        """A cluster node that no longer serves the slot (resharding, a failover): the call
-        failed as an outage; the next ones go where the reply says (ASK, a slot in the
-        middle of a migration, only fails the call)."""
-        if self.cluster and isinstance(exc, ResponseError) and str(exc).startswith("MOVED "):
+        """On a cluster, a call that failed because of where it went: a node that no longer
+        serves the slot (resharding, a failover) answers MOVED, and the next calls go where
+        it says; a node that does not answer makes the hot path read the slot map again (a
+        failover promotes a replica elsewhere). ASK (a slot in the middle of a migration)
+        only fails the call."""
+        if not self.cluster:
+            return
+        if isinstance(exc, ResponseError) and str(exc).startswith("MOVED "):
             self.hot.moved(str(exc))  # type: ignore[union-attr]
+        elif isinstance(exc, _DOWN):
+            self.hot.reload()  # type: ignore[union-attr]
 
     # -- batched hot-path calls ---------------------------------------------------------
     def _submit(self, aid: str, op: str, args: tuple[Any, ...] | list[Any]) -> asyncio.Future:
@@ -332,6 +343,7 @@ class RedisStore(Store):
         try:
             sent = await self.hot.start(cmd)
         except _DOWN as exc:  # never sent: the callers get an outage, and nothing ran
+            self._moved(exc)
             batch.fail(_outage(exc))
             return
         except BaseException as exc:  # a bad argument, or cancelled at shutdown: never sent
@@ -640,6 +652,8 @@ class RedisStore(Store):
                 if self._subscribed.is_set():
                     log.warning("revocation channel lost (%s); reconnecting", exc)
                 self._subscribed.clear()
+                if self.cluster:
+                    await self._next_channel_node()
                 await asyncio.sleep(0.2)
             finally:
                 try:
@@ -1004,6 +1018,26 @@ class RedisStore(Store):
         except RedisError as exc:  # e.g. InvalidResponse: something else answers on that port
             raise errors.StoreUnavailable(f"{where} did not answer as Redis does (is it a Redis server?): {exc}") from exc
 
+    async def _next_channel_node(self) -> None:
+        """On a cluster, follow the revocation channel through another node next time (any
+        node sees every PUBLISH): the one it used may be the one that failed."""
+        hot: ClusterRespConnection = self.hot  # type: ignore[assignment]
+        self.hot.reload()  # type: ignore[union-attr]
+        nodes = hot.nodes()
+        here = self._plain.connection_pool.connection_kwargs
+        now = (here.get("host"), here.get("port"))
+        later = [n for n in nodes if n != now] or nodes
+        if not later:
+            return
+        old, self._plain = self._plain, aioredis.Redis.from_url(
+            hot.url_for(*later[self._generation % len(later)]), decode_responses=True,
+            socket_connect_timeout=1.0, socket_timeout=2.0, client_name=f"meshfast:{self.instance_id}",
+        )  # fmt: skip
+        try:
+            await old.aclose()
+        except Exception:  # noqa: BLE001 - the node may be gone
+            pass
+
     async def _use_cluster(self) -> None:
         """The URL names a Redis Cluster node: the control plane goes through redis-py's
         cluster client and the hot path through one pipelined connection per node. Every
@@ -1057,12 +1091,14 @@ class RedisStore(Store):
             if task is not None:
                 task.cancel()
         await self.flush()
-        if self._unsettled:
-            receipts = [args[1] for kind, _, args in self._unsettled if kind == "settle"]
+        receipts = [args[1] for kind, _, args in self._unsettled if kind == "settle"]
+        if receipts:
             log.error(
                 "Redis unreachable at exit: %d receipt(s) could not be written: %s",
                 len(receipts), ", ".join(receipts),
             )  # fmt: skip
+        elif self._unsettled:  # releases only: those holds are freed when they expire
+            log.warning("Redis unreachable at exit: %d hold(s) not released; they expire by themselves", len(self._unsettled))
         try:
             async with self.r.pipeline(transaction=False) as pipe:
                 pipe.delete(self._g(f"instance:{self.instance_id}")).srem(self._g("instances"), self.instance_id)
@@ -1071,5 +1107,7 @@ class RedisStore(Store):
             pass
         self.hot.close()
         await self.r.aclose()
+        if self.cluster:  # redis-py keeps the node it started from apart from the others
+            await self.r.nodes_manager.aclose("startup_nodes")  # type: ignore[attr-defined]
         if self._plain is not self.r:
             await self._plain.aclose()

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import hiredis
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -219,27 +220,41 @@ class RespConnection:
 
 class ClusterRespConnection:
     """The hot path on Redis Cluster: one pipelined :class:`RespConnection` per node, each
-    command sent to the node that serves its key's slot (the slot map is the one redis-py's
-    cluster client keeps). A command that reaches a node that no longer serves its slot is
-    answered MOVED or ASK; the caller treats that as an outage of that call, and a MOVED
-    updates the map (``moved``)."""
+    command sent to the node that serves its key's slot. The slot map starts as redis-py's
+    (the cluster client the control plane uses) and is kept here: a MOVED reply moves its
+    slot (``moved``), and ``reload`` reads the whole map again with CLUSTER SLOTS from any
+    node that answers (after a node stopped answering: a failover promotes a replica at
+    another address, and a dead node sends no MOVED). The caller treats MOVED, ASK and a
+    lost node as an outage of that call."""
+
+    SLOTS = 16384
 
     def __init__(self, cluster: Any, url: str, *, timeout: float = 2.0, connect_timeout: float = 1.0) -> None:
-        self.cluster = cluster  # redis.asyncio.cluster.RedisCluster, initialized
         u = urlparse(url)
         self._auth = u.netloc.rpartition("@")[0]
         self._scheme = u.scheme
         self._timeout, self._connect_timeout = timeout, connect_timeout
         self._conns: dict[tuple[str, int], RespConnection] = {}
+        self._slots: list[tuple[str, int]] = [("", 0)] * self.SLOTS
+        for slot, nodes in cluster.nodes_manager.slots_cache.items():
+            self._slots[slot] = (nodes[0].host, nodes[0].port)
+        self._reloading: asyncio.Task | None = None
+        self._reloaded_at = 0.0
+
+    def url_for(self, host: str, port: int) -> str:
+        auth = f"{self._auth}@" if self._auth else ""
+        return f"{self._scheme}://{auth}{host}:{port}/0"
+
+    def nodes(self) -> list[tuple[str, int]]:
+        """The nodes that serve slots, as the map has them."""
+        return sorted({addr for addr in self._slots if addr[1]})
 
     def _conn(self, args: tuple[Any, ...]) -> RespConnection:
         key = args[3] if args[0] == "FCALL" else args[1]  # FCALL fn numkeys key ... | CMD key ...
-        node = self.cluster.get_node_from_key(key)
-        conn = self._conns.get((node.host, node.port))
+        addr = self._slots[key_slot(key.encode() if isinstance(key, str) else key)]
+        conn = self._conns.get(addr)
         if conn is None:
-            auth = f"{self._auth}@" if self._auth else ""
-            url = f"{self._scheme}://{auth}{node.host}:{node.port}/0"
-            conn = self._conns[(node.host, node.port)] = RespConnection(url, timeout=self._timeout, connect_timeout=self._connect_timeout)
+            conn = self._conns[addr] = RespConnection(self.url_for(*addr), timeout=self._timeout, connect_timeout=self._connect_timeout)
         return conn
 
     async def call(self, *args: Any) -> Any:
@@ -256,13 +271,41 @@ class ClusterRespConnection:
             conn.flush()
 
     def moved(self, reply: str) -> None:
-        """A node answered "MOVED <slot> <host>:<port>" (resharding, a failover): that slot
-        is served there from now on (redis-py's slot map learns it the same way)."""
-        from redis.exceptions import MovedError
+        """A node answered "MOVED <slot> <host>:<port>": that slot is served there now."""
+        _, slot, addr = reply.split(" ", 2)
+        host, _, port = addr.rpartition(":")
+        self._slots[int(slot)] = (host, int(port))
 
-        self.cluster.nodes_manager.move_slot(MovedError(reply.split(" ", 1)[1]))
+    def reload(self) -> None:
+        """Read the slot map again in the background, at most once a second."""
+        loop = asyncio.get_running_loop()
+        if (self._reloading is None or self._reloading.done()) and loop.time() - self._reloaded_at >= 1.0:
+            self._reloaded_at = loop.time()
+            self._reloading = loop.create_task(self._reload())
+
+    async def reload_now(self) -> None:
+        """Read the slot map again and wait for it."""
+        self._reloaded_at = asyncio.get_running_loop().time()
+        await self._reload()
+
+    async def _reload(self) -> None:
+        for addr in self.nodes():
+            probe = RespConnection(self.url_for(*addr), timeout=self._timeout, connect_timeout=self._connect_timeout)
+            try:
+                ranges = await asyncio.wait_for(probe.call("CLUSTER", "SLOTS"), self._timeout)
+            except (RedisConnectionError, ResponseError, TimeoutError, OSError):
+                continue
+            finally:
+                probe.close()
+            for start, end, primary, *_replicas in ranges:
+                node = (primary[0], int(primary[1]))
+                for slot in range(int(start), int(end) + 1):
+                    self._slots[slot] = node
+            return
 
     def close(self) -> None:
+        if self._reloading is not None:
+            self._reloading.cancel()
         for conn in self._conns.values():
             conn.close()
         self._conns.clear()
