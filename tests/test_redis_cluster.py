@@ -116,28 +116,34 @@ def test_instances_on_different_nodes_stay_exact_and_hear_revocations(cluster, p
     run(main())
 
 
-def move_slot(cluster: RedisClusterNodes, slot: int, to_port: int) -> None:
-    """Migrate one hash slot, keys included, to the node at ``to_port`` (the manual
-    procedure: IMPORTING / MIGRATING, MIGRATE the keys, then SETSLOT NODE everywhere)."""
-    with RedisCluster.from_url(url(cluster, 0)) as r:
-        src = r.nodes_manager.get_node_from_slot(slot)
-        nodes = {n.port: n for n in r.get_primaries()}
-        dst = nodes[to_port]
-        ids = {n.port: r.execute_command("CLUSTER MYID", target_nodes=n) for n in nodes.values()}
-        src_id, dst_id = ids[src.port], ids[dst.port]
-        src_r, dst_r = src.redis_connection, dst.redis_connection
-        dst_r.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
-        src_r.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
-        while keys := src_r.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
-            src_r.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *keys)
+def begin_move(cluster: RedisClusterNodes, slot: int, to_port: int) -> tuple:
+    """Start migrating one hash slot to the node at ``to_port`` (IMPORTING / MIGRATING)."""
+    r = RedisCluster.from_url(url(cluster, 0))
+    src = r.nodes_manager.get_node_from_slot(slot)
+    nodes = {n.port: n for n in r.get_primaries()}
+    ids = {n.port: r.execute_command("CLUSTER MYID", target_nodes=n) for n in nodes.values()}
+    nodes[to_port].redis_connection.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[src.port])
+    src.redis_connection.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[to_port])
+    return r, slot, src, nodes, ids[to_port], to_port
+
+
+def finish_move(state: tuple) -> None:
+    """Move the slot's keys, then give the slot to its new node everywhere."""
+    r, slot, src, nodes, dst_id, to_port = state
+    try:
+        while keys := src.redis_connection.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            src.redis_connection.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
         for n in nodes.values():
             n.redis_connection.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+    finally:
+        r.close()
 
 
 def test_an_account_moved_to_another_node_is_served_again(cluster, prefix):
     """Resharding: the account's slot moves to another node while an instance holds the
-    old slot map. Its next calls are answered MOVED: they fail closed (503, nothing billed
-    twice) while the instance reads the map again, then calls go to the new node."""
+    old slot map. While the slot migrates, calls fail closed and a settlement is kept; after,
+    the next calls are answered MOVED: they fail closed (503, nothing billed twice) and the
+    map moves the slot, then calls go to the new node and the kept settlement is written."""
 
     async def main():
         store = await opened(cluster, prefix)
@@ -148,8 +154,13 @@ def test_an_account_moved_to_another_node_is_served_again(cluster, prefix):
             acct_key = store._acct(account.id)
             slot = store.r.keyslot(acct_key)
             here = store.r.get_node_from_key(acct_key).port
-            move_slot(cluster, slot, next(p for p in cluster.ports if p != here))
-            await store.settle(hold, receipt_for(key, 60_000_000, 50_000_000))  # MOVED: kept, then retried
+            moving = begin_move(cluster, slot, next(p for p in cluster.ports if p != here))
+            # while the slot migrates: calls fail closed, a settlement is kept for later
+            with pytest.raises(errors.StoreUnavailable):
+                await store.place_hold(key, 10_000_000, 1)
+            await store.settle(hold, receipt_for(key, 60_000_000, 50_000_000))
+            assert len(store._unsettled) == 1 and not store.failed
+            finish_move(moving)  # then MOVED: the kept settlement and new calls go to the new node
             served, refused = 0, 0
             for _ in range(20):
                 try:

@@ -81,16 +81,23 @@ ACK_TIMEOUT = 1.0  # seconds a revoke waits for every live instance
 SETTLE_RETRY_EVERY = 0.2  # seconds between attempts to write settlements Redis refused
 CACHE_MAX = 100_000  # cached key contexts; the cache is emptied when it grows past this
 BATCH_MAX = 64  # operations per batch call: bounds how long one call keeps Redis busy
-_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-# Redis answers these while it cannot serve (starting, a failover, a long script): an outage
+# RedisClusterException: redis-py's cluster client reached no node while reading the cluster
+_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException)
+# Redis answers these while it cannot serve (starting, a failover, a long script, a slot
+# moved or moving on a cluster): an outage
 _UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "OOM", "MISCONF", "MOVED", "ASK")
+# ... and these, from inside a function on a cluster node whose slot is migrating or whose
+# cluster is down (the function stopped before its writes: see the Lua's run_ops)
+_UNAVAILABLE_IN = ("a non local key", "cluster is down", "do not hash to the same slot")
+# after these a cluster's hot path reads the slot map again (a failover may be under way)
+_REMAP = ("CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN")
 
 
 def _outage(exc: Exception) -> Exception:
     """A Redis failure as the client sees it: an outage (connection lost, Redis not ready,
     out of memory, cannot persist) is StoreUnavailable; any other error reply is a bug and
     stays what it is (an internal error, logged)."""
-    if isinstance(exc, ResponseError) and not str(exc).startswith(_UNAVAILABLE):
+    if isinstance(exc, ResponseError) and not (str(exc).startswith(_UNAVAILABLE) or any(m in str(exc) for m in _UNAVAILABLE_IN)):
         return exc
     return errors.StoreUnavailable("The gateway's store (Redis) is unavailable; no call is taken until it is back.")
 
@@ -217,7 +224,8 @@ class RedisStore(Store):
         self.ack_timeout = ack_timeout
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.r = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0,
+            # health checks: a channel whose node went silent (no reset) is noticed and left
+            url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=2,
             client_name=f"meshfast:{self.instance_id}",  # CLIENT LIST names the instance
         )  # fmt: skip
         self.hot: RespConnection | ClusterRespConnection = RespConnection(url)  # the hot path's pipelined connection (meshfast/store/resp.py)
@@ -257,8 +265,8 @@ class RedisStore(Store):
         """Load this version's function library unless Redis already has it (on a cluster:
         on every primary, replacing a copy of the same version)."""
         code = LUA_SOURCE.replace("__LIB__", LIBRARY)
-        if self.cluster:
-            await self.r.execute_command("FUNCTION LOAD", "REPLACE", code, target_nodes=RedisCluster.PRIMARIES)
+        if self.cluster:  # every primary the hot path's map knows (it follows failovers)
+            await self.hot.call_all("FUNCTION", "LOAD", "REPLACE", code)  # type: ignore[union-attr]
             return
         try:
             await self.r.function_load(code)
@@ -298,7 +306,7 @@ class RedisStore(Store):
             return
         if isinstance(exc, ResponseError) and str(exc).startswith("MOVED "):
             self.hot.moved(str(exc))  # type: ignore[union-attr]
-        elif isinstance(exc, _DOWN):
+        elif isinstance(exc, _DOWN) or (isinstance(exc, ResponseError) and str(exc).startswith(_REMAP)):
             self.hot.reload()  # type: ignore[union-attr]
 
     # -- batched hot-path calls ---------------------------------------------------------
@@ -1011,10 +1019,10 @@ class RedisStore(Store):
             return f"Redis Cluster {version}, {len(self.r.get_primaries())} primaries"  # type: ignore[union-attr]
         except RedisAuthError as exc:
             raise errors.StoreUnavailable(f"{where} refused the login (check the password in the URL): {exc}") from exc
-        except _DOWN as exc:
-            raise errors.StoreUnavailable(f"{where} is unreachable: {exc}") from exc
         except RedisClusterException as exc:  # e.g. slots not all served yet
             raise errors.StoreUnavailable(f"{where} is a Redis Cluster node, but the cluster cannot serve: {exc}") from exc
+        except _DOWN as exc:
+            raise errors.StoreUnavailable(f"{where} is unreachable: {exc}") from exc
         except RedisError as exc:  # e.g. InvalidResponse: something else answers on that port
             raise errors.StoreUnavailable(f"{where} did not answer as Redis does (is it a Redis server?): {exc}") from exc
 
@@ -1030,7 +1038,7 @@ class RedisStore(Store):
         if not later:
             return
         old, self._plain = self._plain, aioredis.Redis.from_url(
-            hot.url_for(*later[self._generation % len(later)]), decode_responses=True,
+            hot.url_for(*later[self._generation % len(later)]), decode_responses=True, health_check_interval=2,
             socket_connect_timeout=1.0, socket_timeout=2.0, client_name=f"meshfast:{self.instance_id}",
         )  # fmt: skip
         try:

@@ -243,7 +243,7 @@ class ClusterRespConnection:
 
     def url_for(self, host: str, port: int) -> str:
         auth = f"{self._auth}@" if self._auth else ""
-        return f"{self._scheme}://{auth}{host}:{port}/0"
+        return f"{self._scheme}://{auth}{f'[{host}]' if ':' in host else host}:{port}/0"
 
     def nodes(self) -> list[tuple[str, int]]:
         """The nodes that serve slots, as the map has them."""
@@ -271,10 +271,19 @@ class ClusterRespConnection:
             conn.flush()
 
     def moved(self, reply: str) -> None:
-        """A node answered "MOVED <slot> <host>:<port>": that slot is served there now."""
+        """A node answered "MOVED <slot> <host>:<port>": that slot is served there now (an
+        empty host means the host already used for it)."""
         _, slot, addr = reply.split(" ", 2)
         host, _, port = addr.rpartition(":")
-        self._slots[int(slot)] = (host, int(port))
+        self._slots[int(slot)] = (host.strip("[]") or self._slots[int(slot)][0], int(port))
+
+    async def call_all(self, *args: Any) -> None:
+        """The same command on every node of the map (e.g. FUNCTION LOAD)."""
+        for addr in self.nodes():
+            conn = self._conns.get(addr)
+            if conn is None:
+                conn = self._conns[addr] = RespConnection(self.url_for(*addr), timeout=self._timeout, connect_timeout=self._connect_timeout)
+            await conn.call(*args)
 
     def reload(self) -> None:
         """Read the slot map again in the background, at most once a second."""
@@ -284,9 +293,15 @@ class ClusterRespConnection:
             self._reloading = loop.create_task(self._reload())
 
     async def reload_now(self) -> None:
-        """Read the slot map again and wait for it."""
-        self._reloaded_at = asyncio.get_running_loop().time()
-        await self._reload()
+        """Read the slot map again and wait for it (one read at a time; one that finished
+        less than a second ago counts)."""
+        loop = asyncio.get_running_loop()
+        if self._reloading is None or self._reloading.done():
+            if loop.time() - self._reloaded_at < 1.0:
+                return
+            self._reloaded_at = loop.time()
+            self._reloading = loop.create_task(self._reload())
+        await asyncio.shield(self._reloading)
 
     async def _reload(self) -> None:
         for addr in self.nodes():
@@ -298,9 +313,12 @@ class ClusterRespConnection:
             finally:
                 probe.close()
             for start, end, primary, *_replicas in ranges:
-                node = (primary[0], int(primary[1]))
+                node = (primary[0] or addr[0], int(primary[1]))  # "" or nil: the node that answered
                 for slot in range(int(start), int(end) + 1):
                     self._slots[slot] = node
+            live = set(self._slots)
+            for gone in [a for a in self._conns if a not in live]:  # nodes no longer in the map
+                self._conns.pop(gone).close()
             return
 
     def close(self) -> None:
