@@ -154,7 +154,27 @@ end
 -- expired hold's token reservation is left as it is.
 local function close_hold(base, member, p, used, expired)
   local hid, amount, kid, pid, tokens, kt, pt, kc, pc = parse_hold(member)
-  if not hid or redis.call('ZREM', base .. 'hs', member) == 0 then
+  if not hid then
+    return false
+  end
+  -- On a cluster node whose slot is migrating, a key already moved makes any access to it
+  -- fail: touch every key closing the hold writes (the account's too) before writing any,
+  -- so the call fails whole instead of half done.
+  local touched = {base .. 'a', base .. 'hs'}
+  if kc then
+    touched[#touched + 1] = base .. 'cc:' .. kid
+  end
+  if pc then
+    touched[#touched + 1] = base .. 'cc:' .. pid
+  end
+  if kt > 0 then
+    touched[#touched + 1] = base .. 'w:' .. kid .. ':t'
+  end
+  if pt > 0 then
+    touched[#touched + 1] = base .. 'w:' .. pid .. ':t'
+  end
+  redis.call('EXISTS', unpack(touched))
+  if redis.call('ZREM', base .. 'hs', member) == 0 then
     return false
   end
   if kc then
