@@ -251,7 +251,9 @@ class ClusterRespConnection:
 
     def _conn(self, args: tuple[Any, ...]) -> RespConnection:
         key = args[3] if args[0] == "FCALL" else args[1]  # FCALL fn numkeys key ... | CMD key ...
-        addr = self._slots[key_slot(key.encode() if isinstance(key, str) else key)]
+        return self._conn_at(self._slots[key_slot(key.encode() if isinstance(key, str) else key)])
+
+    def _conn_at(self, addr: tuple[str, int]) -> RespConnection:
         conn = self._conns.get(addr)
         if conn is None:
             conn = self._conns[addr] = RespConnection(self.url_for(*addr), timeout=self._timeout, connect_timeout=self._connect_timeout)
@@ -280,10 +282,7 @@ class ClusterRespConnection:
     async def call_all(self, *args: Any) -> None:
         """The same command on every node of the map (e.g. FUNCTION LOAD)."""
         for addr in self.nodes():
-            conn = self._conns.get(addr)
-            if conn is None:
-                conn = self._conns[addr] = RespConnection(self.url_for(*addr), timeout=self._timeout, connect_timeout=self._connect_timeout)
-            await conn.call(*args)
+            await self._conn_at(addr).call(*args)
 
     def reload(self) -> None:
         """Read the slot map again in the background, at most once a second."""
