@@ -260,6 +260,34 @@ class SlowStream:
         self._thread.join()
 
 
+def cluster_port(taken: list[int] | tuple[int, ...] = ()) -> int:
+    """A free port for a Redis Cluster node, whose cluster bus (port + 10000) is free too."""
+
+    def bindable(port: int) -> bool:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                return False
+
+    while True:
+        p = free_port()
+        if p + 10000 <= 65535 and p not in taken and bindable(p + 10000):
+            return p
+
+
+def raw_command(port: int, command: bytes = b"PING\r\n") -> bytes:
+    """One inline command to a local Redis and the start of its reply (b"" if it does not
+    answer): for servers that redis-py should not be pointed at yet."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+            conn.sendall(command)
+            return conn.recv(4096)
+    except OSError:
+        return b""
+
+
 class RedisClusterNodes:
     """A Redis Cluster of three primaries (and ``replicas`` replicas of each) on free ports
     (each node also listens on its port + 10000, the cluster bus), for tests of the Redis
@@ -273,29 +301,10 @@ class RedisClusterNodes:
         self.procs: list[subprocess.Popen] = []
         self.ports: list[int] = []
 
-    @staticmethod
-    def _bindable(port: int) -> bool:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-                return True
-            except OSError:
-                return False
-
     def _port(self) -> int:
-        while True:
-            p = free_port()
-            if p + 10000 <= 65535 and p not in self.ports and self._bindable(p + 10000):
-                return p
+        return cluster_port(self.ports)
 
-    @staticmethod
-    def _ping(port: int, command: bytes = b"PING\r\n") -> bytes:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-                conn.sendall(command)
-                return conn.recv(4096)
-        except OSError:
-            return b""
+    _ping = staticmethod(raw_command)
 
     def start(self) -> str:
         import shutil

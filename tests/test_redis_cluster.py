@@ -24,7 +24,7 @@ from meshfast import errors
 from meshfast.store.redis_store import RedisStore
 from tests.support import ROOT, MeshServer, RedisClusterNodes, drop_prefix, needs_redis
 from tests.test_redis_servers import ADMIN, MSG, admin, new_key
-from tests.test_redis_store import funded, receipt_for, run
+from tests.test_redis_store import funded, holds_from_both, receipt_for, run
 
 pytestmark = needs_redis
 
@@ -95,11 +95,7 @@ def test_instances_on_different_nodes_stay_exact_and_hear_revocations(cluster, p
         a, b = await opened(cluster, prefix, 0), await opened(cluster, prefix, 1)
         try:
             _, _, key, secret = await funded(a, "1")
-            ka, kb = await a.authenticate(secret), await b.authenticate(secret)
-            results = await asyncio.gather(
-                *[(a.place_hold(ka, 100_000_000, 1) if i % 2 else b.place_hold(kb, 100_000_000, 1)) for i in range(200)],
-                return_exceptions=True,
-            )
+            results = await holds_from_both(a, b, secret)
             held = [h for h in results if not isinstance(h, BaseException)]
             assert len(held) == 10
             for h in held:

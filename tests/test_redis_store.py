@@ -19,7 +19,7 @@ from meshfast import errors
 from meshfast.money import usd_to_nano
 from meshfast.store.base import Limits, Receipt, new_id
 from meshfast.store.redis_store import RedisStore
-from tests.support import REDIS_URL, drop_prefix, free_port, needs_redis
+from tests.support import REDIS_URL, cluster_port, drop_prefix, free_port, needs_redis, raw_command
 
 pytestmark = needs_redis
 
@@ -108,6 +108,16 @@ def test_bad_secret_and_a_balance_that_does_not_cover(prefix):
     run(main())
 
 
+async def holds_from_both(a: RedisStore, b: RedisStore, secret: str, n: int = 200, amount: int = 100_000_000) -> list:
+    """``n`` concurrent holds of ``amount`` on one key, alternating between two instances;
+    the outcomes (holds or exceptions), in order."""
+    ka, kb = await a.authenticate(secret), await b.authenticate(secret)
+    return await asyncio.gather(
+        *[(a.place_hold(ka, amount, 1) if i % 2 else b.place_hold(kb, amount, 1)) for i in range(n)],
+        return_exceptions=True,
+    )
+
+
 def test_concurrent_holds_never_overspend(prefix):
     """200 concurrent holds from two instances against a balance that covers ten."""
 
@@ -115,11 +125,7 @@ def test_concurrent_holds_never_overspend(prefix):
         a, b = await opened(prefix), await opened(prefix)
         try:
             _, _, key, secret = await funded(a, "1")
-            ka, kb = await a.authenticate(secret), await b.authenticate(secret)
-            results = await asyncio.gather(
-                *[(a.place_hold(ka, 100_000_000, 1) if i % 2 else b.place_hold(kb, 100_000_000, 1)) for i in range(200)],
-                return_exceptions=True,
-            )
+            results = await holds_from_both(a, b, secret)
             held = [h for h in results if not isinstance(h, BaseException)]
             refused = [e for e in results if isinstance(e, errors.InsufficientBalance)]
             assert len(held) == 10 and len(refused) == 190
@@ -297,12 +303,8 @@ def test_rpm_window_is_exact_across_instances(prefix):
         a, b = await opened(prefix, window_seconds=2.0), await opened(prefix, window_seconds=2.0)
         try:
             _, _, key, secret = await funded(a, "10", Limits(rpm=50))
-            ka, kb = await a.authenticate(secret), await b.authenticate(secret)
             t0 = time.monotonic()
-            results = await asyncio.gather(
-                *[(a.place_hold(ka, 1, 1) if i % 2 else b.place_hold(kb, 1, 1)) for i in range(80)],
-                return_exceptions=True,
-            )
+            results = await holds_from_both(a, b, secret, n=80, amount=1)
             elapsed = time.monotonic() - t0
             ok = [h for h in results if not isinstance(h, BaseException)]
             limited = [e for e in results if isinstance(e, errors.RateLimited)]
@@ -315,6 +317,7 @@ def test_rpm_window_is_exact_across_instances(prefix):
             for h in ok:
                 await a.release(h)
             await asyncio.sleep(2.05)  # one whole window later: the full limit again
+            ka = await a.authenticate(secret)
             again = await asyncio.gather(*[a.place_hold(ka, 1, 1) for _ in range(50)])
             assert len(again) == 50
         finally:
@@ -772,7 +775,6 @@ def test_check_config_reaches_redis_and_names_a_cluster_that_cannot_serve(tmp_pa
     serve (here a lone node with no slots): one clear line rather than failures call by
     call. A working cluster: tests/test_redis_cluster.py."""
     import shutil
-    import socket
     import subprocess
     import sys
 
@@ -789,16 +791,7 @@ def test_check_config_reaches_redis_and_names_a_cluster_that_cannot_serve(tmp_pa
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server is not installed: the cluster-node check needs one of its own")
-    def bindable(p: int) -> bool:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", p))
-                return True
-            except OSError:
-                return False
-
-    # a cluster node also listens on its port + 10000 (the cluster bus)
-    port = next(p for p in iter(free_port, None) if p + 10000 <= 65535 and bindable(p + 10000))
+    port = cluster_port()
     proc = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
          "--cluster-config-file", str(tmp_path / "nodes.conf"), "--dir", str(tmp_path)],
@@ -806,15 +799,8 @@ def test_check_config_reaches_redis_and_names_a_cluster_that_cannot_serve(tmp_pa
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 10
-        while True:
+        while not raw_command(port).startswith(b"+PONG"):
             assert proc.poll() is None, "the cluster-enabled redis-server exited at start"
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
             assert time.monotonic() < deadline, "the cluster-enabled redis-server did not answer"
             time.sleep(0.05)
         p = check(f"redis://127.0.0.1:{port}/0")

@@ -102,6 +102,18 @@ def _outage(exc: Exception) -> Exception:
     return errors.StoreUnavailable("The gateway's store (Redis) is unavailable; no call is taken until it is back.")
 
 
+def _unreachable(where: str, exc: BaseException) -> errors.StoreUnavailable:
+    """Why Redis at ``where`` cannot be used, in one line (start-up and check-config)."""
+    if isinstance(exc, RedisAuthError):  # a ConnectionError too: first
+        return errors.StoreUnavailable(f"{where} refused the login (check the password in the URL): {exc}")
+    if isinstance(exc, RedisClusterException):  # e.g. slots not all served yet
+        return errors.StoreUnavailable(f"{where} is a Redis Cluster node, but the cluster cannot serve: {exc}")
+    if isinstance(exc, _DOWN):
+        return errors.StoreUnavailable(f"{where} is unreachable: {exc}")
+    # e.g. InvalidResponse: something else answers on that port
+    return errors.StoreUnavailable(f"{where} did not answer as Redis does (is it a Redis server?): {exc}")
+
+
 def _opt_int(v: str | None) -> int | None:
     return None if v in (None, "") else int(v)
 
@@ -183,19 +195,26 @@ class _Context:
 class _Batch:
     """The operations of one account queued for one batch call, and their futures."""
 
-    __slots__ = ("flat", "ops", "args", "futs")
+    __slots__ = ("flat", "futs")
 
     def __init__(self) -> None:
         self.flat: list[Any] = []  # the batch function's arguments: op n arg_1 .. arg_n ...
-        self.ops: list[str] = []
-        self.args: list[Any] = []
         self.futs: list[asyncio.Future] = []
 
     def add(self, op: str, args: tuple[Any, ...] | list[Any], fut: asyncio.Future) -> None:
         self.flat += (op, len(args), *args)
-        self.ops.append(op)
-        self.args.append(args)
         self.futs.append(fut)
+
+    def split(self) -> list[_Batch]:
+        """Each operation as a batch of its own."""
+        out, flat, i = [], self.flat, 0
+        for fut in self.futs:
+            n = flat[i + 1]
+            alone = _Batch()
+            alone.add(flat[i], flat[i + 2 : i + 2 + n], fut)
+            out.append(alone)
+            i += 2 + n
+        return out
 
     def fail(self, exc: BaseException) -> None:
         for fut in self.futs:
@@ -388,9 +407,7 @@ class RedisStore(Store):
             batch.fail(exc)
             return
         log.error("a batch of %d Redis operations failed (%s); sending each alone", len(batch.futs), exc)
-        for op, args, fut in zip(batch.ops, batch.args, batch.futs, strict=True):
-            alone = _Batch()
-            alone.add(op, args, fut)
+        for alone in batch.split():
             self._send_batch(aid, alone)
         self.hot.flush()
 
@@ -1017,14 +1034,8 @@ class RedisStore(Store):
             if not self.cluster:
                 await self._use_cluster()
             return f"Redis Cluster {version}, {len(self.r.get_primaries())} primaries"  # type: ignore[union-attr]
-        except RedisAuthError as exc:
-            raise errors.StoreUnavailable(f"{where} refused the login (check the password in the URL): {exc}") from exc
-        except RedisClusterException as exc:  # e.g. slots not all served yet
-            raise errors.StoreUnavailable(f"{where} is a Redis Cluster node, but the cluster cannot serve: {exc}") from exc
-        except _DOWN as exc:
-            raise errors.StoreUnavailable(f"{where} is unreachable: {exc}") from exc
-        except RedisError as exc:  # e.g. InvalidResponse: something else answers on that port
-            raise errors.StoreUnavailable(f"{where} did not answer as Redis does (is it a Redis server?): {exc}") from exc
+        except (*_DOWN, RedisError) as exc:
+            raise _unreachable(where, exc) from exc
 
     async def _next_channel_node(self) -> None:
         """On a cluster, follow the revocation channel through another node next time (any
@@ -1072,14 +1083,10 @@ class RedisStore(Store):
         where = f"Redis at {redacted_url(self.url)}"
         try:
             await self.load_functions()
-        except RedisAuthError as exc:
-            raise errors.StoreUnavailable(f"{where} refused the login (check the password in the URL): {exc}") from exc
-        except _DOWN as exc:
-            raise errors.StoreUnavailable(f"{where} is unreachable: {exc}") from exc
         except ResponseError as exc:
             raise errors.StoreUnavailable(f"{where} refused the meshfast functions: {exc}") from exc
-        except RedisError as exc:  # e.g. InvalidResponse: something else answers on that port
-            raise errors.StoreUnavailable(f"{where} did not answer as Redis does (is it a Redis server?): {exc}") from exc
+        except (*_DOWN, RedisError) as exc:
+            raise _unreachable(where, exc) from exc
 
     async def attach(self) -> None:
         """Load the functions, follow the revocation channel, start the heartbeat."""
