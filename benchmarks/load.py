@@ -55,6 +55,7 @@ BUDGET_W2_SPS = 8_000
 BUDGET_W3_ADDED_P50_US = 300
 # Routing comparison: cheapest within 5 % of the same workload pinned (req/s ratio).
 ROUTING_TARGET_RATIO = 0.95
+MONEY_TARGET_RATIO = 0.90  # the money core's budget: within 10 % of the data plane
 
 WORKLOADS = {
     "W1": "chat, non-stream (~600 B answer)",
@@ -608,6 +609,29 @@ def start_floor(stack: Stack, upstream_port: int, workers: int) -> tuple[Proc, i
     return proc, port
 
 
+def start_dataplane(stack: Stack, upstream_port: int, workers: int) -> tuple[Proc, int]:
+    """meshfast with its money stages as pass-through steps (benchmarks/dataplane_app.py)
+    under granian with the settings of ``meshfast serve``: the reference the money core's
+    budget is measured against. It serves every call for free, so it is a benchmark only."""
+    conf = stack.tmp / "dataplane.toml"
+    conf.write_text(meshfast_config(upstream_port))
+    port = free_port()
+    log(f"starting dataplane: meshfast, money stages as pass-through, {workers} worker(s) on {HOST}:{port}")
+    argv = [
+        sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--no-ws",
+        "--workers", str(workers), "--backlog", "2048", "--host", HOST, "--port", str(port),
+        "--log-level", "warning", "--factory", "benchmarks.dataplane_app:create_app",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHFAST_")}
+    env.update(MESHFAST_CONFIG=str(conf), MESHFAST_STORE_PATH=str(stack.tmp / "dataplane-store" / "unused.db"))
+    proc = stack.spawn("dataplane", argv, signal.SIGTERM, env=env)
+    try:
+        wait_http_ok(port, "/health", 60, proc.popen, "dataplane (money stages pass-through)")
+    except BenchError as exc:
+        raise BenchError(f"{exc}\n--- dataplane log ---\n{proc.tail()}") from None
+    return proc, port
+
+
 # --------------------------------------------------------------------------- request bodies
 
 
@@ -767,6 +791,17 @@ def verify(
             raise BenchError(f"{exc}\n--- floor log ---\n{proc.tail()}") from None
 
 
+def verify_dataplane(plane: tuple[Proc, int], bodies: dict[str, bytes]) -> None:
+    proc, port = plane
+    try:
+        status, data = http_request(port, "POST", "/v1/chat/completions", bodies["mesh_chat"], "")
+        check_chat_reply(status, data, "dataplane chat")
+        status, data = http_request(port, "POST", "/v1/chat/completions", bodies["mesh_stream"], "")
+        check_stream_reply(status, data, "dataplane stream")
+    except (BenchError, OSError) as exc:
+        raise BenchError(f"{exc}\n--- dataplane log ---\n{proc.tail()}") from None
+
+
 # --------------------------------------------------------------------------- load generation
 
 
@@ -910,25 +945,19 @@ class Loader:
         )
 
 
-def ab_rounds(
-    wl: str,
-    what: str,
-    a: tuple[str, Loader, bytes],
-    b: tuple[str, Loader, bytes],
-    rounds: int,
-    duration: float,
-    port: int,
-    conns: int,
-    mesh: Proc,
-) -> list[tuple[Run, Run]]:
+Side = tuple[str, Loader, bytes, int, Proc]  # name, loader, body, server port, server
+
+
+def ab_rounds(wl: str, what: str, a: Side, b: Side, rounds: int, duration: float, conns: int) -> list[tuple[Run, Run]]:
     """``rounds`` interleaved pairs of short runs (1 s warm-up + ``duration``) of A and B,
-    each a (name, loader, body), on the same meshfast server; the order alternates every
-    round (A first in even rounds) to cancel drift. Each run carries meshfast's CPU time."""
+    each a (name, loader, body, port, server): the same meshfast server, or two servers
+    started side by side; the order alternates every round (A first in even rounds) to
+    cancel drift. Each run carries its server's CPU time."""
     pairs: list[tuple[Run, Run]] = []
     for rnd in range(rounds):
         got: dict[str, Run] = {}
-        for name, ld, body in (a, b) if rnd % 2 == 0 else (b, a):
-            meter = CpuMeter(mesh.popen.pid)
+        for name, ld, body, port, server in (a, b) if rnd % 2 == 0 else (b, a):
+            meter = CpuMeter(server.popen.pid)
             run = ld.run(port, "/v1/chat/completions", body, conns, duration, 1.0, meter.start)
             if meter.started is not None and run.requests:
                 run.server_cpu_s = round(meter.seconds(), 3)
@@ -938,10 +967,11 @@ def ab_rounds(
             f"  {wl} {what} round {rnd + 1}/{rounds}: {a[0]} {got[a[0]].rps:,.0f}/s  {b[0]} {got[b[0]].rps:,.0f}/s"
         )
         pairs.append((got[a[0]], got[b[0]]))
-        if mesh.popen.poll() is not None:
-            raise BenchError(
-                f"meshfast exited (status {mesh.popen.returncode}) during {wl} {what}\n{mesh.tail()}"
-            )
+        for name, _ld, _body, _port, server in (a, b):
+            if server.popen.poll() is not None:
+                raise BenchError(
+                    f"{name} server exited (status {server.popen.returncode}) during {wl} {what}\n{server.tail()}"
+                )
     return pairs
 
 
@@ -1137,6 +1167,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip the floor (granian + upstream client passthrough, benchmarks/passthrough_app.py)",
     )
     ap.add_argument(
+        "--no-dataplane",
+        dest="dataplane",
+        action="store_false",
+        help="skip the W1/W2 comparison of meshfast (money on) with its data plane alone "
+        "(benchmarks/dataplane_app.py: money stages as pass-through)",
+    )
+    ap.add_argument(
         "--no-limits",
         dest="limits",
         action="store_false",
@@ -1258,8 +1295,12 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
     log(f"load generator: {loader.name}")
     mesh, mesh_port = start_meshfast(stack, up_port, args.workers, args.meshfast_arg)
     floor = start_floor(stack, up_port, args.workers) if args.floor else None
+    money_wls = [w for w in args.only if w in ("W1", "W2")] if args.dataplane else []
+    plane = start_dataplane(stack, up_port, args.workers) if money_wls else None
     bodies = request_bodies()
     verify(up_port, mesh_port, args.key, bodies, mesh, floor)
+    if plane is not None:
+        verify_dataplane(plane, bodies)
     route_wls = [w for w in args.only if w in ROUTING_PLAN] if args.routing else []
     route_picks: dict[str, str] = {}
     route_pool = (0, 0)
@@ -1323,9 +1364,24 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
         for wl in [w for w in args.only if w in ("W1", "W2")]:
             _path, _direct_body, mesh_body, conns = plan[wl]
             ab[wl] = ab_rounds(
-                wl, "limits", ("off", loader, bodies[mesh_body]),
-                ("on", limited_loader, bodies[mesh_body]),
-                args.ab_rounds, args.ab_duration, mesh_port, conns, mesh,
+                wl, "limits", ("off", loader, bodies[mesh_body], mesh_port, mesh),
+                ("on", limited_loader, bodies[mesh_body], mesh_port, mesh),
+                args.ab_rounds, args.ab_duration, conns,
+            )  # fmt: skip
+    # Money on (meshfast) vs the data plane alone (its money stages as pass-through): two
+    # servers side by side, interleaved the same way.
+    money: dict[str, list[tuple[Run, Run]]] = {}
+    if plane is not None:
+        for wl in money_wls:
+            _path, _direct_body, mesh_body, conns = plan[wl]
+            log(
+                f"running {wl} money: dataplane vs meshfast, {args.ab_rounds} interleaved rounds "
+                f"of 1s warm-up + {args.ab_duration:g}s each..."
+            )
+            money[wl] = ab_rounds(
+                wl, "money", ("dataplane", loader, bodies[mesh_body], plane[1], plane[0]),
+                ("meshfast", loader, bodies[mesh_body], mesh_port, mesh),
+                args.ab_rounds, args.ab_duration, conns,
             )  # fmt: skip
     # Routing cheapest vs pinned, the same way: one key, the same messages, the pinned body
     # names the provider/model the cheapest body is routed to (same endpoint, same upstream).
@@ -1338,9 +1394,9 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
             f"interleaved rounds of 1s warm-up + {args.ab_duration:g}s each..."
         )
         routing[wl] = ab_rounds(
-            wl, "routing", ("pinned", loader, bodies[pinned]),
-            ("cheapest", loader, bodies[cheapest]),
-            args.ab_rounds, args.ab_duration, mesh_port, conns, mesh,
+            wl, "routing", ("pinned", loader, bodies[pinned], mesh_port, mesh),
+            ("cheapest", loader, bodies[cheapest], mesh_port, mesh),
+            args.ab_rounds, args.ab_duration, conns,
         )  # fmt: skip
     table, verdicts = report(results, args.connections, floor is not None)
     load_end = os.getloadavg()
@@ -1386,6 +1442,33 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
                 f"  {wl}: off {sm['a_rps']:,.0f}/s   on {sm['b_rps']:,.0f}/s   on/off throughput {sm['rps_ratio']:.3f}x   "
                 f"cpu per request on/off {sm['cpu_ratio']:.3f}x"
             )
+    money_doc: dict[str, dict] = {}
+    if money:
+        print()
+        print(
+            "money on (meshfast: auth, hold, settlement, receipt) vs the data plane alone "
+            "(benchmarks/dataplane_app.py, money stages as pass-through): "
+            f"{args.ab_rounds} interleaved rounds of {args.ab_duration:g}s each, medians"
+        )
+        for wl, pairs in money.items():
+            sm = ab_summary(pairs)
+            ok = sm["rps_ratio"] >= MONEY_TARGET_RATIO
+            money_doc[wl] = {
+                "dataplane_rps": round(sm["a_rps"], 1),
+                "meshfast_rps": round(sm["b_rps"], 1),
+                "throughput_ratio": round(sm["rps_ratio"], 4),
+                "dataplane_cpu_us_per_req": sm["a_cpu"],
+                "meshfast_cpu_us_per_req": sm["b_cpu"],
+                "cpu_ratio": round(sm["cpu_ratio"], 4),
+                "target": f"throughput ratio >= {MONEY_TARGET_RATIO}",
+                "pass": ok,
+            }
+            print(
+                f"  {wl}: dataplane {sm['a_rps']:,.0f}/s   meshfast {sm['b_rps']:,.0f}/s   "
+                f"meshfast/dataplane throughput {sm['rps_ratio']:.3f}x   cpu per request "
+                f"{fmt_cpu(sm['b_cpu'])} vs {fmt_cpu(sm['a_cpu'])} ({sm['cpu_ratio']:.3f}x)   "
+                f"{'PASS' if ok else 'MISS'} (>= {MONEY_TARGET_RATIO:.2f}x)"
+            )
     routing_doc: dict[str, dict] = {}
     if routing:
         print()
@@ -1427,6 +1510,7 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
         for what, runs, names in (
             ("limits", ab, ("off", "on")),
             ("routing", routing, ("pinned", "cheapest")),
+            ("money", money, ("dataplane", "meshfast")),
         )
         for wl, pairs in runs.items()
         for i, pair in enumerate(pairs)
@@ -1488,6 +1572,11 @@ def _main(args: argparse.Namespace, stack: Stack) -> int:
                 else None
             ),
         }
+        doc["money"] = (
+            {"rounds": args.ab_rounds, "duration_s": args.ab_duration, "workloads": money_doc}
+            if money_doc
+            else None
+        )
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
         log(f"wrote {args.json}")
     return 0

@@ -14,6 +14,9 @@ per-round ratios against the first variant:
 
 * ``floor``: benchmarks/passthrough_app.py (read the body, POST it with the same compiled
   upstream client, send the answer): what the client and the event loop cost;
+* ``dataplane``: meshfast with its money stages as pass-through steps
+  (benchmarks/dataplane_app.py: no auth, limits, hold, settlement or receipt), the
+  reference the money core is held to;
 * ``pinned``: meshfast, the bench key (no limits), model ``bench-chat`` / ``bench-stream``:
   auth, route, hold, call, relay, settle, receipt;
 * ``limited``: the same with the bench key that has every limit set (rpm, tpm,
@@ -41,10 +44,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import load, passthrough_app, stores
+from benchmarks import dataplane_app, load, passthrough_app, stores
 from benchmarks.static_upstream import W1_PATH, W2_PATH
 
-VARIANTS = ("floor", "pinned", "limited", "cheapest", "routed-pin", "redis")
+VARIANTS = ("floor", "dataplane", "pinned", "limited", "cheapest", "routed-pin", "redis")
 CONCURRENCY = 32
 
 
@@ -122,6 +125,12 @@ async def measure(
     os.environ[passthrough_app.UPSTREAM_ENV] = f"http://{load.HOST}:{upstream_port}"
     app = App(config.load(str(conf)))
     await app.startup()
+    os.environ["MESHFAST_STORE_PATH"] = str(Path(store_path).parent / "dataplane.db")  # its own, never used
+    try:
+        plane = dataplane_app.build(config.load(str(conf)))
+    finally:
+        os.environ["MESHFAST_STORE_PATH"] = store_path
+    await plane.startup()
     redis_app = None
     if redis is not None:
         os.environ["MESHFAST_REDIS_URL"], os.environ["MESHFAST_REDIS_PREFIX"] = redis[0], stores.PREFIX
@@ -148,6 +157,7 @@ async def measure(
                 bodies["direct_stream" if stream else "direct_chat"],
                 plain,
             ),
+            "dataplane": lambda: Variant("dataplane", plane, chat, mesh_body, plain),
             "pinned": lambda: Variant("pinned", app, chat, mesh_body, plain),
             "limited": lambda: Variant("limited", app, chat, mesh_body, limited),
             "cheapest": lambda: Variant("cheapest", app, chat, cheapest_body, plain),
@@ -184,6 +194,7 @@ async def measure(
     finally:
         if redis_app is not None:
             await redis_app.shutdown()
+        await plane.shutdown()
         await app.shutdown()
         if passthrough_app._pool is not None:
             await passthrough_app._pool.close()
@@ -202,6 +213,9 @@ def report(args: argparse.Namespace, results: dict[str, list[float]]) -> None:
     if "cheapest" in results and "routed-pin" in results:
         r = statistics.median(c / p for c, p in zip(results["cheapest"], results["routed-pin"], strict=True))
         print(f"cheapest / routed-pin (the same endpoint, pinned): {r:.3f}x")
+    if "dataplane" in results and "pinned" in results:
+        r = statistics.median(p / d for p, d in zip(results["pinned"], results["dataplane"], strict=True))
+        print(f"pinned / dataplane (money on vs its stages as pass-through): {r:.3f}x")
     if "limited" in results and "pinned" in results:
         r = statistics.median(c / p for c, p in zip(results["limited"], results["pinned"], strict=True))
         print(f"limited / pinned (every limit set vs none): {r:.3f}x")
