@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from meshfast.config import BillingConfig
-from meshfast.money import margin_of, nano_to_usd, token_cost
+from meshfast.money import MTOK, PPM, margin_of, nano_to_usd, token_cost
 from meshfast.providers.base import Endpoint
 from meshfast.store.base import Account, Receipt
 from meshfast_core.tokens import count_chat, count_text
@@ -128,7 +128,8 @@ class Billing:
                 out = (asked if 0 < asked < cap else cap) * n
             else:
                 out = max_output
-            cost = self.upstream_cost(ep, prompt_tokens, out)
+            # upstream_cost(ep, prompt_tokens, out), inlined
+            cost = -(-prompt_tokens * ep.input_nano_per_mtok // MTOK) - (-out * ep.output_nano_per_mtok // MTOK)
             if cost > upstream:
                 upstream = cost
             if out > out_max:
@@ -162,8 +163,15 @@ class Billing:
             source = "upstream"
         else:
             prompt, completion, cached, source = estimated_prompt, estimated_completion, 0, "estimated"
-        upstream = self.upstream_cost(endpoint, prompt, completion, cached)
-        margin = self.margin(account, upstream)
+        # upstream_cost() and margin(), inlined (every call settles here): each term rounded up
+        cached_in = min(cached, prompt)
+        upstream = (
+            -(-(prompt - cached_in) * endpoint.input_nano_per_mtok // MTOK)
+            - (-cached_in * endpoint.cached_input_nano_per_mtok // MTOK)
+            - (-completion * endpoint.output_nano_per_mtok // MTOK)
+        )
+        ppm = self.margin_ppm if account.margin_ppm is None else account.margin_ppm
+        margin = -(-upstream * ppm // PPM) + (self.fee_nano if account.fee_nano is None else account.fee_nano)
         latency_ms = (time.monotonic() - started) * 1000
         # positional, in Receipt's field order (a 23-keyword call costs twice as much)
         return Receipt(

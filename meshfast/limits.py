@@ -42,7 +42,7 @@ class LimitState(Limiter):
     """The live limit state of one key or project: :class:`meshfast_core.limits.Limiter`
     (windows, cap, ceilings, spend and holds) plus whose it is and its limits."""
 
-    __slots__ = ("limits", "owner")
+    __slots__ = ("limits", "owner", "plain")
 
     def __init__(self, owner: str, limits: Limits, period: float) -> None:
         super().__init__()
@@ -54,6 +54,15 @@ class LimitState(Limiter):
         self.limits = limits
         self.configure(
             limits.rpm, limits.tpm, limits.concurrency, limits.daily_usd_nano, limits.monthly_usd_nano, period
+        )
+        # no limit to check or count: a hold of a key whose key and project are both plain
+        # skips admission (the stores' plain path)
+        self.plain = (
+            self.rpm is None
+            and self.tpm is None
+            and self.concurrency is None
+            and self.daily_nano is None
+            and self.monthly_nano is None
         )
 
 

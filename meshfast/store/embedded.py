@@ -88,7 +88,7 @@ CREATE INDEX IF NOT EXISTS receipts_key ON receipts (key_id, created);
 
 RECEIPT_SELECT = f"SELECT {', '.join(RECEIPT_FIELDS)} FROM receipts"
 receipt_row = operator.attrgetter(*RECEIPT_FIELDS)  # Receipt -> the row tuple, in C
-COMMIT_INTERVAL = 0.005  # seconds changes gather before a batch goes to the writer process
+COMMIT_INTERVAL = 0.01  # seconds changes gather before a batch goes to the writer process (<= 20 ms lost on kill -9)
 
 
 def receipt_from_row(row: tuple) -> Receipt:
@@ -322,18 +322,26 @@ class EmbeddedStore(Store):
         if self._writer.failed is not None:
             raise errors.StoreUnavailable("The gateway cannot save receipts right now; no call is taken until it can.")
         account = self._accounts[key.account_id]
-        month, day = spend_buckets(time.time())
         states = (self._states[key.id], self._states[key.project_id])
         available = account.balance_nano - account.held_nano
         if amount_nano > available:
             raise insufficient_balance(amount_nano, account.balance_nano, account.held_nano)
-        admission = admit(states, time.monotonic(), tokens, amount_nano, month, day)
+        now = time.time()
+        if states[0].plain and states[1].plain:
+            # plain path: no limit to check, take or give back; the hold keeps the states
+            # (its settlement still counts their spend, for limits set later)
+            admission: Any = states
+        else:
+            month, day = spend_buckets(now)
+            admission = admit(states, time.monotonic(), tokens, amount_nano, month, day)
         account.held_nano += amount_nano
-        hold = Hold(new_id("hold_"), account.id, key.id, amount_nano, time.time(), admission)
+        hold = Hold(new_id("hold_"), account.id, key.id, amount_nano, now, admission)
         self._holds[hold.id] = hold
         return hold
 
     def rate_headers(self, hold: Hold) -> list[tuple[bytes, bytes]]:
+        if type(hold.admission) is tuple:
+            return []  # plain: no windows, no monthly ceiling
         key_state, project_state = hold.admission.states
         now = time.monotonic()
         out = rate_headers(key_state if (key_state.rpm or key_state.tpm) else project_state, now)
@@ -347,7 +355,8 @@ class EmbeddedStore(Store):
         """Give the held amount and the limits back, once (``None``: nothing was used)."""
         if self._holds.pop(hold.id, None) is not None:
             self._accounts[hold.account_id].held_nano -= hold.amount_nano
-            finish(hold.admission, time.monotonic(), hold.amount_nano, used_tokens)
+            if type(hold.admission) is not tuple:
+                finish(hold.admission, time.monotonic(), hold.amount_nano, used_tokens)
 
     async def release(self, hold: Hold) -> None:
         self._close_hold(hold, None)
@@ -362,7 +371,8 @@ class EmbeddedStore(Store):
             receipt.capped = True
         account.balance_nano -= receipt.total_nano
         buckets = spend_buckets(receipt.created)
-        for owner in (account, *hold.admission.states):
+        adm = hold.admission
+        for owner in (account, *(adm if type(adm) is tuple else adm.states)):
             spend = owner.spend
             for bucket in buckets:
                 spend[bucket] = spend.get(bucket, 0) + receipt.total_nano
