@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install compile debug serve test test-py lint bench bench-stores bench-pipeline bench-micro clean
+.PHONY: install compile debug serve test test-py lint bench bench-stores bench-pipeline bench-instructions bench-micro clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,10 @@ bench-stores: compile
 bench-pipeline: compile
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.pipeline --workload W2
+
+bench-instructions: compile
+	$(BIN)/python -m benchmarks.instructions
+	$(BIN)/python -m benchmarks.instructions --workload W2
 
 bench-micro: compile
 	$(BIN)/python -m pytest benchmarks --timeout=0 --benchmark-only --benchmark-group-by=group
