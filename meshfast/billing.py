@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from meshfast.config import BillingConfig
-from meshfast.money import MTOK, PPM, margin_of, nano_to_usd, token_cost
+from meshfast.money import MTOK, PPM, margin_of, nano_to_usd, token_cost, usd_bytes
 from meshfast.providers.base import Endpoint
 from meshfast.store.base import Account, Receipt
 from meshfast_core.tokens import count_chat, count_text
@@ -185,9 +185,9 @@ class Billing:
 def receipt_headers(r: Receipt) -> list[tuple[bytes, bytes]]:
     return [
         (b"x-mesh-receipt-id", r.id.encode()),
-        (b"x-mesh-upstream-cost-usd", nano_to_usd(r.upstream_cost_nano).encode()),
-        (b"x-mesh-margin-usd", nano_to_usd(r.margin_nano).encode()),
-        (b"x-mesh-total-usd", nano_to_usd(r.total_nano).encode()),
+        (b"x-mesh-upstream-cost-usd", usd_bytes(r.upstream_cost_nano)),
+        (b"x-mesh-margin-usd", usd_bytes(r.margin_nano)),
+        (b"x-mesh-total-usd", usd_bytes(r.total_nano)),
     ]
 
 

@@ -27,16 +27,20 @@ def usd_to_nano(text: str | int) -> int:
     return int(whole or "0") * NANO + int(frac.ljust(9, "0") or "0")
 
 
+def usd_bytes(nano: int) -> bytes:
+    """nano-USD as a decimal without trailing zeros, in ASCII (``1_500_000`` -> ``b"0.0015"``):
+    what the receipt headers carry. One divmod and one format: several run per request."""
+    if nano < 0:
+        return b"-" + usd_bytes(-nano)
+    whole, frac = divmod(nano, NANO)
+    if frac:
+        return (b"%d.%09d" % (whole, frac)).rstrip(b"0")
+    return b"%d" % whole
+
+
 def nano_to_usd(nano: int) -> str:
     """Render nano-USD as a decimal string without trailing zeros (``1_500_000`` -> ``"0.0015"``)."""
-    if nano < 0:
-        return "-" + nano_to_usd(-nano)
-    # the digits, split 9 from the right (several calls per request: no divmod, no format spec)
-    digits = str(nano)
-    if len(digits) < 10:
-        digits = digits.rjust(10, "0")
-    whole, frac = digits[:-9], digits[-9:].rstrip("0")
-    return f"{whole}.{frac}" if frac else whole
+    return usd_bytes(nano).decode()
 
 
 def percent_to_ppm(text: str | int) -> int:

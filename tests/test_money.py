@@ -444,10 +444,68 @@ def test_limit_change_while_a_call_is_in_flight(tmp_path):
 @settings(max_examples=500, deadline=None)
 @given(nano=st.one_of(st.integers(-(10**20), 10**20), st.integers(-(10**10), 10**10), st.sampled_from([0, 1, 10**9, -(10**9), 10**9 + 1])))
 def test_nano_to_usd_is_exact_and_round_trips(nano: int) -> None:
-    from meshfast.money import nano_to_usd, usd_to_nano
+    from meshfast.money import nano_to_usd, usd_bytes, usd_to_nano
 
     text = nano_to_usd(nano)
+    assert usd_bytes(nano) == text.encode()  # what the receipt headers carry
     expected = format(Decimal(nano).scaleb(-9).normalize(), "f")
     assert text == expected
     assert "." not in text or not text.endswith(("0", "."))
     assert (-usd_to_nano(text[1:]) if nano < 0 else usd_to_nano(text)) == nano
+
+
+_PRICE = st.integers(0, 10**12)  # nano-USD per million tokens: up to $1,000 per token
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prompt=st.integers(0, 10**7),
+    completion=st.integers(0, 10**7),
+    cached=st.integers(0, 10**7),
+    prices=st.lists(st.tuples(_PRICE, _PRICE, _PRICE), min_size=1, max_size=3),
+    ppm=st.integers(0, 10**6),
+    fee=st.integers(0, 10**9),
+    own=st.none() | st.tuples(st.integers(0, 10**6), st.integers(0, 10**9)),
+    asked=st.integers(0, 10**5),
+)
+def test_receipt_and_hold_costs_are_the_priced_tokens(prompt, completion, cached, prices, ppm, fee, own, asked) -> None:
+    """The receipt prices the usage per term, each rounded up (``token_cost``), plus the
+    margin of that (``margin_of``), with the account's own margin when it has one; the hold
+    is the worst case over the candidates. Billing computes both inline on the hot path."""
+    from types import SimpleNamespace
+
+    from meshfast.billing import Billing
+    from meshfast.config import BillingConfig
+    from meshfast.money import margin_of, token_cost
+    from meshfast.store.base import Account
+
+    billing = Billing(BillingConfig(margin_ppm=ppm, fee_nano=fee))
+    account = Account("acct_t", "t", margin_ppm=own and own[0], fee_nano=own and own[1])
+    eff_ppm, eff_fee = own or (ppm, fee)
+    endpoints = [
+        SimpleNamespace(
+            input_nano_per_mtok=i, cached_input_nano_per_mtok=c, output_nano_per_mtok=o, privacy="standard",
+            provider=SimpleNamespace(name="p"), model=SimpleNamespace(upstream="u", max_output_tokens=4096),
+        )
+        for i, c, o in prices
+    ]  # fmt: skip
+    ep = endpoints[0]
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "prompt_tokens_details": {"cached_tokens": cached}}
+    r = billing.receipt(
+        receipt_id="rcpt_t", account=account, key=SimpleNamespace(id="key_t", project_id="proj_t"), endpoint=ep,
+        kind="chat", requested_model="m", usage=usage, estimated_prompt=0, estimated_completion=0,
+        started=time.monotonic(), first_byte=0.0, stream=False, status="ok",
+    )  # fmt: skip
+    hit = min(cached, prompt)
+    upstream = (
+        token_cost(prompt - hit, ep.input_nano_per_mtok)
+        + token_cost(hit, ep.cached_input_nano_per_mtok)
+        + token_cost(completion, ep.output_nano_per_mtok)
+    )
+    assert (r.upstream_cost_nano, r.cached_tokens) == (upstream, cached)
+    assert r.margin_nano == margin_of(upstream, eff_ppm, eff_fee)
+    assert r.total_nano == r.upstream_cost_nano + r.margin_nano
+    out = asked if 0 < asked < 4096 else 4096
+    worst = max(token_cost(prompt, e.input_nano_per_mtok) + token_cost(out, e.output_nano_per_mtok) for e in endpoints)
+    amount, tokens = billing.hold_amount(account, endpoints, prompt, {"max_tokens": asked}, None)
+    assert (amount, tokens) == (worst + margin_of(worst, eff_ppm, eff_fee), prompt + out)

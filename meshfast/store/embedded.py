@@ -31,7 +31,7 @@ import orjson
 
 from meshfast import errors
 from meshfast.limits import LimitState, admit, finish, insufficient_balance, rate_headers
-from meshfast.money import nano_to_usd
+from meshfast.money import nano_to_usd, usd_bytes
 from meshfast.store.base import (
     RECEIPT_FIELDS,
     Account,
@@ -348,7 +348,7 @@ class EmbeddedStore(Store):
         budget = key_state if key_state.monthly_nano is not None else project_state
         if budget.monthly_nano is not None:
             left = budget.monthly_left(spend_buckets(time.time())[0])
-            out.append((b"x-mesh-monthly-remaining-usd", nano_to_usd(left).encode()))
+            out.append((b"x-mesh-monthly-remaining-usd", usd_bytes(left)))
         return out
 
     def _close_hold(self, hold: Hold, used_tokens: int | None) -> None:

@@ -48,7 +48,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from meshfast import errors
 from meshfast.config import redacted_url
 from meshfast.limits import insufficient_balance, refusal, reset_value
-from meshfast.money import nano_to_usd
+from meshfast.money import nano_to_usd, usd_bytes
 from meshfast.store.base import (
     Account,
     Hold,
@@ -544,7 +544,7 @@ class RedisStore(Store):
                 (b"x-ratelimit-reset-tokens", reset_value(tpm_reset / 1000)),
             ]
         if monthly_left >= 0:
-            headers.append((b"x-mesh-monthly-remaining-usd", nano_to_usd(monthly_left).encode()))
+            headers.append((b"x-mesh-monthly-remaining-usd", usd_bytes(monthly_left)))
         return headers
 
     def rate_headers(self, hold: Hold) -> list[tuple[bytes, bytes]]:
