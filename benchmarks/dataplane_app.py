@@ -10,6 +10,8 @@ routing, the compiled upstream client, failover, health records, the SSE relay w
 scanner and usage handling) with a Pipeline whose money stages do nothing:
 
 * no authentication (the Authorization header is not read) and no limits;
+* routing as the data plane had it: the model is planned with the needs of a plain chat
+  (no privacy class, tools or image parts read from the request, no prompt estimate);
 * no hold, no settlement, no receipt, no receipt headers, no store call at all;
 * a stream still asks for usage and drops the usage-only chunk the client did not ask for.
 

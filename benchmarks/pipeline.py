@@ -88,8 +88,18 @@ class Variant:
         self.statuses: dict[int, int] = {}
         self.headers: list[tuple[bytes, bytes]] = []
 
-    async def _receive(self) -> dict:
-        return self.message
+    def _receiver(self) -> Any:
+        """ASGI receive for one call: the request, then nothing more while the call runs
+        (a client that stays). Answering the request again would make the disconnect
+        watcher of a stream that outlives ``WATCH_AFTER`` spin on receive()."""
+        pending = [self.message]
+
+        async def receive() -> dict:
+            if pending:
+                return pending.pop()
+            return await asyncio.get_running_loop().create_future()  # never set: no disconnect
+
+        return receive
 
     async def _send(self, msg: dict) -> None:
         if msg["type"] == "http.response.start":
@@ -97,9 +107,9 @@ class Variant:
             self.headers = msg["headers"]
 
     async def _task(self, n: int) -> None:
-        app, scope, receive, send = self.app, self.scope, self._receive, self._send
+        app, scope, send = self.app, self.scope, self._send
         for _ in range(n):
-            await app(dict(scope), receive, send)
+            await app(dict(scope), self._receiver(), send)
 
     async def run(self, calls: int) -> float:
         """CPU µs per call over ``calls`` calls (32 at a time)."""
