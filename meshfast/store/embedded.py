@@ -369,14 +369,15 @@ class EmbeddedStore(Store):
             receipt.total_nano = max(account.balance_nano - account.held_nano, 0)
             receipt.margin_nano = receipt.total_nano - receipt.upstream_cost_nano
             receipt.capped = True
-        account.balance_nano -= receipt.total_nano
-        buckets = spend_buckets(receipt.created)
+        total = receipt.total_nano
+        account.balance_nano -= total
+        month, day = spend_buckets(receipt.created)
         adm = hold.admission
         for owner in (account, *(adm if type(adm) is tuple else adm.states)):
             spend = owner.spend
-            for bucket in buckets:
-                spend[bucket] = spend.get(bucket, 0) + receipt.total_nano
-        self._writer.put(("settle", receipt_row(receipt), account.id, receipt.total_nano))
+            spend[month] = spend.get(month, 0) + total
+            spend[day] = spend.get(day, 0) + total
+        self._writer.put(("settle", receipt_row(receipt), account.id, total))
 
     # -- control plane ------------------------------------------------------------
     async def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:
