@@ -354,3 +354,16 @@ class RedisClusterNodes:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def receipt_for(key, total: int, upstream: int, tokens: int = 10):
+    """A receipt of ``total`` nano-USD (``upstream`` of it the upstream's) for a call of ``key``."""
+    from meshfast.store.base import Receipt, new_id
+
+    return Receipt(
+        id=new_id("rcpt_"), created=time.time(), account_id=key.account_id, project_id=key.project_id,
+        key_id=key.id, kind="chat", model="m", route_mode="model", provider="p", upstream_model="m",
+        privacy="standard", prompt_tokens=tokens, completion_tokens=0, cached_tokens=0, tokens_source="upstream",
+        upstream_cost_nano=upstream, margin_nano=total - upstream, total_nano=total, latency_ms=1.0,
+        ttft_ms=None, stream=False, status="ok",
+    )  # fmt: skip

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshfast import errors
 from meshfast.config import StoreConfig
 from meshfast.store import open_store
 from tests.support import MeshServer, local_provider_toml
@@ -436,6 +437,46 @@ def test_limit_change_while_a_call_is_in_flight(tmp_path):
         third = await store.place_hold(key, 1000, 10)  # the new limit's slot is free
         await store.release(third)
         assert (await store.account(account.id)).held_nano == 0
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_plain_holds_and_limits_set_or_removed_meanwhile(tmp_path):
+    """A key whose key and project have no limits takes no admission (the plain path); a
+    limit set while such a hold is open does not count it, but its settled spend counts
+    against the new daily ceiling; a limited hold whose limits are removed meanwhile still
+    gives its admission back."""
+    import asyncio
+
+    from meshfast.money import usd_to_nano
+    from meshfast.store.base import Limits
+    from tests.support import receipt_for
+
+    store = open_store(StoreConfig(path=str(tmp_path / "m.db")))
+
+    async def run():
+        account = await store.create_account("plain")
+        await store.topup(account.id, usd_to_nano("1"), "manual", "t1")
+        project = await store.create_project(account.id, "p")
+        key, _ = await store.create_key(project)
+        state = store._states[key.id]
+        plain = await store.place_hold(key, 1000, 10)
+        assert store.rate_headers(plain) == [] and state.held_nano == 0
+        ceiling = Limits(daily_usd_nano=5000)
+        await store.update_key(key.id, limits=ceiling)
+        await store.settle(plain, receipt_for(key, 900, 800))
+        assert state.held_nano == 0  # never taken, never given back
+        assert sum(state.spend.values()) == 2 * 900  # today's and this month's bucket
+        limited = await store.place_hold(key, 3000, 10)  # 900 spent + 3000 fits under 5000
+        assert state.held_nano == 3000
+        with pytest.raises(errors.DailyBudgetExceeded):
+            await store.place_hold(key, 2000, 10)  # 900 + 3000 + 2000 > 5000
+        await store.update_key(key.id, limits=Limits())  # removed while `limited` runs
+        await store.release(limited)
+        assert state.held_nano == 0
+        assert (await store.account(account.id)).held_nano == 0
+        assert await store.verify_ledger() == []
         await store.close()
 
     asyncio.run(run())

@@ -17,9 +17,17 @@ import redis
 
 from meshfast import errors
 from meshfast.money import usd_to_nano
-from meshfast.store.base import Limits, Receipt, new_id
+from meshfast.store.base import Limits
 from meshfast.store.redis_store import RedisStore
-from tests.support import REDIS_URL, cluster_port, drop_prefix, free_port, needs_redis, raw_command
+from tests.support import (
+    REDIS_URL,
+    cluster_port,
+    drop_prefix,
+    free_port,
+    needs_redis,
+    raw_command,
+    receipt_for,
+)
 
 pytestmark = needs_redis
 
@@ -49,16 +57,6 @@ async def funded(store: RedisStore, usd: str = "10", limits: Limits | None = Non
     await store.topup(account.id, usd_to_nano(usd), "manual", "tx-" + os.urandom(4).hex())
     key, secret = await store.create_key(project, "k", limits)
     return account, project, key, secret
-
-
-def receipt_for(key, total: int, upstream: int, tokens: int = 10) -> Receipt:
-    return Receipt(
-        id=new_id("rcpt_"), created=time.time(), account_id=key.account_id, project_id=key.project_id,
-        key_id=key.id, kind="chat", model="m", route_mode="model", provider="p", upstream_model="m",
-        privacy="standard", prompt_tokens=tokens, completion_tokens=0, cached_tokens=0, tokens_source="upstream",
-        upstream_cost_nano=upstream, margin_nano=total - upstream, total_nano=total, latency_ms=1.0,
-        ttft_ms=None, stream=False, status="ok",
-    )  # fmt: skip
 
 
 def test_a_call_holds_settles_and_leaves_a_receipt(prefix):

@@ -218,7 +218,9 @@ class Hold:
     key_id: str
     amount_nano: int
     created: float
-    admission: Any = None  # meshfast.limits.Admission: the limits this call took
+    # meshfast.limits.Admission: the limits this call took; in the embedded store's plain
+    # path (no limit on key or project) the (key, project) limit states instead
+    admission: Any = None
 
 
 @dataclass(slots=True)

@@ -88,7 +88,9 @@ CREATE INDEX IF NOT EXISTS receipts_key ON receipts (key_id, created);
 
 RECEIPT_SELECT = f"SELECT {', '.join(RECEIPT_FIELDS)} FROM receipts"
 receipt_row = operator.attrgetter(*RECEIPT_FIELDS)  # Receipt -> the row tuple, in C
-COMMIT_INTERVAL = 0.01  # seconds changes gather before a batch goes to the writer process (<= 20 ms lost on kill -9)
+# seconds changes gather before a batch goes to the writer process: what a kill -9 of the
+# worker can lose (the money issue allows 20 ms); longer windows put more receipts in a commit
+COMMIT_INTERVAL = 0.01
 
 
 def receipt_from_row(row: tuple) -> Receipt:
