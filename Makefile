@@ -45,7 +45,7 @@ bench-pipeline: compile
 
 bench-instructions: compile
 	$(BIN)/python -m benchmarks.instructions
-	$(BIN)/python -m benchmarks.instructions --workload W2
+	$(BIN)/python -m benchmarks.instructions --workload W2 --calls 800
 
 bench-micro: compile
 	$(BIN)/python -m pytest benchmarks --timeout=0 --benchmark-only --benchmark-group-by=group
