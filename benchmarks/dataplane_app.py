@@ -28,6 +28,7 @@ from meshfast import config
 from meshfast.pipeline import DONE, SSE_HEADERS, Call, Pipeline, Send
 from meshfast.providers.base import Reply
 from meshfast.providers.openai import map_upstream_error
+from meshfast.router import Needs
 from meshfast.server import App
 from meshfast_core.exceptions import UpstreamError
 from meshfast_core.sse import SSEScanner
@@ -43,6 +44,8 @@ class DataPlanePipeline(Pipeline):
         return call
 
     async def relay_body(self, call: Call, reply: Reply, send: Send) -> None:
+        # Pipeline.relay_body without the usage, settlement and receipt lines (a shared
+        # helper would cost meshfast's hot path one more await per call)
         try:
             data = await reply.read()
         except UpstreamError as exc:
@@ -84,14 +87,8 @@ class DataPlanePipeline(Pipeline):
         pass
 
 
-def _needs(stream: bool) -> Any:
-    from meshfast.router import Needs
-
-    return Needs("chat", streaming=stream)
-
-
-_NEEDS = _needs(False)
-_NEEDS_STREAM = _needs(True)
+_NEEDS = Needs("chat", streaming=False)
+_NEEDS_STREAM = Needs("chat", streaming=True)
 
 
 def build(cfg: config.Config) -> App:

@@ -38,22 +38,18 @@ from pathlib import Path
 
 from benchmarks import load
 from benchmarks.load import BenchError, Stack, log
+from benchmarks.pipeline import parse_variants, variant_parser
 
 VARIANTS = ("floor", "dataplane", "pinned", "limited")
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workload", choices=("W1", "W2"), default="W1", help="W1 chat (default) or W2 stream")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p = variant_parser("python -m benchmarks.instructions", __doc__, VARIANTS)
     p.add_argument("--calls", type=int, default=3200, help="counted calls per variant (default 3200)")
     p.add_argument("--jobs", type=int, default=2, help="callgrind runs at a time (default 2; counts do not depend on it)")
     args = p.parse_args(argv)
-    args.variants = [v for v in args.variants.split(",") if v]
-    unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown or not args.variants:
-        p.error(f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}")
+    parse_variants(p, args, VARIANTS)
     if args.calls < 32 or args.jobs < 1:
         p.error("--calls must be >= 32 and --jobs >= 1")
     return args

@@ -51,17 +51,28 @@ VARIANTS = ("floor", "dataplane", "pinned", "limited", "cheapest", "routed-pin",
 CONCURRENCY = 32
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__.split("\n\n")[0])
+def variant_parser(prog: str, doc: str, variants: tuple[str, ...]) -> argparse.ArgumentParser:
+    """A parser with ``--workload`` and ``--variants`` (a comma-separated subset of
+    ``variants``); :func:`parse_variants` checks the latter after parsing."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     p.add_argument("--workload", choices=("W1", "W2"), default="W1", help="W1 chat (default) or W2 stream")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(variants), help=f"comma-separated subset of {','.join(variants)}")
+    return p
+
+
+def parse_variants(p: argparse.ArgumentParser, args: argparse.Namespace, variants: tuple[str, ...]) -> None:
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in args.variants if v not in variants]
+    if unknown or not args.variants:
+        p.error(f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(variants)}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = variant_parser("python -m benchmarks.pipeline", __doc__, VARIANTS)
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
     p.add_argument("--calls", type=int, default=1600, help="calls per variant per round (default 1600)")
     args = p.parse_args(argv)
-    args.variants = [v for v in args.variants.split(",") if v]
-    unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown or not args.variants:
-        p.error(f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}")
+    parse_variants(p, args, VARIANTS)
     if args.rounds < 1 or args.calls < CONCURRENCY:
         p.error(f"--rounds must be >= 1 and --calls >= {CONCURRENCY}")
     return args

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from meshfast.config import BillingConfig
-from meshfast.money import MTOK, PPM, margin_of, nano_to_usd, token_cost, usd_bytes
+from meshfast.money import MTOK, margin_of, nano_to_usd, usd_bytes
 from meshfast.providers.base import Endpoint
 from meshfast.store.base import Account, Receipt
 from meshfast_core.tokens import count_chat, count_text
@@ -102,14 +102,6 @@ class Billing:
         fee = self.fee_nano if account.fee_nano is None else account.fee_nano
         return margin_of(upstream_nano, ppm, fee)
 
-    def upstream_cost(self, endpoint: Endpoint, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> int:
-        cached = min(cached_tokens, prompt_tokens)
-        return (
-            token_cost(prompt_tokens - cached, endpoint.input_nano_per_mtok)
-            + token_cost(cached, endpoint.cached_input_nano_per_mtok)
-            + token_cost(completion_tokens, endpoint.output_nano_per_mtok)
-        )
-
     def hold_amount(self, account: Account, candidates: list[Endpoint], prompt_tokens: int, req: dict[str, Any], max_output: int | None) -> tuple[int, int]:
         """``(nano-USD, tokens)``: the worst case over the candidates a failover may use.
 
@@ -128,7 +120,7 @@ class Billing:
                 out = (asked if 0 < asked < cap else cap) * n
             else:
                 out = max_output
-            # upstream_cost(ep, prompt_tokens, out), inlined
+            # money.token_cost of the prompt and of the output, inlined
             cost = -(-prompt_tokens * ep.input_nano_per_mtok // MTOK) - (-out * ep.output_nano_per_mtok // MTOK)
             if cost > upstream:
                 upstream = cost
@@ -163,15 +155,14 @@ class Billing:
             source = "upstream"
         else:
             prompt, completion, cached, source = estimated_prompt, estimated_completion, 0, "estimated"
-        # upstream_cost() and margin(), inlined (every call settles here): each term rounded up
+        # money.token_cost per term, inlined (every call settles here)
         cached_in = min(cached, prompt)
         upstream = (
             -(-(prompt - cached_in) * endpoint.input_nano_per_mtok // MTOK)
             - (-cached_in * endpoint.cached_input_nano_per_mtok // MTOK)
             - (-completion * endpoint.output_nano_per_mtok // MTOK)
         )
-        ppm = self.margin_ppm if account.margin_ppm is None else account.margin_ppm
-        margin = -(-upstream * ppm // PPM) + (self.fee_nano if account.fee_nano is None else account.fee_nano)
+        margin = self.margin(account, upstream)
         latency_ms = (time.monotonic() - started) * 1000
         # positional, in Receipt's field order (a 23-keyword call costs twice as much)
         return Receipt(
