@@ -63,35 +63,6 @@ def estimate_completion_tokens(body: bytes) -> int:
     return total
 
 
-def extract_usage(body: bytes) -> dict[str, Any] | None:
-    """The ``usage`` object of a JSON response, without parsing the whole (maybe large) body."""
-    at = body.rfind(b'"usage"')
-    if at < 0:
-        return None
-    start = body.find(b"{", at + 7)
-    if start < 0 or body[at + 7 : start].strip(b": \t\r\n"):
-        return None
-    # usage is usually the last member: then it ends just before the object's closing brace
-    last = body.rfind(b"}", start, body.rfind(b"}"))
-    if last > start:
-        try:
-            usage = orjson.loads(body[start : last + 1])
-            return usage if isinstance(usage, dict) else None
-        except orjson.JSONDecodeError:
-            pass
-    pos = start
-    for _ in range(64):  # else: the first closing brace that makes a valid object
-        pos = body.find(b"}", pos + 1)
-        if pos < 0:
-            return None
-        try:
-            usage = orjson.loads(body[start : pos + 1])
-        except orjson.JSONDecodeError:
-            continue
-        return usage if isinstance(usage, dict) else None
-    return None
-
-
 class Billing:
     def __init__(self, cfg: BillingConfig) -> None:
         self.margin_ppm = cfg.margin_ppm
@@ -137,7 +108,7 @@ class Billing:
         endpoint: Endpoint,
         kind: str,
         requested_model: str,
-        usage: dict[str, Any] | None,
+        counts: tuple[int, int, int] | None,
         estimated_prompt: int,
         estimated_completion: int,
         started: float,
@@ -147,19 +118,17 @@ class Billing:
         route_mode: str = "model",
         attempts: str = "",
     ) -> Receipt:
-        if usage is not None and isinstance(usage.get("prompt_tokens"), int):
-            prompt = usage["prompt_tokens"]
-            completion = usage.get("completion_tokens") or 0
-            details = usage.get("prompt_tokens_details") or {}
-            cached = details.get("cached_tokens") or 0 if isinstance(details, dict) else 0
+        """``counts``: the upstream's ``(prompt, completion, cached)`` tokens
+        (meshfast_core.sse.body_usage / usage_counts), else ``None`` and the estimates."""
+        if counts is not None:
+            prompt, completion, cached = counts
             source = "upstream"
         else:
             prompt, completion, cached, source = estimated_prompt, estimated_completion, 0, "estimated"
         # money.token_cost per term, inlined (every call settles here)
-        cached_in = min(cached, prompt)
         upstream = (
-            -(-(prompt - cached_in) * endpoint.input_nano_per_mtok // MTOK)
-            - (-cached_in * endpoint.cached_input_nano_per_mtok // MTOK)
+            -(-(prompt - cached) * endpoint.input_nano_per_mtok // MTOK)
+            - (-cached * endpoint.cached_input_nano_per_mtok // MTOK)
             - (-completion * endpoint.output_nano_per_mtok // MTOK)
         )
         margin = self.margin(account, upstream)

@@ -24,7 +24,6 @@ from meshfast.billing import (
     estimate_completion_tokens,
     estimate_input_tokens,
     estimate_prompt_tokens,
-    extract_usage,
     receipt_headers,
     usage_with_costs,
 )
@@ -44,7 +43,7 @@ from meshfast.store.base import (
     new_id,
 )
 from meshfast_core.exceptions import UpstreamError
-from meshfast_core.sse import SSEScanner
+from meshfast_core.sse import SSEScanner, body_usage, usage_counts
 
 Send = Any
 _KEY_PREFIX = KEY_PREFIX.encode()
@@ -374,8 +373,9 @@ class Pipeline:
         call.hold = await self.store.place_hold(call.key, amount, tokens)
         call.rate_headers = self.store.rate_headers(call.hold)
 
-    async def settle(self, call: Call, usage: dict[str, Any] | None, completion_estimate: int, status: str) -> Receipt:
-        """Actual cost -> receipt; debit the balance and release the hold in one store call."""
+    async def settle(self, call: Call, counts: tuple[int, int, int] | None, completion_estimate: int, status: str) -> Receipt:
+        """Actual cost -> receipt; debit the balance and release the hold in one store call.
+        ``counts``: the upstream's (prompt, completion, cached) tokens, if it reported them."""
         assert call.hold is not None
         receipt = self.billing.receipt(
             receipt_id=call.receipt_id or new_id("rcpt_"),
@@ -384,7 +384,7 @@ class Pipeline:
             endpoint=call.endpoint,
             kind=call.kind,
             requested_model=call.requested_model,
-            usage=usage,
+            counts=counts,
             estimated_prompt=call.prompt_estimate,
             estimated_completion=completion_estimate,
             started=call.started,
@@ -441,7 +441,8 @@ class Pipeline:
                 reply = await self.open_reply(call, req, scope)
                 await self.relay_body(call, reply, send)
         finally:
-            await self.release(call)
+            if call.hold is not None:  # settled calls have none: no coroutine for them
+                await self.release(call)
 
     async def embeddings(self, scope: dict[str, Any], body: bytes, send: Send, receive: Any) -> None:
         req = decode_json(body)
@@ -451,7 +452,8 @@ class Pipeline:
             reply = await self.open_reply(call, req, scope)
             await self.relay_body(call, reply, send)
         finally:
-            await self.release(call)
+            if call.hold is not None:
+                await self.release(call)
 
     async def receipt(self, scope: dict[str, Any], receipt_id: str) -> bytes:
         key = await self.authenticate(scope)
@@ -477,8 +479,8 @@ class Pipeline:
             reply.close()
         call.first_byte = time.monotonic()
         self.router.record(call.endpoint, True, call.first_byte - call.attempt_t0, call.head_at - call.attempt_t0)
-        usage = extract_usage(data)
-        receipt = await self.settle(call, usage, 0 if usage is not None else estimate_completion_tokens(data), "ok")
+        counts = body_usage(data)
+        receipt = await self.settle(call, counts, 0 if counts is not None else estimate_completion_tokens(data), "ok")
         headers = [*self.route_headers(call), *receipt_headers(receipt), *call.rate_headers]
         headers.append((b"content-type", reply.header(b"content-type") or b"application/json"))
         headers.append((b"content-length", str(len(data)).encode()))
@@ -558,10 +560,10 @@ class Pipeline:
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def settle_stream(self, call: Call, scanner: Any, status: str) -> Receipt | None:
-        usage = scanner.usage if isinstance(scanner.usage, dict) else None
+        counts = usage_counts(scanner.usage)
         delivered = scanner.content_length
-        if status == "error" and usage is None and not delivered:
+        if status == "error" and counts is None and not delivered:
             await self.release(call)  # the upstream failed before producing anything: no charge
             return None
         completion = -(-delivered // CONTENT_CHARS_PER_TOKEN)
-        return await self.settle(call, usage, completion, status)
+        return await self.settle(call, counts, completion, status)

@@ -16,7 +16,7 @@ from libc.string cimport memchr, memcmp, memcpy, memmove
 
 from orjson import loads as _orjson_loads
 
-__all__ = ("SSEScanner",)
+__all__ = ("SSEScanner", "body_usage", "usage_counts")
 
 cdef object _loads = _orjson_loads
 
@@ -124,6 +124,9 @@ cdef enum:
     BACKSLASH = 0x5C
     COLON = 0x3A
     BRACE = 0x7B
+    CLOSE_BRACE = 0x7D
+    BRACKET = 0x5B
+    CLOSE_BRACKET = 0x5D
     U = 0x75
 
     K_NONE = 0
@@ -518,3 +521,82 @@ cdef class SSEScanner:
                 self.usage_chunk = payload
                 return 0
         return 1
+
+
+# -- usage of a whole JSON answer ------------------------------------------------------
+
+cdef inline Py_ssize_t _value_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    # s[i] opens an object or array: the index past its closing bracket, or -1 (strings
+    # are skipped whole, so a bracket inside one does not count).
+    cdef Py_ssize_t depth = 0
+    cdef Py_ssize_t cnt
+    cdef unsigned char c
+    while i < n:
+        c = s[i]
+        if c == QUOTE:
+            i = _string_end(s, i + 1, n, &cnt)
+            if i < 0:
+                return -1
+            continue
+        if c == BRACE or c == BRACKET:
+            depth += 1
+        elif c == CLOSE_BRACE or c == CLOSE_BRACKET:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
+cdef inline object _count(object v):
+    return v if type(v) is int and v > 0 else 0
+
+
+def usage_counts(object usage):
+    """``(prompt, completion, cached)`` tokens of an OpenAI ``usage`` object, or ``None``
+    when it reports no integer ``prompt_tokens``. Missing, non-integer or negative counts
+    are 0; cached tokens are at most the prompt."""
+    if type(usage) is not dict:
+        return None
+    prompt = (<dict>usage).get("prompt_tokens")
+    if type(prompt) is not int:
+        return None
+    prompt = _count(prompt)
+    details = (<dict>usage).get("prompt_tokens_details")
+    cached = _count((<dict>details).get("cached_tokens")) if type(details) is dict else 0
+    return (prompt, _count((<dict>usage).get("completion_tokens")), min(cached, prompt))
+
+
+def body_usage(bytes body):
+    """:func:`usage_counts` of the last top-level-looking ``"usage": {...}`` member of a JSON
+    answer, found without parsing the (maybe large) rest of it; ``None`` without one."""
+    cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(body)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
+    cdef Py_ssize_t at = n - 7
+    cdef Py_ssize_t i, end
+    # the last '"usage"': a raw quote never occurs inside a JSON string, so it is a key
+    # (or a string value, which the colon check below rejects)
+    while at >= 0:
+        if d[at] == QUOTE and d[at + 6] == QUOTE and memcmp(d + at + 1, b"usage", 5) == 0:
+            break
+        at -= 1
+    if at < 0:
+        return None
+    i = at + 7
+    while i < n and _is_ws(d[i]):
+        i += 1
+    if i >= n or d[i] != COLON:
+        return None
+    i += 1
+    while i < n and _is_ws(d[i]):
+        i += 1
+    if i >= n or d[i] != BRACE:
+        return None
+    end = _value_end(d, i, n)
+    if end < 0:
+        return None
+    try:
+        usage = _loads(PyBytes_FromStringAndSize(<const char*>d + i, end - i))
+    except ValueError:
+        return None
+    return usage_counts(usage)

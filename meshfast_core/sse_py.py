@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ("SSEScanner",)
+__all__ = ("SSEScanner", "body_usage", "usage_counts")
 
 _JSON_WS = rb"[ \t\n\r]*"
 # A key the scanner cares about, its colon, and the whitespace up to the value.
@@ -30,6 +30,9 @@ _ESCAPE = re.compile(
     rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|\\.",
     re.S,
 )
+# Where a bracket nesting can change: a whole JSON string (skipped), or a bracket.
+_NESTING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
+_USAGE_VALUE = re.compile(_JSON_WS + b":" + _JSON_WS + b"{")
 _QUOTE = 0x22
 _BRACE = 0x7B
 _CR = 0x0D
@@ -214,3 +217,46 @@ class SSEScanner:
                 self._usage_chunk = data
                 return False
         return True
+
+
+def _count(v: Any) -> int:
+    return v if type(v) is int and v > 0 else 0
+
+
+def usage_counts(usage: Any) -> tuple[int, int, int] | None:
+    """``(prompt, completion, cached)`` tokens of an OpenAI ``usage`` object, or ``None``
+    when it reports no integer ``prompt_tokens``. Missing, non-integer or negative counts
+    are 0; cached tokens are at most the prompt."""
+    if type(usage) is not dict:
+        return None
+    prompt = usage.get("prompt_tokens")
+    if type(prompt) is not int:
+        return None
+    prompt = _count(prompt)
+    details = usage.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if type(details) is dict else 0
+    return (prompt, _count(usage.get("completion_tokens")), min(cached, prompt))
+
+
+def body_usage(body: bytes) -> tuple[int, int, int] | None:
+    """:func:`usage_counts` of the last top-level-looking ``"usage": {...}`` member of a JSON
+    answer, found without parsing the (maybe large) rest of it; ``None`` without one."""
+    at = body.rfind(b'"usage"')  # a raw quote never occurs inside a JSON string
+    if at < 0:
+        return None
+    m = _USAGE_VALUE.match(body, at + 7)
+    if m is None:
+        return None
+    start = m.end() - 1
+    depth = 0
+    for tok in _NESTING.finditer(body, start):
+        c = body[tok.start()]
+        if c == _QUOTE:
+            continue
+        depth += 1 if c in b"[{" else -1
+        if depth == 0:
+            try:
+                return usage_counts(orjson.loads(body[start : tok.end()]))
+            except ValueError:
+                return None
+    return None

@@ -519,6 +519,7 @@ def test_receipt_and_hold_costs_are_the_priced_tokens(prompt, completion, cached
     from meshfast.config import BillingConfig
     from meshfast.money import margin_of, token_cost
     from meshfast.store.base import Account
+    from meshfast_core.sse import usage_counts
 
     billing = Billing(BillingConfig(margin_ppm=ppm, fee_nano=fee))
     account = Account("acct_t", "t", margin_ppm=own and own[0], fee_nano=own and own[1])
@@ -534,7 +535,7 @@ def test_receipt_and_hold_costs_are_the_priced_tokens(prompt, completion, cached
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, "prompt_tokens_details": {"cached_tokens": cached}}
     r = billing.receipt(
         receipt_id="rcpt_t", account=account, key=SimpleNamespace(id="key_t", project_id="proj_t"), endpoint=ep,
-        kind="chat", requested_model="m", usage=usage, estimated_prompt=0, estimated_completion=0,
+        kind="chat", requested_model="m", counts=usage_counts(usage), estimated_prompt=0, estimated_completion=0,
         started=time.monotonic(), first_byte=0.0, stream=False, status="ok",
     )  # fmt: skip
     hit = min(cached, prompt)
@@ -543,7 +544,7 @@ def test_receipt_and_hold_costs_are_the_priced_tokens(prompt, completion, cached
         + token_cost(hit, ep.cached_input_nano_per_mtok)
         + token_cost(completion, ep.output_nano_per_mtok)
     )
-    assert (r.upstream_cost_nano, r.cached_tokens) == (upstream, cached)
+    assert (r.upstream_cost_nano, r.cached_tokens) == (upstream, hit)
     assert r.margin_nano == margin_of(upstream, eff_ppm, eff_fee)
     assert r.total_nano == r.upstream_cost_nano + r.margin_nano
     out = asked if 0 < asked < 4096 else 4096

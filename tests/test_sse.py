@@ -597,3 +597,97 @@ def test_differential_fuzz(tokens: list[bytes], cuts: list[int]) -> None:
     assert run(SSEScannerC, [data]) == expected
     assert run(SSEScannerPy, chunks) == expected
     assert run(SSEScannerC, chunks) == expected
+
+
+# -- usage of a whole JSON answer (body_usage / usage_counts) ---------------------------
+
+from meshfast_core import sse_py  # noqa: E402
+
+try:
+    from meshfast_core import _sse as sse_c
+except ImportError:  # pragma: no cover - extension not built
+    sse_c = None
+
+USAGE_IMPLS = [
+    pytest.param(sse_py, id="py"),
+    pytest.param(
+        sse_c,
+        id="c",
+        marks=pytest.mark.skipif(sse_c is None, reason="meshfast_core._sse is not compiled"),
+    ),
+]
+
+
+@pytest.fixture(params=USAGE_IMPLS)
+def usage_mod(request: pytest.FixtureRequest) -> Any:
+    return request.param
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"id":"x","usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}', (12, 30, 0)),
+        # not the last member, nested objects and brackets inside strings after it
+        (
+            b'{"usage" :\n {"prompt_tokens": 7, "prompt_tokens_details": {"cached_tokens": 5},'
+            b' "completion_tokens_details": {"x": [1, {"y": "}]"}]}, "completion_tokens": 3},'
+            b' "choices": [{"message": {"content": "a } b ] c"}}]}',
+            (7, 3, 5),
+        ),
+        # the key quoted inside a string value is not a key
+        (b'{"choices":[{"message":{"content":"\\"usage\\": {"}}],"usage":{"prompt_tokens":1}}', (1, 0, 0)),
+        # cached tokens at most the prompt; negative or non-integer counts are 0
+        (b'{"usage":{"prompt_tokens":4,"completion_tokens":-9,"prompt_tokens_details":{"cached_tokens":99}}}', (4, 0, 4)),
+        (b'{"usage":{"prompt_tokens":4,"completion_tokens":"9","prompt_tokens_details":[]}}', (4, 0, 0)),
+        # no usable usage
+        (b'{"usage":{"prompt_tokens":true,"completion_tokens":1}}', None),
+        (b'{"usage":{"prompt_tokens":1.5}}', None),
+        (b'{"usage":{"completion_tokens":3}}', None),
+        (b'{"usage":null}', None),
+        (b'{"role":"usage","x":{"prompt_tokens":1}}', None),
+        (b'{"usage":{"prompt_tokens":1', None),
+        (b'{"usage":{"prompt_tokens":1,}}', None),
+        (b'"usage"', None),
+        (b"", None),
+        (b"not json at all", None),
+    ],
+)
+def test_body_usage(usage_mod: Any, body: bytes, expected: tuple[int, int, int] | None) -> None:
+    assert usage_mod.body_usage(body) == expected
+
+
+_JSON_LEAF = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=8)
+_JSON = st.recursive(
+    _JSON_LEAF,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+_COUNT = st.none() | st.booleans() | st.integers(-5, 10**9) | st.text(max_size=3) | st.floats(allow_nan=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    before=st.dictionaries(st.sampled_from(["id", "object", "choices", "model"]), _JSON, max_size=3),
+    after=st.dictionaries(st.sampled_from(["system_fingerprint", "extra"]), _JSON, max_size=2),
+    prompt=_COUNT,
+    completion=_COUNT,
+    cached=_COUNT,
+    details=st.booleans(),
+    noise=st.dictionaries(st.sampled_from(["total_tokens", "completion_tokens_details", "z"]), _JSON, max_size=2),
+    indent=st.booleans(),
+)
+def test_body_usage_matches_a_full_parse(before, after, prompt, completion, cached, details, noise, indent) -> None:
+    """Both twins read what parsing the whole answer and taking its ``usage`` would give."""
+    usage: dict[str, Any] = dict(noise)
+    usage.update({"prompt_tokens": prompt, "completion_tokens": completion})
+    if details:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    obj = {**before, "usage": usage, **after}
+    body = json.dumps(obj, indent=2 if indent else None).encode()
+    expected = sse_py.usage_counts(json.loads(body)["usage"])
+    assert sse_py.body_usage(body) == expected
+    if sse_c is not None:
+        assert sse_c.body_usage(body) == expected
+        assert sse_c.usage_counts(usage) == expected
+    if type(prompt) is int:
+        assert expected is not None and expected[0] == max(prompt, 0)

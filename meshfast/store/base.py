@@ -213,7 +213,7 @@ class KeyRecord:
 
 @dataclass(slots=True)
 class Hold:
-    id: str
+    id: str  # the shared store's handle; "" in the embedded store (its holds never leave the process)
     account_id: str
     key_id: str
     amount_nano: int

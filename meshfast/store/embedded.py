@@ -262,7 +262,7 @@ class EmbeddedStore(Store):
         self._keys: dict[str, KeyRecord] = {}
         self._key_hashes: dict[str, KeyRecord] = {}
         self._topups: dict[tuple[str, str], Topup] = {}
-        self._holds: dict[str, Hold] = {}
+        self._holds: dict[int, Hold] = {}  # id(hold) -> the open hold (which keeps its id unique)
         self._load(conn)
         conn.close()
         self._reader_local = threading.local()
@@ -337,8 +337,9 @@ class EmbeddedStore(Store):
             month, day = spend_buckets(now)
             admission = admit(states, time.monotonic(), tokens, amount_nano, month, day)
         account.held_nano += amount_nano
-        hold = Hold(new_id("hold_"), account.id, key.id, amount_nano, now, admission)
-        self._holds[hold.id] = hold
+        # an embedded hold never leaves this process: it is known by its object, not an id
+        hold = Hold("", account.id, key.id, amount_nano, now, admission)
+        self._holds[id(hold)] = hold
         return hold
 
     def rate_headers(self, hold: Hold) -> list[tuple[bytes, bytes]]:
@@ -355,7 +356,7 @@ class EmbeddedStore(Store):
 
     def _close_hold(self, hold: Hold, used_tokens: int | None) -> None:
         """Give the held amount and the limits back, once (``None``: nothing was used)."""
-        if self._holds.pop(hold.id, None) is not None:
+        if self._holds.pop(id(hold), None) is not None:
             self._accounts[hold.account_id].held_nano -= hold.amount_nano
             if type(hold.admission) is not tuple:
                 finish(hold.admission, time.monotonic(), hold.amount_nano, used_tokens)
