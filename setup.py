@@ -8,6 +8,7 @@ Each compiled module has a pure-Python twin of the same behaviour:
   pure-Python mode, typed by ``_http_c.pxd``, so the two cannot drift)
 * ``meshfast_core/_tokens.pyx``   twin ``tokens_py.py``  selector ``tokens.py``
 * ``meshfast_core/_limits.pyx``   twin ``limits_py.py``  selector ``limits.py``
+* ``meshfast_core/_usd.pyx``      twin ``usd_py.py``     selector ``usd.py``
 
 ``MESHFAST_DEBUG_BUILD=1`` builds with line tracing and writes annotated HTML.
 """
@@ -28,6 +29,7 @@ MODULES = {
     "meshfast_core._http_c": "meshfast_core/_http_c.py",
     "meshfast_core._tokens": "meshfast_core/_tokens.pyx",
     "meshfast_core._limits": "meshfast_core/_limits.pyx",
+    "meshfast_core._usd": "meshfast_core/_usd.pyx",
 }
 
 extensions = [

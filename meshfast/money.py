@@ -7,6 +7,10 @@ undercharges by a rounding step). Margins are parts-per-million of the upstream 
 
 from __future__ import annotations
 
+from meshfast_core.usd import usd_bytes
+
+__all__ = ("MTOK", "NANO", "PPM", "margin_of", "nano_to_usd", "percent_to_ppm", "token_cost", "usd_bytes", "usd_to_nano")
+
 NANO = 1_000_000_000
 MTOK = 1_000_000
 PPM = 1_000_000
@@ -25,17 +29,6 @@ def usd_to_nano(text: str | int) -> int:
             raise ValueError(f"{text}: more precision than 1e-9 USD")
         frac = frac[:9]
     return int(whole or "0") * NANO + int(frac.ljust(9, "0") or "0")
-
-
-def usd_bytes(nano: int) -> bytes:
-    """nano-USD as a decimal without trailing zeros, in ASCII (``1_500_000`` -> ``b"0.0015"``):
-    what the receipt headers carry. One divmod and one format: several run per request."""
-    if nano < 0:
-        return b"-" + usd_bytes(-nano)
-    whole, frac = divmod(nano, NANO)
-    if frac:
-        return (b"%d.%09d" % (whole, frac)).rstrip(b"0")
-    return b"%d" % whole
 
 
 def nano_to_usd(nano: int) -> str:

@@ -482,13 +482,29 @@ def test_plain_holds_and_limits_set_or_removed_meanwhile(tmp_path):
     asyncio.run(run())
 
 
+def test_usd_compiled_loaded() -> None:
+    from meshfast_core import usd
+
+    if os.environ.get("MESHFAST_NO_EXTENSIONS", "") not in ("", "0"):
+        pytest.skip("MESHFAST_NO_EXTENSIONS is set")
+    assert usd.COMPILED, "meshfast_core._usd did not load: build it with setup.py build_ext"
+    assert usd.usd_bytes is usd.usd_bytes_c
+
+
+_INT64_EDGES = [2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 2**64]
+
+
 @settings(max_examples=500, deadline=None)
-@given(nano=st.one_of(st.integers(-(10**20), 10**20), st.integers(-(10**10), 10**10), st.sampled_from([0, 1, 10**9, -(10**9), 10**9 + 1])))
+@given(nano=st.one_of(st.integers(-(10**20), 10**20), st.integers(-(10**10), 10**10), st.sampled_from([0, 1, 10**9, -(10**9), 10**9 + 1, *_INT64_EDGES])))
 def test_nano_to_usd_is_exact_and_round_trips(nano: int) -> None:
     from meshfast.money import nano_to_usd, usd_bytes, usd_to_nano
+    from meshfast_core.usd import usd_bytes_c, usd_bytes_py
 
     text = nano_to_usd(nano)
     assert usd_bytes(nano) == text.encode()  # what the receipt headers carry
+    assert usd_bytes_py(nano) == text.encode()
+    if usd_bytes_c is not None:  # the compiled twin, int64 and beyond
+        assert usd_bytes_c(nano) == text.encode()
     expected = format(Decimal(nano).scaleb(-9).normalize(), "f")
     assert text == expected
     assert "." not in text or not text.endswith(("0", "."))
