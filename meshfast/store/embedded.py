@@ -2,7 +2,7 @@
 
 Every change is applied to memory first, synchronously (the store's coroutines never
 suspend, so each hot-path operation is atomic on the event loop), then queued; every
-10 ms the queue goes to a writer process that commits it in one transaction (group
+20 ms the queue goes to a writer process that commits it in one transaction (group
 commit). A ``kill -9`` loses at most the changes not yet sent; SIGTERM flushes the queue
 before exit.
 
