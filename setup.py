@@ -9,11 +9,16 @@ Each compiled module has a pure-Python twin of the same behaviour:
 * ``meshfast_core/_tokens.pyx``   twin ``tokens_py.py``  selector ``tokens.py``
 * ``meshfast_core/_limits.pyx``   twin ``limits_py.py``  selector ``limits.py``
 * ``meshfast_core/_usd.pyx``      twin ``usd_py.py``     selector ``usd.py``
+* ``meshfast_core/_keys.pyx``     twin ``keys_py.py``    selector ``keys.py``
+  (links OpenSSL's libcrypto; built only when its headers, Debian's libssl-dev, are
+  installed, else the twin serves)
 
 ``MESHFAST_DEBUG_BUILD=1`` builds with line tracing and writes annotated HTML.
 """
 
 import os
+import sys
+import sysconfig
 
 from setuptools import Extension, setup
 
@@ -30,7 +35,23 @@ MODULES = {
     "meshfast_core._tokens": "meshfast_core/_tokens.pyx",
     "meshfast_core._limits": "meshfast_core/_limits.pyx",
     "meshfast_core._usd": "meshfast_core/_usd.pyx",
+    "meshfast_core._keys": "meshfast_core/_keys.pyx",
 }
+
+
+def _has_header(name: str) -> bool:
+    dirs = [sysconfig.get_paths()["include"], "/usr/include", "/usr/local/include"]
+    dirs += [f"/usr/include/{sysconfig.get_config_var('MULTIARCH') or ''}"]
+    return any(os.path.exists(os.path.join(d, name)) for d in dirs)
+
+
+if not _has_header("openssl/sha.h"):
+    MODULES.pop("meshfast_core._keys")
+    print(
+        "meshfast: OpenSSL's headers (openssl/sha.h; Debian: apt-get install libssl-dev) were not found,"
+        " so meshfast_core._keys is not built; key digests use its Python twin",
+        file=sys.stderr,
+    )
 
 extensions = [
     Extension(

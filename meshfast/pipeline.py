@@ -33,7 +33,6 @@ from meshfast.providers.base import Endpoint, Reply
 from meshfast.providers.openai import map_upstream_error
 from meshfast.router import Needs, Router, needs_of_chat
 from meshfast.store.base import (
-    KEY_PREFIX,
     Account,
     Hold,
     KeyRecord,
@@ -43,11 +42,10 @@ from meshfast.store.base import (
     new_id,
 )
 from meshfast_core.exceptions import UpstreamError
+from meshfast_core.keys import bearer_digest
 from meshfast_core.sse import SSEScanner, body_usage, usage_counts
 
 Send = Any
-_KEY_PREFIX = KEY_PREFIX.encode()
-_KEY_MIN_LEN = len(KEY_PREFIX) + 32
 log = logging.getLogger("meshfast")
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = [
@@ -288,10 +286,10 @@ class Pipeline:
             raise errors.AuthenticationFailed(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer mesh_live_...'."
             )
-        secret = raw[7:].strip()
-        if raw[:7].lower() != b"bearer " or not secret.startswith(_KEY_PREFIX) or len(secret) < _KEY_MIN_LEN:
+        digest = bearer_digest(raw)  # None: not "Bearer mesh_live_..." with a long enough key
+        if digest is None:
             raise errors.AuthenticationFailed("Incorrect API key provided.")
-        return await self.store.authenticate(secret)
+        return await self.store.authenticate_digest(digest)
 
     def asked_privacy(self, req: dict[str, Any], scope: dict[str, Any]) -> str:
         """The privacy class the call asks for (header, else the body's ``mesh`` object,

@@ -11,7 +11,6 @@ each hot-path one maps to one server-side function call.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import itertools
 import os
@@ -24,15 +23,12 @@ import orjson
 
 from meshfast import errors
 from meshfast.money import nano_to_usd
+from meshfast_core.keys import KEY_PREFIX, key_digest
+
+hash_key = key_digest  # what a store keeps of a key: the SHA-256 of the whole secret, in hex
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-KEY_PREFIX = "mesh_live_"
 KEY_BODY_LEN = 40
-
-
-def hash_key(secret: str | bytes) -> str:
-    """What a store keeps of a key: the SHA-256 of the whole secret, in hex."""
-    return hashlib.sha256(secret.encode() if isinstance(secret, str) else secret).hexdigest()
 
 
 def new_secret() -> str:
@@ -318,7 +314,13 @@ class Store:
     """The interface every backend implements. Methods raise meshfast.errors classes."""
 
     # -- hot path -------------------------------------------------------------
-    async def authenticate(self, secret: str) -> KeyRecord:
+    async def authenticate(self, secret: str | bytes) -> KeyRecord:
+        """The record of the key ``secret`` if it may be used now (else 401)."""
+        return await self.authenticate_digest(hash_key(secret))
+
+    async def authenticate_digest(self, digest: str) -> KeyRecord:
+        """:meth:`authenticate` by the key's digest (``hash_key``), as the hot path has it
+        (``meshfast_core.keys.bearer_digest`` of the Authorization header)."""
         raise NotImplementedError
 
     async def context(self, key: KeyRecord) -> tuple[Account, Project]:

@@ -45,7 +45,6 @@ from meshfast.store.base import (
     check_name,
     check_topup,
     day_of,
-    hash_key,
     limits_from,
     limits_json,
     month_of,
@@ -313,8 +312,7 @@ class EmbeddedStore(Store):
         self._writer.put((sql, params))
 
     # -- hot path -----------------------------------------------------------------
-    async def authenticate(self, secret: str | bytes) -> KeyRecord:
-        digest = hash_key(secret)
+    async def authenticate_digest(self, digest: str) -> KeyRecord:
         return usable_key(self._key_hashes.get(digest), digest)
 
     async def context(self, key: KeyRecord) -> tuple[Account, Project]:

@@ -60,7 +60,6 @@ from meshfast.store.base import (
     Topup,
     check_name,
     check_topup,
-    hash_key,
     limits_from,
     limits_json,
     month_of,
@@ -428,8 +427,7 @@ class RedisStore(Store):
             raise _outage(exc) from exc
 
     # -- hot path ---------------------------------------------------------------------
-    async def authenticate(self, secret: str | bytes) -> KeyRecord:
-        digest = hash_key(secret)
+    async def authenticate_digest(self, digest: str) -> KeyRecord:
         ctx = self._cache.get(digest)
         if ctx is None:
             ctx = await self._load(digest)
