@@ -385,23 +385,26 @@ def test_spend_survives_a_restart(tmp_path):
         await store.topup(account.id, usd_to_nano("10"), "manual", "t1")
         project = await store.create_project(account.id, "p")
         key, _ = await store.create_key(project, limits=Limits(monthly_usd_nano=usd_to_nano("5")))
-        for total in (300_000_000, 200_000_000):
-            hold = await store.place_hold(key, total, 10)
+        other, _ = await store.create_key(project)  # same project: its spend adds to the project's
+        for k, total in ((key, 300_000_000), (other, 70_000_000), (key, 200_000_000)):
+            hold = await store.place_hold(k, total, 10)
             await store.settle(
                 hold,
-                Receipt(new_id("rcpt_"), time.time(), account.id, project.id, key.id, "chat", "m", "model", "p", "u",
+                Receipt(new_id("rcpt_"), time.time(), account.id, project.id, k.id, "chat", "m", "model", "p", "u",
                         "standard", 5, 5, 0, "upstream", total, 0, total, 1.0, None, False, "ok"),
             )  # fmt: skip
-        return account, project, key
+        return account, project, key, other
 
-    account, project, key = asyncio.run(spend())
+    account, project, key, other = asyncio.run(spend())
     store.close_sync()
     again = open_store(StoreConfig(path=path))
     month, day = spend_buckets(time.time())
     try:
-        assert asyncio.run(again.account(account.id)).spend[month] == 500_000_000
+        assert asyncio.run(again.account(account.id)).spend[month] == 570_000_000
         assert again._states[key.id].spend[day] == 500_000_000
-        assert again._states[project.id].spend[month] == 500_000_000
+        assert again._states[other.id].spend[month] == 70_000_000
+        assert again._states[project.id].spend[month] == 570_000_000
+        assert again._states[project.id].spend[day] == 570_000_000
     finally:
 
         async def verify_and_close():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 import sys
+from itertools import chain
 
 import orjson
 
@@ -46,24 +47,27 @@ def apply(conn: sqlite3.Connection, work: list) -> None:
     other statements in order."""
     receipts: list[list] = []
     debits: dict[str, int] = {}
-    spend: dict[tuple[str, int], int] = {}  # (account/project/key id, UTC day number) -> nano-USD
 
     def put_receipts() -> None:
         for i in range(0, len(receipts), ROWS_PER_INSERT):
             chunk = receipts[i : i + ROWS_PER_INSERT]
             sql = RECEIPT_INSERT_FULL if len(chunk) == ROWS_PER_INSERT else receipt_insert(len(chunk))
-            conn.execute(sql, [v for row in chunk for v in row])
+            conn.execute(sql, list(chain.from_iterable(chunk)))
+        # spend per (account, project, key, UTC day number), then per owner and day
+        calls: dict[tuple[str, str, str, int], int] = {}
         for row in receipts:
-            day = int(row[_CREATED] // 86400)
-            for owner in (row[_ACCOUNT], row[_PROJECT], row[_KEY]):
-                spend[(owner, day)] = spend.get((owner, day), 0) + row[_TOTAL]
+            at = (row[_ACCOUNT], row[_PROJECT], row[_KEY], int(row[_CREATED] // 86400))
+            calls[at] = calls.get(at, 0) + row[_TOTAL]
+        spend: dict[tuple[str, int], int] = {}
+        for (account, project, key, day), total in calls.items():
+            for owner in ((account, day), (project, day), (key, day)):
+                spend[owner] = spend.get(owner, 0) + total
         if debits:
             conn.executemany(DEBIT_SQL, [(v, k) for k, v in debits.items()])
         if spend:
             conn.executemany(SPEND_SQL, [(owner, day, total) for (owner, day), total in spend.items()])
         receipts.clear()
         debits.clear()
-        spend.clear()
 
     conn.execute("BEGIN")
     try:
