@@ -570,3 +570,24 @@ def test_receipt_and_hold_costs_are_the_priced_tokens(prompt, completion, cached
     worst = max(token_cost(prompt, e.input_nano_per_mtok) + token_cost(out, e.output_nano_per_mtok) for e in endpoints)
     amount, tokens = billing.hold_amount(account, endpoints, prompt, {"max_tokens": asked}, None)
     assert (amount, tokens) == (worst + margin_of(worst, eff_ppm, eff_fee), prompt + out)
+
+
+def test_receipt_row_is_the_fields_in_order() -> None:
+    """Receipt.row() (spelt out for speed) is every field in RECEIPT_FIELDS order."""
+    from meshfast.store.base import RECEIPT_FIELDS, Receipt
+
+    r = Receipt(*(f"value-{i}" for i in range(len(RECEIPT_FIELDS))))
+    assert r.row() == tuple(getattr(r, name) for name in RECEIPT_FIELDS)
+    assert r.row() == tuple(f"value-{i}" for i in range(len(RECEIPT_FIELDS)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(days=st.lists(st.integers(0, 40_000), min_size=1, max_size=6), offsets=st.lists(st.sampled_from([0, 0.5, 1, 43_200, 86_399, 86_399.999]), min_size=6, max_size=6))
+def test_spend_buckets_follow_the_utc_day(days: list[int], offsets: list[float]) -> None:
+    """The per-day cache of spend_buckets never answers for another day, at either edge."""
+    from meshfast.store.base import day_of, month_of, spend_buckets
+
+    for day, off in zip(days, offsets, strict=False):
+        ts = day * 86400 + off
+        assert spend_buckets(ts) == (month_of(ts), day_of(ts))
+        assert spend_buckets(ts - 1) == (month_of(ts - 1), day_of(ts - 1))

@@ -73,16 +73,19 @@ def day_of(ts: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ts))
 
 
-_bucket_cache: tuple[int, str, str] = (-1, "", "")
+# (start, end) of the UTC day last asked for, in epoch seconds, and its buckets
+_bucket_cache: tuple[float, float, tuple[str, str]] = (0.0, -1.0, ("", ""))
 
 
 def spend_buckets(ts: float) -> tuple[str, str]:
     """("YYYY-MM", "YYYY-MM-DD") in UTC for ``ts``; cached per day (called on every settle)."""
     global _bucket_cache
-    day_index = int(ts // 86400)
-    if _bucket_cache[0] != day_index:
-        _bucket_cache = (day_index, month_of(ts), day_of(ts))
-    return _bucket_cache[1], _bucket_cache[2]
+    start, end, buckets = _bucket_cache
+    if start <= ts < end:
+        return buckets
+    day_start = ts // 86400 * 86400
+    _bucket_cache = (day_start, day_start + 86400, (month_of(ts), day_of(ts)))
+    return _bucket_cache[2]
 
 
 @dataclass(slots=True)
@@ -266,6 +269,17 @@ class Receipt:
     status: str  # ok | error | cancelled
     capped: bool = False  # the total was capped at what the balance could cover
     attempts: str = ""  # the endpoints tried, in order ("provider/model,provider/model")
+
+    def row(self) -> tuple:
+        """The fields in order (``RECEIPT_FIELDS``), as a store writes them. Spelt out:
+        ``operator.attrgetter`` over the 24 names costs five times as much per settle."""
+        return (
+            self.id, self.created, self.account_id, self.project_id, self.key_id, self.kind, self.model,
+            self.route_mode, self.provider, self.upstream_model, self.privacy, self.prompt_tokens,
+            self.completion_tokens, self.cached_tokens, self.tokens_source, self.upstream_cost_nano,
+            self.margin_nano, self.total_nano, self.latency_ms, self.ttft_ms, self.stream, self.status,
+            self.capped, self.attempts,
+        )  # fmt: skip
 
     def public(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in RECEIPT_FIELDS}

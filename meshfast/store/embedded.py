@@ -16,7 +16,6 @@ import asyncio
 import calendar
 import fcntl
 import logging
-import operator
 import os
 import sqlite3
 import struct
@@ -86,7 +85,6 @@ DROP INDEX IF EXISTS receipts_key;
 """
 
 RECEIPT_SELECT = f"SELECT {', '.join(RECEIPT_FIELDS)} FROM receipts"
-receipt_row = operator.attrgetter(*RECEIPT_FIELDS)  # Receipt -> the row tuple, in C
 # seconds changes gather before a batch goes to the writer process: what a kill -9 of the
 # worker can lose (the money issue allows 20 ms); longer windows put more receipts in a commit
 COMMIT_INTERVAL = 0.02
@@ -378,7 +376,7 @@ class EmbeddedStore(Store):
             spend = owner.spend
             spend[month] = spend.get(month, 0) + total
             spend[day] = spend.get(day, 0) + total
-        self._writer.put(("settle", receipt_row(receipt), account.id, total))
+        self._writer.put(("settle", receipt.row(), account.id, total))
 
     # -- control plane ------------------------------------------------------------
     async def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:

@@ -1,0 +1,220 @@
+"""Instructions per call of each money stage, counted by callgrind: where the cost of
+"money on" (benchmarks/instructions.py: pinned - dataplane) goes.
+
+    python -m benchmarks.stages                       # every stage, 4000 calls each
+    python -m benchmarks.stages --stages key_check,settle --calls 2000
+
+Each stage of the W1 pipeline that the data plane does not run is called alone, in a
+loop, on meshfast's own objects (App, Pipeline, the embedded store with the bench key),
+in a child process under callgrind: once with the warm-up only and once with ``--calls``
+more calls; the difference divided by ``--calls``, less the same figure for an empty
+stage (the loop and a call), is the count per call. A coroutine stage is awaited in a
+loop inside one coroutine, as the pipeline awaits it (nothing here suspends, so no event
+loop runs and none is counted). The stages overlap where
+one contains another (``route`` contains ``plan``; ``hold_settle`` contains the hold
+that ``hold_release`` also places), as the table notes.
+
+No server, upstream or loader runs: the inputs are the bench request, the static
+upstream's W1 answer and a receipt built once. valgrind is installed with apt-get when
+missing and running as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from benchmarks import load
+from benchmarks.instructions import _COLLECTED, _valgrind
+from benchmarks.load import BenchError, Stack, log
+
+# name -> what it measures
+STAGES = {
+    "key_check": "Pipeline.authenticate: the Authorization header, its digest, the key record",
+    "context": "store.context: the key's account and project",
+    "prompt_estimate": "the compiled prompt-token estimate for the hold",
+    "route": "Pipeline.route: privacy class, the request's needs and the router's plan",
+    "plan": "  of which router.plan alone (what the data plane runs)",
+    "hold_amount": "Billing.hold_amount: the worst case over the candidates",
+    "hold_release": "store.place_hold then store.release",
+    "hold_settle": "store.place_hold then store.settle (balance, spend, the writer's row)",
+    "receipt": "Billing.receipt: costs, margin, the Receipt record",
+    "receipt_id": "new_id('rcpt_')",
+    "body_usage": "the answer's token counts (meshfast_core.sse.body_usage)",
+    "receipt_headers": "the four receipt headers",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.stages", description=__doc__.split("\n\n")[0])
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--calls", type=int, default=4000, help="counted calls per stage (default 4000)")
+    p.add_argument("--jobs", type=int, default=2, help="callgrind runs at a time (default 2)")
+    args = p.parse_args(argv)
+    args.stages = [s for s in args.stages.split(",") if s]
+    unknown = [s for s in args.stages if s not in STAGES]
+    if unknown or not args.stages:
+        p.error(f"unknown stage(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(STAGES)}")
+    if args.calls < 100 or args.jobs < 1:
+        p.error("--calls must be >= 100 and --jobs >= 1")
+    return args
+
+
+# --------------------------------------------------------------------------- child
+
+
+def _drive(coro: Any) -> Any:
+    """The result of a coroutine that never suspends (the embedded store's never do)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("the stage suspended")
+
+
+def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
+    """Each stage as a no-argument callable, on objects prepared once, and whether it
+    returns a coroutine (to be awaited)."""
+    from benchmarks.dataplane_app import _NEEDS
+    from benchmarks.static_upstream import w1_body
+    from meshfast import config
+    from meshfast.billing import estimate_prompt_tokens, receipt_headers
+    from meshfast.pipeline import Call, decode_json
+    from meshfast.server import App
+    from meshfast.store.base import new_id
+    from meshfast_core.sse import body_usage
+
+    os.environ["MESHFAST_STORE_PATH"] = str(store_dir / "meshfast.db")
+    app = App(config.load(str(store_dir / "meshfast.toml")))
+    p, store = app.pipeline, app.pipeline.store
+    plain = (store_dir / "keys").read_text().split()[0]
+    scope = {
+        "headers": [
+            (b"host", b"127.0.0.1"), (b"user-agent", b"wrk"), (b"authorization", f"Bearer {plain}".encode()),
+            (b"content-type", b"application/json"), (b"content-length", b"300"),
+        ]
+    }  # fmt: skip
+    req = decode_json(load.request_bodies()["mesh_chat"])
+    answer = w1_body()
+    key = _drive(p.authenticate(scope))
+    account, project = _drive(store.context(key))
+    call = Call("chat", req["model"], False)
+    call.key, call.account, call.prompt_estimate = key, account, estimate_prompt_tokens(req)
+    p.route(call, req, project, "", 0)
+    amount, tokens = p.billing.hold_amount(account, call.candidates, call.prompt_estimate, req, None)
+    counts = body_usage(answer)
+
+    def receipt() -> Any:
+        return p.billing.receipt(
+            receipt_id="rcpt_bench", account=account, key=key, endpoint=call.endpoint, kind="chat",
+            requested_model=call.requested_model, counts=counts, estimated_prompt=call.prompt_estimate,
+            estimated_completion=0, started=1.0, first_byte=2.0, stream=False, status="ok",
+            route_mode="model", attempts=call.endpoint.key,
+        )  # fmt: skip
+
+    r = receipt()
+    pending = store._writer.pending
+
+    async def hold_release() -> None:
+        await store.release(await store.place_hold(key, amount, tokens))
+
+    async def hold_settle() -> None:
+        await store.settle(await store.place_hold(key, amount, tokens), r)
+        if len(pending) > 1000:  # no event loop: nothing sends them, so drop them
+            pending.clear()
+
+    return {
+        "noop": (lambda: None, False),
+        "key_check": (lambda: p.authenticate(scope), True),
+        "context": (lambda: store.context(key), True),
+        "prompt_estimate": (lambda: estimate_prompt_tokens(req), False),
+        "route": (lambda: p.route(call, req, project, "", 0), False),
+        "plan": (lambda: p.router.plan(call.requested_model, _NEEDS), False),
+        "hold_amount": (lambda: p.billing.hold_amount(account, call.candidates, call.prompt_estimate, req, None), False),
+        "hold_release": (hold_release, True),
+        "hold_settle": (hold_settle, True),
+        "receipt": (receipt, False),
+        "receipt_id": (lambda: new_id("rcpt_"), False),
+        "body_usage": (lambda: body_usage(answer), False),
+        "receipt_headers": (lambda: receipt_headers(r), False),
+    }
+
+
+async def _await_each(fn: Any, calls: int) -> None:
+    for _ in range(calls):
+        await fn()
+
+
+def _call_each(fn: Any, calls: int) -> None:
+    for _ in range(calls):
+        fn()
+
+
+def _child(stage: str, calls: int, store_dir: Path) -> None:
+    fn, is_async = _stages(store_dir)[stage]
+    for n in (500, calls):  # a warm-up (specialisation, caches), then the counted calls
+        if is_async:
+            _drive(_await_each(fn, n))
+        else:
+            _call_each(fn, n)
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def _count(valgrind: str, stack: Stack, store: Path, stage: str, calls: int) -> int:
+    own = stack.tmp / f"store-{stage}-{calls}"
+    shutil.copytree(store, own)
+    argv = [
+        valgrind, "--tool=callgrind", f"--callgrind-out-file={own / 'callgrind.out'}",
+        sys.executable, "-m", "benchmarks.stages", "--child", stage, str(calls), str(own),
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    done = subprocess.run(argv, cwd=str(load.ROOT), env=env, capture_output=True)
+    found = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        tail = (done.stdout + done.stderr).decode(errors="replace").splitlines()[-15:]
+        raise BenchError(f"stage {stage} ({calls} calls) under callgrind failed (exit {done.returncode}):\n" + "\n".join(tail))
+    return int(found.group(1))
+
+
+def _run(args: argparse.Namespace, stack: Stack) -> int:
+    valgrind = _valgrind()
+    store = stack.tmp / "store"
+    keys = load.provision_bench_key(store / "meshfast.db")
+    (store / "keys").write_text(" ".join(keys))
+    (store / "meshfast.toml").write_text(load.meshfast_config(load.free_port()))  # no upstream is called
+    stages = ["noop", *args.stages]
+    runs = [(s, n) for s in stages for n in (0, args.calls)]
+    log(f"{len(runs)} runs under callgrind ({args.jobs} at a time; each about 15 s)...")
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {run: pool.submit(_count, valgrind, stack, store, run[0], run[1]) for run in runs}
+        counts = {run: fut.result() for run, fut in futures.items()}
+    per_call = {s: (counts[(s, args.calls)] - counts[(s, 0)]) / args.calls for s in stages}
+    base = per_call.pop("noop")
+    print(f"\nmoney stages of a W1 call, in process: instructions per call (callgrind), {args.calls} calls each")
+    print(f"(less {base:,.0f} for the loop and a call)")
+    print(f"{'stage':16s} {'per call':>9s}   what")
+    for s, n in per_call.items():
+        print(f"{s:16s} {n - base:9,.0f}   {STAGES[s]}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        stage, calls, store = argv[1:4]
+        _child(stage, int(calls), Path(store))
+        return 0
+    args = parse_args(argv)
+    return load.run_bench(lambda stack: _run(args, stack))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
