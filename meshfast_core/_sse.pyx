@@ -12,7 +12,7 @@ from cpython.bytes cimport (
     PyBytes_GET_SIZE,
 )
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
-from libc.string cimport memchr, memcmp, memcpy, memmove
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 from orjson import loads as _orjson_loads
 
@@ -567,6 +567,118 @@ def usage_counts(object usage):
     return (prompt, _count((<dict>usage).get("completion_tokens")), min(cached, prompt))
 
 
+# A fast reading of the usual usage object, without building it: an object whose members
+# are unsigned integers (at most 18 digits), nulls or (at the top only) objects of the
+# same but flat kind, with plain ASCII keys ([A-Za-z0-9_], no escapes). Such text is JSON,
+# and this reads from it what parsing it would give (duplicate keys: the last one wins).
+# Anything else returns -1 and the object is parsed with orjson.
+cdef enum:
+    V_ABSENT = 0
+    V_INT = 1
+    V_NULL = 2
+    V_OBJECT = 3
+    ROLE_USAGE = 0
+    ROLE_PROMPT_DETAILS = 1
+    ROLE_OTHER = 2
+
+
+cdef struct _Usage:
+    int prompt_kind
+    long long prompt
+    int completion_kind
+    long long completion
+    int details_kind
+    int cached_kind  # in the last prompt_tokens_details object
+    long long cached
+
+
+cdef inline bint _is_key_char(unsigned char c) noexcept nogil:
+    return (0x30 <= c <= 0x39) or (0x41 <= c <= 0x5A) or (0x61 <= c <= 0x7A) or c == 0x5F
+
+
+cdef inline Py_ssize_t _skip_ws(const unsigned char* d, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and _is_ws(d[i]):
+        i += 1
+    return i
+
+
+cdef inline bint _key_is(const unsigned char* d, Py_ssize_t k0, Py_ssize_t k1, const char* name, Py_ssize_t size) noexcept nogil:
+    return k1 - k0 == size and memcmp(d + k0, name, <size_t>size) == 0
+
+
+cdef Py_ssize_t _fast_usage(const unsigned char* d, Py_ssize_t i, Py_ssize_t n, int role, _Usage* u) noexcept nogil:
+    # d[i] is '{': the index past its '}', or -1 (not the fast kind)
+    cdef Py_ssize_t k0, k1, digits
+    cdef long long v = 0
+    cdef int kind
+    i = _skip_ws(d, i + 1, n)
+    if i < n and d[i] == CLOSE_BRACE:
+        return i + 1
+    while True:
+        if i >= n or d[i] != QUOTE:
+            return -1
+        k0 = i + 1
+        k1 = k0
+        while k1 < n and _is_key_char(d[k1]):
+            k1 += 1
+        if k1 >= n or d[k1] != QUOTE:
+            return -1
+        i = _skip_ws(d, k1 + 1, n)
+        if i >= n or d[i] != COLON:
+            return -1
+        i = _skip_ws(d, i + 1, n)
+        if i >= n:
+            return -1
+        if d[i] == BRACE:
+            if role != ROLE_USAGE:
+                return -1
+            if _key_is(d, k0, k1, b"prompt_tokens_details", 21):
+                u.cached_kind = V_ABSENT  # this object replaces any earlier one
+                i = _fast_usage(d, i, n, ROLE_PROMPT_DETAILS, u)
+            else:
+                i = _fast_usage(d, i, n, ROLE_OTHER, u)
+            if i < 0:
+                return -1
+            kind = V_OBJECT
+        elif d[i] == 0x6E:  # null
+            if i + 4 > n or memcmp(d + i, b"null", 4) != 0:
+                return -1
+            i += 4
+            kind = V_NULL
+        else:
+            v = 0
+            digits = 0
+            while i < n and 0x30 <= d[i] <= 0x39:
+                if digits == 18 or (digits == 1 and v == 0):
+                    return -1  # too long for certain, or a leading zero
+                v = v * 10 + (d[i] - 0x30)
+                digits += 1
+                i += 1
+            if digits == 0 or (i < n and (d[i] == 0x2E or d[i] == 0x65 or d[i] == 0x45)):
+                return -1  # not an unsigned integer (a sign, a fraction, an exponent)
+            kind = V_INT
+        if role == ROLE_USAGE:
+            if _key_is(d, k0, k1, b"prompt_tokens", 13):
+                u.prompt_kind = kind
+                u.prompt = v
+            elif _key_is(d, k0, k1, b"completion_tokens", 17):
+                u.completion_kind = kind
+                u.completion = v
+            elif _key_is(d, k0, k1, b"prompt_tokens_details", 21):
+                u.details_kind = kind
+        elif role == ROLE_PROMPT_DETAILS and _key_is(d, k0, k1, b"cached_tokens", 13):
+            u.cached_kind = kind
+            u.cached = v
+        i = _skip_ws(d, i, n)
+        if i >= n:
+            return -1
+        if d[i] == CLOSE_BRACE:
+            return i + 1
+        if d[i] != 0x2C:  # ','
+            return -1
+        i = _skip_ws(d, i + 1, n)
+
+
 def body_usage(bytes body):
     """:func:`usage_counts` of the last top-level-looking ``"usage": {...}`` member of a JSON
     answer, found without parsing the (maybe large) rest of it; ``None`` without one."""
@@ -595,6 +707,14 @@ def body_usage(bytes body):
     end = _value_end(d, i, n)
     if end < 0:
         return None
+    cdef _Usage u
+    memset(&u, 0, sizeof(u))
+    if _fast_usage(d, i, n, ROLE_USAGE, &u) == end:
+        if u.prompt_kind != V_INT:
+            return None
+        # usage_counts' rules; these integers are never negative
+        cached = u.cached if u.details_kind == V_OBJECT and u.cached_kind == V_INT else 0
+        return (u.prompt, u.completion if u.completion_kind == V_INT else 0, min(cached, u.prompt))
     try:
         usage = _loads(PyBytes_FromStringAndSize(<const char*>d + i, end - i))
     except ValueError:

@@ -691,3 +691,73 @@ def test_body_usage_matches_a_full_parse(before, after, prompt, completion, cach
         assert sse_c.usage_counts(usage) == expected
     if type(prompt) is int:
         assert expected is not None and expected[0] == max(prompt, 0)
+
+
+_WS = st.sampled_from(["", " ", "\n  ", "\t", "\r\n"])
+_FAST_KEYS = st.sampled_from(
+    ["prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details", "cached_tokens", "x", "Prompt_tokens"]
+)
+_FAST_INT = st.one_of(
+    st.integers(0, 10**6).map(str),
+    st.sampled_from(["0", "00", "01", "-1", "-0", "1.0", "1e3", "1E3", "9" * 18, "9" * 19, "1" + "0" * 18, "18446744073709551616"]),
+)
+
+
+@st.composite
+def _usage_text(draw: Any, depth: int = 0) -> str:
+    """Usage-like objects mostly of the compiled reader's fast kind (integers, nulls,
+    flat objects at the top, plain keys), with a few things outside it and duplicates."""
+    members = []
+    for _ in range(draw(st.integers(0, 6))):
+        key = draw(_FAST_KEYS | st.sampled_from(['we\\u0069rd', "é"]) if depth else _FAST_KEYS)
+        kind = draw(st.sampled_from(["int", "int", "int", "null", "obj", "other"]))
+        if kind == "int":
+            value = draw(_FAST_INT)
+        elif kind == "null":
+            value = "null"
+        elif kind == "obj" and depth < 2:
+            value = draw(_usage_text(depth + 1))
+        else:
+            value = draw(st.sampled_from(['"7"', "true", "[1]", "{}", "2.5"]))
+        members.append(f'{draw(_WS)}"{key}"{draw(_WS)}:{draw(_WS)}{value}{draw(_WS)}')
+    return "{" + ",".join(members) + draw(_WS) + "}"
+
+
+@settings(max_examples=500, deadline=None)
+@given(usage=_usage_text(), before=st.sampled_from(['{"id":"x",', '{"choices":[{"text":"}"}],', "{"]))
+def test_body_usage_fast_reading_matches_the_parse(usage: str, before: str) -> None:
+    """The compiled reader's fast path (no orjson for the usual usage object) gives what the
+    twin's full parse gives, and falls back for everything else."""
+    body = f'{before}"usage":{usage}}}'.encode()
+    try:
+        expected = sse_py.usage_counts(orjson.loads(usage))
+    except orjson.JSONDecodeError:
+        expected = None
+    assert sse_py.body_usage(body) == expected
+    if sse_c is not None:
+        assert sse_c.body_usage(body) == expected
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        ('{"prompt_tokens":24,"completion_tokens":118,"total_tokens":142,"prompt_tokens_details":{"cached_tokens":0},'
+         '"completion_tokens_details":{"reasoning_tokens":0}}', (24, 118, 0)),
+        ('{"prompt_tokens":5,"prompt_tokens":7}', (7, 0, 0)),  # the last duplicate wins
+        ('{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4},"prompt_tokens_details":null}', (9, 0, 0)),
+        ('{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4},"prompt_tokens_details":{"x":1}}', (9, 0, 0)),
+        ('{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4,"cached_tokens":12}}', (9, 0, 9)),
+        ('{"prompt_tokens":null,"completion_tokens":3}', None),
+        ('{"prompt_tokens":' + "9" * 18 + "}", (10**18 - 1, 0, 0)),
+        ('{"prompt_tokens":' + "9" * 19 + "}", (10**19 - 1, 0, 0)),  # past the fast reader: orjson's
+        ('{"prompt_tokens":01}', None),  # not JSON
+        ('{"prompt_tokens":3,"completion_tokens":-2}', (3, 0, 0)),
+        ('{"prompt_tokens":3e0}', None),
+        ('{"prompt\\u005ftokens":3}', (3, 0, 0)),  # an escaped key, decoded by the parse
+        ('{ "prompt_tokens" : 3 , "completion_tokens" : 4 }', (3, 4, 0)),
+        ('{"prompt_tokens":3,}', None),
+        ('{"prompt_tokens":3 "completion_tokens":4}', None),
+    ],
+)
+def test_body_usage_usual_and_edge_shapes(usage_mod: Any, usage: str, expected: tuple[int, int, int] | None) -> None:
+    assert usage_mod.body_usage(b'{"id":"c","usage":' + usage.encode() + b"}") == expected
