@@ -704,17 +704,17 @@ def body_usage(bytes body):
         i += 1
     if i >= n or d[i] != BRACE:
         return None
-    end = _value_end(d, i, n)
-    if end < 0:
-        return None
     cdef _Usage u
     memset(&u, 0, sizeof(u))
-    if _fast_usage(d, i, n, ROLE_USAGE, &u) == end:
+    if _fast_usage(d, i, n, ROLE_USAGE, &u) >= 0:  # a whole object of the fast kind
         if u.prompt_kind != V_INT:
             return None
         # usage_counts' rules; these integers are never negative
         cached = u.cached if u.details_kind == V_OBJECT and u.cached_kind == V_INT else 0
         return (u.prompt, u.completion if u.completion_kind == V_INT else 0, min(cached, u.prompt))
+    end = _value_end(d, i, n)
+    if end < 0:
+        return None
     try:
         usage = _loads(PyBytes_FromStringAndSize(<const char*>d + i, end - i))
     except ValueError:

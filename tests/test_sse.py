@@ -662,7 +662,7 @@ _JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=8,
 )
-_COUNT = st.none() | st.booleans() | st.integers(-5, 10**9) | st.text(max_size=3) | st.floats(allow_nan=False)
+_COUNT = st.none() | st.booleans() | st.integers(-5, 10**9) | st.text(max_size=3) | st.floats(allow_nan=False, allow_infinity=False)
 
 
 @settings(max_examples=300, deadline=None)
