@@ -20,6 +20,7 @@ from meshfast_core.limits import (
     Admission,
     Limiter,
     LimitExceeded,
+    add_spend,
     finish,
     rate_headers,
     reset_value,
@@ -29,6 +30,7 @@ from meshfast_core.limits import admit as _admit
 __all__ = (
     "Admission",
     "LimitState",
+    "add_spend",
     "admit",
     "finish",
     "insufficient_balance",

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from meshfast import errors
-from meshfast.limits import LimitState, admit, finish, insufficient_balance, rate_headers
+from meshfast.limits import LimitState, add_spend, admit, finish, insufficient_balance, rate_headers
 from meshfast.money import nano_to_usd, usd_bytes
 from meshfast.store.base import (
     RECEIPT_FIELDS,
@@ -372,10 +372,8 @@ class EmbeddedStore(Store):
         account.balance_nano -= total
         month, day = spend_buckets(receipt.created)
         adm = hold.admission
-        for owner in (account, *(adm if type(adm) is tuple else adm.states)):
-            spend = owner.spend
-            spend[month] = spend.get(month, 0) + total
-            spend[day] = spend.get(day, 0) + total
+        key_state, project_state = adm if type(adm) is tuple else adm.states
+        add_spend((account.spend, key_state.spend, project_state.spend), month, day, total)
         self._writer.put(("settle", receipt.row(), account.id, total))
 
     # -- control plane ------------------------------------------------------------
