@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install compile debug serve test test-py lint bench bench-stores bench-pipeline bench-instructions bench-micro clean
+.PHONY: install compile debug serve test test-py lint bench bench-stores bench-pipeline bench-instructions bench-stages bench-micro clean
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,9 @@ bench-pipeline: compile
 bench-instructions: compile
 	$(BIN)/python -m benchmarks.instructions
 	$(BIN)/python -m benchmarks.instructions --workload W2 --calls 800
+
+bench-stages: compile
+	$(BIN)/python -m benchmarks.stages
 
 bench-micro: compile
 	$(BIN)/python -m pytest benchmarks --timeout=0 --benchmark-only --benchmark-group-by=group
