@@ -6,8 +6,8 @@ SQLite work in its own process keeps it off the server's GIL: in a thread, every
 statement step released and re-took the GIL, and the event loop waited for it.
 
 Wire format on stdin: frames of a 4-byte big-endian length and an orjson array of
-changes, each either ``["settle", receipt_row, account_id, total_nano]`` or
-``[sql, params]``. Answer on stdout per frame: ``k`` committed, ``f`` failed (the error
+changes, each either ``["settle", row, account_id, total_nano]`` (``row``:
+``Receipt.row()``) or ``[sql, params]``. Answer on stdout per frame: ``k`` committed, ``f`` failed (the error
 is on stderr). At end of input it exits: a server killed with SIGKILL still gets
 everything it had sent committed.
 """
