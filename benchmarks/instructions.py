@@ -97,7 +97,7 @@ async def _child(variant: str, calls: int, port: int, store: Path, workload: str
 # --------------------------------------------------------------------------- parent
 
 
-def _valgrind() -> str:
+def valgrind_path() -> str:
     path = load.find_binary("valgrind")
     if path is None and load.apt_install("valgrind"):
         path = load.find_binary("valgrind")
@@ -106,25 +106,26 @@ def _valgrind() -> str:
     return path
 
 
-def _count(valgrind: str, stack: Stack, store: Path, variant: str, calls: int, port: int, workload: str) -> int:
-    """Instructions executed by one child run (its own copy of the store: the store is locked)."""
-    own = stack.tmp / f"store-{variant}-{calls}"
+def callgrind_count(valgrind: str, stack: Stack, store: Path, module: str, what: str, calls: int, *args: str) -> int:
+    """Instructions executed by one child run, ``python -m module --child what calls
+    STORE *args``, under callgrind (its own copy of the store: the store is locked)."""
+    own = stack.tmp / f"store-{what}-{calls}"
     shutil.copytree(store, own)
     argv = [
         valgrind, "--tool=callgrind", f"--callgrind-out-file={own / 'callgrind.out'}",
-        sys.executable, "-m", "benchmarks.instructions", "--child", variant, str(calls), str(port), str(own), workload,
+        sys.executable, "-m", module, "--child", what, str(calls), str(own), *args,
     ]  # fmt: skip
     env = dict(os.environ, PYTHONHASHSEED="0")
     done = subprocess.run(argv, cwd=str(load.ROOT), env=env, capture_output=True)
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
         tail = (done.stdout + done.stderr).decode(errors="replace").splitlines()[-15:]
-        raise BenchError(f"{variant} ({calls} calls) under callgrind failed (exit {done.returncode}):\n" + "\n".join(tail))
+        raise BenchError(f"{what} ({calls} calls) under callgrind failed (exit {done.returncode}):\n" + "\n".join(tail))
     return int(found.group(1))
 
 
 def _run(args: argparse.Namespace, stack: Stack) -> int:
-    valgrind = _valgrind()
+    valgrind = valgrind_path()
     port = load.free_port()
     proc = stack.spawn(
         "upstream",
@@ -141,7 +142,7 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
     counts: dict[tuple[str, int], int] = {}
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {
-            run: pool.submit(_count, valgrind, stack, store, run[0], run[1], port, args.workload) for run in runs
+            run: pool.submit(callgrind_count, valgrind, stack, store, "benchmarks.instructions", run[0], run[1], str(port), args.workload) for run in runs
         }
         for run, fut in futures.items():
             counts[run] = fut.result()
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         import uvloop
 
-        variant, calls, port, store, workload = argv[1:6]
+        variant, calls, store, port, workload = argv[1:6]
         uvloop.run(_child(variant, int(calls), int(port), Path(store), workload))
         return 0
     args = parse_args(argv)

@@ -588,6 +588,16 @@ def start_meshfast(
 # --------------------------------------------------------------------------- floor
 
 
+def granian_argv(workers: int, port: int, *app: str) -> list[str]:
+    """granian serving ``app`` with the settings of ``meshfast serve`` (meshfast/cli.py:
+    ASGI, uvloop, no websockets, backlog 2048)."""
+    return [
+        sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--no-ws",
+        "--workers", str(workers), "--backlog", "2048", "--host", HOST, "--port", str(port),
+        "--log-level", "warning", *app,
+    ]  # fmt: skip
+
+
 def start_floor(stack: Stack, upstream_port: int, workers: int) -> tuple[Proc, int]:
     """benchmarks/passthrough_app.py under granian with the settings of ``meshfast serve``
     (meshfast/cli.py: ASGI, uvloop, no websockets, backlog 2048, same worker count)."""
@@ -595,11 +605,7 @@ def start_floor(stack: Stack, upstream_port: int, workers: int) -> tuple[Proc, i
     log(
         f"starting floor: granian + benchmarks/passthrough_app.py, {workers} worker(s) on {HOST}:{port}"
     )
-    argv = [
-        sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--no-ws",
-        "--workers", str(workers), "--backlog", "2048", "--host", HOST, "--port", str(port),
-        "--log-level", "warning", "benchmarks.passthrough_app:app",
-    ]  # fmt: skip
+    argv = granian_argv(workers, port, "benchmarks.passthrough_app:app")
     env = dict(os.environ, **{FLOOR_UPSTREAM_ENV: f"http://{HOST}:{upstream_port}"})
     proc = stack.spawn("floor", argv, signal.SIGTERM, env=env)
     try:
@@ -617,11 +623,7 @@ def start_dataplane(stack: Stack, upstream_port: int, workers: int) -> tuple[Pro
     conf.write_text(meshfast_config(upstream_port))
     port = free_port()
     log(f"starting dataplane: meshfast, money stages as pass-through, {workers} worker(s) on {HOST}:{port}")
-    argv = [
-        sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--no-ws",
-        "--workers", str(workers), "--backlog", "2048", "--host", HOST, "--port", str(port),
-        "--log-level", "warning", "--factory", "benchmarks.dataplane_app:create_app",
-    ]  # fmt: skip
+    argv = granian_argv(workers, port, "--factory", "benchmarks.dataplane_app:create_app")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHFAST_")}
     env.update(MESHFAST_CONFIG=str(conf), MESHFAST_STORE_PATH=str(stack.tmp / "dataplane-store" / "unused.db"))
     proc = stack.spawn("dataplane", argv, signal.SIGTERM, env=env)

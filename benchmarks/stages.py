@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from benchmarks import load
-from benchmarks.instructions import _COLLECTED, _valgrind
-from benchmarks.load import BenchError, Stack, log
+from benchmarks.instructions import callgrind_count, valgrind_path
+from benchmarks.load import Stack, log
 
 # name -> what it measures
 STAGES = {
@@ -168,24 +166,8 @@ def _child(stage: str, calls: int, store_dir: Path) -> None:
 # --------------------------------------------------------------------------- parent
 
 
-def _count(valgrind: str, stack: Stack, store: Path, stage: str, calls: int) -> int:
-    own = stack.tmp / f"store-{stage}-{calls}"
-    shutil.copytree(store, own)
-    argv = [
-        valgrind, "--tool=callgrind", f"--callgrind-out-file={own / 'callgrind.out'}",
-        sys.executable, "-m", "benchmarks.stages", "--child", stage, str(calls), str(own),
-    ]  # fmt: skip
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    done = subprocess.run(argv, cwd=str(load.ROOT), env=env, capture_output=True)
-    found = _COLLECTED.search(done.stderr)
-    if done.returncode != 0 or found is None:
-        tail = (done.stdout + done.stderr).decode(errors="replace").splitlines()[-15:]
-        raise BenchError(f"stage {stage} ({calls} calls) under callgrind failed (exit {done.returncode}):\n" + "\n".join(tail))
-    return int(found.group(1))
-
-
 def _run(args: argparse.Namespace, stack: Stack) -> int:
-    valgrind = _valgrind()
+    valgrind = valgrind_path()
     store = stack.tmp / "store"
     keys = load.provision_bench_key(store / "meshfast.db")
     (store / "keys").write_text(" ".join(keys))
@@ -194,7 +176,7 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
     runs = [(s, n) for s in stages for n in (0, args.calls)]
     log(f"{len(runs)} runs under callgrind ({args.jobs} at a time; each about 15 s)...")
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {run: pool.submit(_count, valgrind, stack, store, run[0], run[1]) for run in runs}
+        futures = {run: pool.submit(callgrind_count, valgrind, stack, store, "benchmarks.stages", run[0], run[1]) for run in runs}
         counts = {run: fut.result() for run, fut in futures.items()}
     per_call = {s: (counts[(s, args.calls)] - counts[(s, 0)]) / args.calls for s in stages}
     base = per_call.pop("noop")

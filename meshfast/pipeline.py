@@ -479,7 +479,9 @@ class Pipeline:
         self.router.record(call.endpoint, True, call.first_byte - call.attempt_t0, call.head_at - call.attempt_t0)
         counts = body_usage(data)
         receipt = await self.settle(call, counts, 0 if counts is not None else estimate_completion_tokens(data), "ok")
-        headers = [*self.route_headers(call), *receipt_headers(receipt), *call.rate_headers]
+        headers = self.route_headers(call)  # a new list per call: extended in place
+        headers += receipt_headers(receipt)
+        headers += call.rate_headers
         headers.append((b"content-type", reply.header(b"content-type") or b"application/json"))
         headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})

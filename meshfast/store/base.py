@@ -23,9 +23,7 @@ import orjson
 
 from meshfast import errors
 from meshfast.money import nano_to_usd
-from meshfast_core.keys import KEY_PREFIX, key_digest
-
-hash_key = key_digest  # what a store keeps of a key: the SHA-256 of the whole secret, in hex
+from meshfast_core.keys import KEY_PREFIX, key_digest  # what a store keeps of a key
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KEY_BODY_LEN = 40
@@ -306,7 +304,7 @@ def new_key(project: Project, name: str, limits: Limits | None, expires_at: floa
     """A new key record for ``project`` and its secret (shown once, stored only hashed)."""
     secret = new_secret()
     key = KeyRecord(
-        new_id("key_"), project.id, project.account_id, hash_key(secret), secret[: len(KEY_PREFIX) + 4],
+        new_id("key_"), project.id, project.account_id, key_digest(secret), secret[: len(KEY_PREFIX) + 4],
         name, time.time(), None, expires_at, limits or Limits(),
     )  # fmt: skip
     return key, secret
@@ -330,10 +328,10 @@ class Store:
     # -- hot path -------------------------------------------------------------
     async def authenticate(self, secret: str | bytes) -> KeyRecord:
         """The record of the key ``secret`` if it may be used now (else 401)."""
-        return await self.authenticate_digest(hash_key(secret))
+        return await self.authenticate_digest(key_digest(secret))
 
     async def authenticate_digest(self, digest: str) -> KeyRecord:
-        """:meth:`authenticate` by the key's digest (``hash_key``), as the hot path has it
+        """:meth:`authenticate` by the key's digest (``key_digest``), as the hot path has it
         (``meshfast_core.keys.bearer_digest`` of the Authorization header)."""
         raise NotImplementedError
 
