@@ -5,21 +5,23 @@ each batch in one transaction and answers one byte once it is committed. Running
 SQLite work in its own process keeps it off the server's GIL: in a thread, every
 statement step released and re-took the GIL, and the event loop waited for it.
 
-Wire format on stdin: frames of a 4-byte big-endian length and an orjson array of
-changes, each either ``["settle", row, account_id, total_nano]`` (``row``:
-``Receipt.row()``) or ``[sql, params]``. Answer on stdout per frame: ``k`` committed, ``f`` failed (the error
-is on stderr). At end of input it exits: a server killed with SIGKILL still gets
+Wire format on stdin: frames of a 4-byte big-endian length and a list of changes in
+``marshal`` format, each either ``("settle", row, account_id, total_nano)`` (``row``:
+``Receipt.row()``) or ``(sql, params)``. marshal, not JSON: reading a frame back costs a
+quarter of what orjson.loads does, and marshal.loads builds plain data only, running
+nothing (the pipe is private to the server and this, its child). Answer on stdout per
+frame: ``k`` committed, ``f`` failed (the error is on stderr). At end of input it exits:
+a server killed with SIGKILL still gets
 everything it had sent committed.
 """
 
 from __future__ import annotations
 
+import marshal
 import sqlite3
 import struct
 import sys
 from itertools import chain
-
-import orjson
 
 from meshfast.store.base import RECEIPT_FIELDS
 
@@ -113,7 +115,7 @@ def main(argv: list[str]) -> int:
         if len(payload) < size:
             break
         try:
-            commit(conn, orjson.loads(payload))
+            commit(conn, marshal.loads(payload))
             out.write(b"k")
         except Exception as exc:  # disk full, I/O error: the server stops taking calls
             print(f"meshfast store writer: commit failed: {exc!r}", file=sys.stderr)
