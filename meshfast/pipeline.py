@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from meshfast import errors
-from meshfast.asgi import header
+from meshfast.asgi import call_headers, header
 from meshfast.billing import (
     CONTENT_CHARS_PER_TOKEN,
     Billing,
@@ -278,10 +278,9 @@ class Pipeline:
                 call.task.cancel()
 
     # -- stages ---------------------------------------------------------------
-    async def authenticate(self, scope: dict[str, Any]) -> KeyRecord:
-        """``Authorization: Bearer mesh_live_...`` -> the key record (401 otherwise, with no
-        hint whether a key exists; revoked and expired keys say so)."""
-        raw = header(scope, b"authorization")
+    async def authenticate(self, raw: bytes | None) -> KeyRecord:
+        """The Authorization header, ``Bearer mesh_live_...`` -> the key record (401
+        otherwise, with no hint whether a key exists; revoked and expired keys say so)."""
         if not raw:
             raise errors.AuthenticationFailed(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer mesh_live_...'."
@@ -291,10 +290,10 @@ class Pipeline:
             raise errors.AuthenticationFailed("Incorrect API key provided.")
         return await self.store.authenticate_digest(digest)
 
-    def asked_privacy(self, req: dict[str, Any], scope: dict[str, Any]) -> str:
-        """The privacy class the call asks for (header, else the body's ``mesh`` object,
-        which is taken out of the request here: it is never forwarded)."""
-        privacy = (header(scope, b"x-mesh-privacy") or b"").decode("latin-1")
+    def asked_privacy(self, req: dict[str, Any], raw: bytes | None) -> str:
+        """The privacy class the call asks for (the X-Mesh-Privacy header ``raw``, else the
+        body's ``mesh`` object, which is taken out of the request here: it is never forwarded)."""
+        privacy = (raw or b"").decode("latin-1")
         mesh = req.pop("mesh", None)
         if not privacy and isinstance(mesh, dict):
             privacy = mesh.get("privacy") or ""
@@ -406,16 +405,17 @@ class Pipeline:
         """auth -> route -> limits -> hold: everything before the upstream call. Should the
         store find the account or project changed under it (``StaleContext``), the whole
         start runs once more on fresh state."""
-        key = await self.authenticate(scope)
+        auth, privacy_header = call_headers(scope)
+        key = await self.authenticate(auth)
         call = Call(kind, model, stream)
         call.prompt_estimate = estimate_prompt_tokens(req) if kind == "chat" else estimate_input_tokens(req)
         asked = req.get("max_completion_tokens") or req.get("max_tokens") or 0
         route_output = asked if kind == "chat" else 0
-        privacy = self.asked_privacy(req, scope)
+        privacy = self.asked_privacy(req, privacy_header)
         try:
             await self.admit(call, key, req, privacy, route_output, max_output)
         except errors.StaleContext:  # once more, from authentication on; a second one propagates
-            await self.admit(call, await self.authenticate(scope), req, privacy, route_output, max_output)
+            await self.admit(call, await self.authenticate(auth), req, privacy, route_output, max_output)
         return call
 
     async def admit(self, call: Call, key: KeyRecord, req: dict[str, Any], privacy: str, route_output: int, max_output: int | None) -> None:
@@ -454,14 +454,14 @@ class Pipeline:
                 await self.release(call)
 
     async def receipt(self, scope: dict[str, Any], receipt_id: str) -> bytes:
-        key = await self.authenticate(scope)
+        key = await self.authenticate(header(scope, b"authorization"))
         r = await self.store.receipt(receipt_id, key.account_id) if receipt_id.startswith("rcpt_") else None
         if r is None or r.account_id != key.account_id:
             raise errors.NotFound(f"No receipt {receipt_id!r} for this account.", code="receipt_not_found")
         return orjson.dumps(r.public())
 
     async def balance(self, scope: dict[str, Any]) -> bytes:
-        key = await self.authenticate(scope)
+        key = await self.authenticate(header(scope, b"authorization"))
         out = (await self.store.account(key.account_id)).public()
         out["object"] = "balance"
         return orjson.dumps(out)

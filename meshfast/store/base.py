@@ -43,7 +43,16 @@ def check_topup(amount_nano: int, chain: str, tx_id: str) -> None:
 
 
 _ID_PREFIX = os.urandom(8).hex()  # per process: ids are unique across processes and restarts
-_id_counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
+# A decimal counter from 10**12: 13 digits for the next 9 * 10**12 ids, so ids keep one
+# width and sort in the order they were made (cheaper to format than fixed-width hex).
+_ID_COUNTER_START = 10**12
+
+
+def _id_counter_start() -> itertools.count:
+    return itertools.count(_ID_COUNTER_START + int.from_bytes(os.urandom(3), "big"))
+
+
+_id_counter = _id_counter_start()
 
 
 def _new_process_ids() -> None:
@@ -52,7 +61,7 @@ def _new_process_ids() -> None:
     and receipt ids."""
     global _ID_PREFIX, _id_counter
     _ID_PREFIX = os.urandom(8).hex()
-    _id_counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
+    _id_counter = _id_counter_start()
 
 
 os.register_at_fork(after_in_child=_new_process_ids)
@@ -60,7 +69,7 @@ os.register_at_fork(after_in_child=_new_process_ids)
 
 def new_id(prefix: str) -> str:
     """A unique id: a random per-process part and a counter (no syscall per id)."""
-    return f"{prefix}{_ID_PREFIX}{next(_id_counter):010x}"
+    return f"{prefix}{_ID_PREFIX}{next(_id_counter)}"
 
 
 def month_of(ts: float) -> str:
