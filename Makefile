@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install compile debug serve test test-py lint bench bench-stores bench-pipeline bench-instructions bench-stages bench-micro clean
+.PHONY: install compile debug serve test test-py lint bench bench-stores bench-pipeline bench-instructions bench-stages bench-writer bench-micro clean
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,9 @@ bench-instructions: compile
 
 bench-stages: compile
 	$(BIN)/python -m benchmarks.stages
+
+bench-writer: compile
+	$(BIN)/python -m benchmarks.writer
 
 bench-micro: compile
 	$(BIN)/python -m pytest benchmarks --timeout=0 --benchmark-only --benchmark-group-by=group

@@ -1,0 +1,111 @@
+"""Instructions per receipt of the embedded store's SQLite writer process, by callgrind.
+
+    python -m benchmarks.writer                  # 40 frames of 100 receipts
+    python -m benchmarks.writer --frames 80 --per-frame 50
+
+The writer (meshfast/store/sqlite_writer.py) runs beside the server on the same cores, so
+its CPU per receipt counts against the money core as much as the worker's own. This runs
+its code alone, in a child process under callgrind: frames of W1 receipts (``Receipt.row()``
+of a receipt from ``Billing.receipt``, each with its own id) are made and marshalled as the
+server sends them, then decoded and committed one transaction per frame, as the writer
+does, into a fresh store in WAL mode with ``synchronous=FULL``. The child runs twice, once
+committing no frame and once all of them (both make the same frames first); the
+difference divided by the receipts is the figure printed. The kernel's share (write and
+fsync) is not counted: callgrind counts user-space instructions only.
+
+valgrind is installed with apt-get when missing and running as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks import load
+from benchmarks.instructions import callgrind_count, valgrind_path
+from benchmarks.load import Stack, log
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.writer", description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", type=int, default=40, help="frames committed in the counted run (default 40)")
+    p.add_argument("--per-frame", type=int, default=100, help="receipts per frame (default 100: about 20 ms of W1 at 5,000 req/s)")
+    args = p.parse_args(argv)
+    if args.frames < 1 or args.per_frame < 1:
+        p.error("--frames and --per-frame must be at least 1")
+    return args
+
+
+def _child(commit_frames: int, store_dir: Path, frames: int, per_frame: int) -> None:
+    import marshal
+    import sqlite3
+
+    from meshfast.billing import Billing
+    from meshfast.config import BillingConfig
+    from meshfast.providers.base import Endpoint
+    from meshfast.store import sqlite_writer
+    from meshfast.store.base import Account, KeyRecord, new_id
+    from meshfast.store.embedded import SCHEMA
+
+    class _Provider:
+        name = "local"
+
+    class _Model:
+        upstream = "bench-model"
+
+    # the bench endpoint's prices (benchmarks/load.py): USD 0.15 in, 0.60 out per million
+    endpoint = Endpoint(_Provider(), _Model(), 150_000_000, 600_000_000, 75_000_000)  # type: ignore[arg-type]
+    account = Account(new_id("acct_"), "bench", 10**15)
+    key = KeyRecord(new_id("key_"), new_id("proj_"), account.id, "h", "mesh_live_abcd")
+    billing = Billing(BillingConfig())
+    made = []
+    for _ in range(frames):  # the same in both runs: only the commits below differ
+        work = []
+        for _ in range(per_frame):
+            r = billing.receipt(
+                receipt_id=new_id("rcpt_"), account=account, key=key, endpoint=endpoint, kind="chat",
+                requested_model="bench-chat", counts=(30, 120, 0), estimated_prompt=30, estimated_completion=0,
+                started=1.0, first_byte=1.0005, stream=False, status="ok", route_mode="model", attempts="local/bench-model",
+            )  # fmt: skip
+            work.append(("settle", r.row(), account.id, r.total_nano))
+        made.append(marshal.dumps(work))
+    conn = sqlite3.connect(store_dir / "writer.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.executescript(SCHEMA)
+    conn.execute("INSERT INTO accounts VALUES (?,?,?,?,?,?)", (account.id, "bench", 10**15, None, None, 0.0))
+    for payload in made[:commit_frames]:
+        sqlite_writer.commit(conn, marshal.loads(payload))
+    conn.close()
+
+
+def _run(args: argparse.Namespace, stack: Stack) -> int:
+    valgrind = valgrind_path()
+    store = stack.tmp / "writer"
+    store.mkdir()
+    extra = (str(args.frames), str(args.per_frame))
+    log(f"2 runs under callgrind ({args.frames} frames of {args.per_frame} receipts)...")
+    with ThreadPoolExecutor(2) as pool:
+        none, every = (
+            pool.submit(callgrind_count, valgrind, stack, store, "benchmarks.writer", "commit", n, *extra) for n in (0, args.frames)
+        )
+        base, full = none.result(), every.result()
+    receipts = args.frames * args.per_frame
+    print(f"\nSQLite writer, in process: instructions per receipt (callgrind), {receipts:,} receipts in {args.frames} commits")
+    print(f"decode the frame, INSERT the receipt, debit and spend, commit: {(full - base) / receipts:,.0f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        _, _what, commit_frames, store, frames, per_frame = argv
+        _child(int(commit_frames), Path(store), int(frames), int(per_frame))
+        return 0
+    return load.run_bench(lambda stack: _run(parse_args(argv), stack))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
