@@ -14,9 +14,10 @@ from typing import Any
 import orjson
 
 from meshfast.config import BillingConfig
-from meshfast.money import MTOK, margin_of, nano_to_usd, usd_bytes
+from meshfast.money import nano_to_usd, usd_bytes
 from meshfast.providers.base import Endpoint
 from meshfast.store.base import Account, Receipt
+from meshfast_core.pricing import call_cost, hold_worst
 from meshfast_core.tokens import count_chat, count_text
 
 # Completion tokens of a stream without upstream usage, from the characters delivered.
@@ -68,36 +69,21 @@ class Billing:
         self.margin_ppm = cfg.margin_ppm
         self.fee_nano = cfg.fee_nano
 
-    def margin(self, account: Account, upstream_nano: int) -> int:
-        ppm = self.margin_ppm if account.margin_ppm is None else account.margin_ppm
-        fee = self.fee_nano if account.fee_nano is None else account.fee_nano
-        return margin_of(upstream_nano, ppm, fee)
-
     def hold_amount(self, account: Account, candidates: list[Endpoint], prompt_tokens: int, req: dict[str, Any], max_output: int | None) -> tuple[int, int]:
-        """``(nano-USD, tokens)``: the worst case over the candidates a failover may use.
-
-        Per endpoint: the prompt estimate at its input price plus the output cap at its
-        output price; the output cap is ``max_output`` when given, else the request's
-        ``max_completion_tokens`` / ``max_tokens`` (at most the model's limit, else that
-        limit) times ``n``. The margin grows with the upstream cost, so the worst case is
-        the margin of the highest upstream cost. Tokens: prompt plus the largest cap.
-        """
-        asked = req.get("max_completion_tokens") or req.get("max_tokens") or 0
-        n = req.get("n") or 1
-        upstream = out_max = 0
-        for ep in candidates:
-            if max_output is None:
-                cap = ep.model.max_output_tokens
-                out = (asked if 0 < asked < cap else cap) * n
-            else:
-                out = max_output
-            # money.token_cost of the prompt and of the output, inlined
-            cost = -(-prompt_tokens * ep.input_nano_per_mtok // MTOK) - (-out * ep.output_nano_per_mtok // MTOK)
-            if cost > upstream:
-                upstream = cost
-            if out > out_max:
-                out_max = out
-        return upstream + self.margin(account, upstream), prompt_tokens + out_max
+        """``(nano-USD, tokens)``: the worst case over the candidates a failover may use
+        (``meshfast_core.pricing.hold_worst``, which says how). The output cap is
+        ``max_output`` when given, else the request's ``max_completion_tokens`` /
+        ``max_tokens`` (at most the model's limit, else that limit) times ``n``."""
+        return hold_worst(
+            candidates,
+            prompt_tokens,
+            req.get("max_completion_tokens") or req.get("max_tokens") or 0,
+            req.get("n") or 1,
+            max_output,
+            # the account's own margin, else the configured one (inline: every call pays it)
+            self.margin_ppm if account.margin_ppm is None else account.margin_ppm,
+            self.fee_nano if account.fee_nano is None else account.fee_nano,
+        )
 
     def receipt(
         self,
@@ -125,13 +111,12 @@ class Billing:
             source = "upstream"
         else:
             prompt, completion, cached, source = estimated_prompt, estimated_completion, 0, "estimated"
-        # money.token_cost per term, inlined (every call settles here)
-        upstream = (
-            -(-(prompt - cached) * endpoint.input_nano_per_mtok // MTOK)
-            - (-cached * endpoint.cached_input_nano_per_mtok // MTOK)
-            - (-completion * endpoint.output_nano_per_mtok // MTOK)
-        )
-        margin = self.margin(account, upstream)
+        upstream, margin = call_cost(
+            prompt, completion, cached,
+            endpoint.input_nano_per_mtok, endpoint.cached_input_nano_per_mtok, endpoint.output_nano_per_mtok,
+            self.margin_ppm if account.margin_ppm is None else account.margin_ppm,
+            self.fee_nano if account.fee_nano is None else account.fee_nano,
+        )  # fmt: skip
         latency_ms = (time.monotonic() - started) * 1000
         # positional, in Receipt's field order (a 23-keyword call costs twice as much)
         return Receipt(

@@ -7,13 +7,12 @@ undercharges by a rounding step). Margins are parts-per-million of the upstream 
 
 from __future__ import annotations
 
+from meshfast_core.pricing_py import MTOK, PPM, margin_of, token_cost  # the rules, in one place
 from meshfast_core.usd import usd_bytes
 
 __all__ = ("MTOK", "NANO", "PPM", "margin_of", "nano_to_usd", "percent_to_ppm", "token_cost", "usd_bytes", "usd_to_nano")
 
 NANO = 1_000_000_000
-MTOK = 1_000_000
-PPM = 1_000_000
 
 
 def usd_to_nano(text: str | int) -> int:
@@ -43,13 +42,3 @@ def percent_to_ppm(text: str | int) -> int:
     if nano % 100_000:
         raise ValueError(f"{text}: percentages take at most 4 decimal places")
     return nano // 100_000
-
-
-def token_cost(tokens: int, nano_per_mtok: int) -> int:
-    """Cost of ``tokens`` at a price in nano-USD per million tokens, rounded up."""
-    return -(-tokens * nano_per_mtok // MTOK)
-
-
-def margin_of(upstream_nano: int, margin_ppm: int, fee_nano: int) -> int:
-    """MESH margin: a share of the upstream cost (rounded up) plus the fixed fee."""
-    return -(-upstream_nano * margin_ppm // PPM) + fee_nano
