@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install compile debug serve test test-py lint bench bench-stores bench-pipeline bench-instructions bench-stages bench-writer bench-micro clean
+.PHONY: install compile debug serve test test-py lint bench bench-stores bench-pipeline bench-instructions bench-stages bench-writer bench-against bench-micro clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ bench-stages: compile
 
 bench-writer: compile
 	$(BIN)/python -m benchmarks.writer
+
+# this checkout against another revision end to end: make bench-against REV=HEAD~1
+bench-against: compile
+	$(BIN)/python -m benchmarks.against $(or $(REV),HEAD~1)
 
 bench-micro: compile
 	$(BIN)/python -m pytest benchmarks --timeout=0 --benchmark-only --benchmark-group-by=group

@@ -271,7 +271,12 @@ class Stack:
         self.procs: list[Proc] = []
 
     def spawn(
-        self, name: str, argv: list[str], stop_signal: int = signal.SIGTERM, env: dict | None = None
+        self,
+        name: str,
+        argv: list[str],
+        stop_signal: int = signal.SIGTERM,
+        env: dict | None = None,
+        cwd: Path = ROOT,
     ) -> Proc:
         log_path = self.tmp / f"{name}.log"
         with open(log_path, "wb") as out:
@@ -280,7 +285,7 @@ class Stack:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=str(ROOT),
+                cwd=str(cwd),
                 env=env,
                 start_new_session=True,  # its own process group: Ctrl-C reaches us, we stop it
             )
