@@ -6,7 +6,7 @@ available), ``COMPILED`` whether ``Pool`` is the compiled one. Both raise the ex
 """
 
 from . import http_py as _py
-from ._ext import NO_EXTENSIONS
+from ._ext import compiled
 from .exceptions import (
     UpstreamClosed,
     UpstreamConnectError,
@@ -28,18 +28,9 @@ __all__ = (
     "UpstreamTimeout",
 )
 
-Pool: type[_py.Pool] = _py.Pool
-Response: type[_py.Response] = _py.Response
+_c = compiled("_http_c")
+COMPILED = _c is not None
 PoolPy: type[_py.Pool] = _py.Pool
-PoolC: type[_py.Pool] | None = None
-COMPILED = False
-
-if not NO_EXTENSIONS:
-    try:
-        from . import _http_c as _c  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - extension not built
-        pass
-    else:
-        Pool = PoolC = _c.Pool
-        Response = _c.Response
-        COMPILED = True
+PoolC: type[_py.Pool] | None = None if _c is None else _c.Pool
+Pool: type[_py.Pool] = _py.Pool if _c is None else _c.Pool
+Response: type[_py.Response] = _py.Response if _c is None else _c.Response

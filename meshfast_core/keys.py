@@ -8,7 +8,7 @@ available), ``COMPILED`` whether ``key_digest``/``bearer_digest`` are the compil
 
 from collections.abc import Callable
 
-from ._ext import NO_EXTENSIONS
+from ._ext import compiled
 from .keys_py import KEY_MIN_LEN, KEY_PREFIX
 from .keys_py import bearer_digest as bearer_digest_py
 from .keys_py import key_digest as key_digest_py
@@ -25,19 +25,9 @@ __all__ = (
     "key_digest_py",
 )
 
-key_digest: Callable[[str | bytes], str] = key_digest_py
-bearer_digest: Callable[[bytes], str | None] = bearer_digest_py
-key_digest_c: Callable[[str | bytes], str] | None = None
-bearer_digest_c: Callable[[bytes], str | None] | None = None
-COMPILED = False
-
-if not NO_EXTENSIONS:
-    try:
-        from ._keys import bearer_digest as bearer_digest_c
-        from ._keys import key_digest as key_digest_c
-    except ImportError:  # pragma: no cover - extension not built
-        pass
-    else:
-        key_digest = key_digest_c
-        bearer_digest = bearer_digest_c
-        COMPILED = True
+_c = compiled("_keys")
+COMPILED = _c is not None
+key_digest_c: Callable[[str | bytes], str] | None = None if _c is None else _c.key_digest
+bearer_digest_c: Callable[[bytes], str | None] | None = None if _c is None else _c.bearer_digest
+key_digest: Callable[[str | bytes], str] = key_digest_c or key_digest_py
+bearer_digest: Callable[[bytes], str | None] = bearer_digest_c or bearer_digest_py

@@ -10,7 +10,7 @@ on its fields). The rules are in ``limits_py.py``.
 from types import ModuleType
 
 from . import limits_py as _py
-from ._ext import NO_EXTENSIONS
+from ._ext import compiled
 from .exceptions import LimitExceeded
 
 __all__ = (
@@ -36,21 +36,12 @@ __all__ = (
 WindowPy = _py.Window
 ConcurrencyPy = _py.Concurrency
 LimiterPy = _py.Limiter
-WindowC: type[_py.Window] | None = None
-ConcurrencyC: type[_py.Concurrency] | None = None
-LimiterC: type[_py.Limiter] | None = None
-COMPILED = False
-
-_impl: ModuleType = _py
-if not NO_EXTENSIONS:
-    try:
-        from . import _limits as _c  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - extension not built
-        pass
-    else:
-        _impl = _c
-        WindowC, ConcurrencyC, LimiterC = _c.Window, _c.Concurrency, _c.Limiter
-        COMPILED = True
+_c = compiled("_limits")
+COMPILED = _c is not None
+_impl: ModuleType = _py if _c is None else _c
+WindowC: type[_py.Window] | None = None if _c is None else _c.Window
+ConcurrencyC: type[_py.Concurrency] | None = None if _c is None else _c.Concurrency
+LimiterC: type[_py.Limiter] | None = None if _c is None else _c.Limiter
 
 Window: type[_py.Window] = _impl.Window
 Concurrency: type[_py.Concurrency] = _impl.Concurrency

@@ -8,21 +8,11 @@ the compiled module (``None`` when it is not available), ``COMPILED`` whether it
 from types import ModuleType
 
 from . import pricing_py
-from ._ext import NO_EXTENSIONS
+from ._ext import compiled
 
 __all__ = ("COMPILED", "PRICING_C", "call_cost", "hold_worst")
 
-call_cost = pricing_py.call_cost
-hold_worst = pricing_py.hold_worst
-PRICING_C: ModuleType | None = None
-COMPILED = False
-
-if not NO_EXTENSIONS:
-    try:
-        from . import _pricing as PRICING_C  # noqa: N812 - a module, named like the others
-    except ImportError:  # pragma: no cover - extension not built
-        pass
-    else:
-        call_cost = PRICING_C.call_cost
-        hold_worst = PRICING_C.hold_worst
-        COMPILED = True
+PRICING_C: ModuleType | None = compiled("_pricing")
+COMPILED = PRICING_C is not None
+call_cost = pricing_py.call_cost if PRICING_C is None else PRICING_C.call_cost
+hold_worst = pricing_py.hold_worst if PRICING_C is None else PRICING_C.hold_worst

@@ -7,22 +7,16 @@ when it is not available), ``COMPILED`` whether ``SSEScanner`` is the compiled o
 object) come from the same module as ``SSEScanner``.
 """
 
-from ._ext import NO_EXTENSIONS
+from ._ext import compiled
 from .sse_py import SSEScanner as SSEScannerPy
-from .sse_py import body_usage, usage_counts
+from .sse_py import body_usage as _body_usage_py
+from .sse_py import usage_counts as _usage_counts_py
 
 __all__ = ("COMPILED", "SSEScanner", "SSEScannerC", "SSEScannerPy", "body_usage", "usage_counts")
 
-SSEScanner: type[SSEScannerPy] = SSEScannerPy
-SSEScannerC: type[SSEScannerPy] | None = None
-COMPILED = False
-
-if not NO_EXTENSIONS:
-    try:
-        from ._sse import SSEScanner as SSEScannerC  # type: ignore[assignment]
-        from ._sse import body_usage, usage_counts  # type: ignore[assignment]
-    except ImportError:  # pragma: no cover - extension not built
-        pass
-    else:
-        SSEScanner = SSEScannerC
-        COMPILED = True
+_c = compiled("_sse")
+COMPILED = _c is not None
+SSEScannerC: type[SSEScannerPy] | None = None if _c is None else _c.SSEScanner
+SSEScanner: type[SSEScannerPy] = SSEScannerC or SSEScannerPy
+body_usage = _body_usage_py if _c is None else _c.body_usage
+usage_counts = _usage_counts_py if _c is None else _c.usage_counts

@@ -9,7 +9,7 @@ available), ``COMPILED`` whether ``count_text``/``count_chat`` are the compiled 
 
 from collections.abc import Callable
 
-from ._ext import NO_EXTENSIONS
+from ._ext import compiled
 from .tokens_py import DEFAULT_IMAGE_HEIGHT, DEFAULT_IMAGE_WIDTH, image_tokens
 from .tokens_py import count_chat as count_chat_py
 from .tokens_py import count_text as count_text_py
@@ -27,19 +27,9 @@ __all__ = (
     "image_tokens",
 )
 
-count_text: Callable[[str], int] = count_text_py
-count_chat: Callable[..., int] = count_chat_py
-count_text_c: Callable[[str], int] | None = None
-count_chat_c: Callable[..., int] | None = None
-COMPILED = False
-
-if not NO_EXTENSIONS:
-    try:
-        from ._tokens import count_chat as count_chat_c
-        from ._tokens import count_text as count_text_c
-    except ImportError:  # pragma: no cover - extension not built
-        pass
-    else:
-        count_text = count_text_c
-        count_chat = count_chat_c
-        COMPILED = True
+_c = compiled("_tokens")
+COMPILED = _c is not None
+count_text_c: Callable[[str], int] | None = None if _c is None else _c.count_text
+count_chat_c: Callable[..., int] | None = None if _c is None else _c.count_chat
+count_text: Callable[[str], int] = count_text_c or count_text_py
+count_chat: Callable[..., int] = count_chat_c or count_chat_py

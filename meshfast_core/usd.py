@@ -6,20 +6,12 @@ when it is not available), ``COMPILED`` whether ``usd_bytes`` is the compiled on
 
 from collections.abc import Callable
 
-from ._ext import NO_EXTENSIONS
+from ._ext import compiled
 from .usd_py import usd_bytes as usd_bytes_py
 
 __all__ = ("COMPILED", "usd_bytes", "usd_bytes_c", "usd_bytes_py")
 
-usd_bytes: Callable[[int], bytes] = usd_bytes_py
-usd_bytes_c: Callable[[int], bytes] | None = None
-COMPILED = False
-
-if not NO_EXTENSIONS:
-    try:
-        from ._usd import usd_bytes as usd_bytes_c
-    except ImportError:  # pragma: no cover - extension not built
-        pass
-    else:
-        usd_bytes = usd_bytes_c
-        COMPILED = True
+_c = compiled("_usd")
+COMPILED = _c is not None
+usd_bytes_c: Callable[[int], bytes] | None = None if _c is None else _c.usd_bytes
+usd_bytes: Callable[[int], bytes] = usd_bytes_c or usd_bytes_py
