@@ -82,11 +82,11 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
     from benchmarks.dataplane_app import _NEEDS
     from benchmarks.static_upstream import w1_body
     from meshfast import config
-    from meshfast.asgi import call_headers
     from meshfast.billing import estimate_prompt_tokens, receipt_headers
     from meshfast.pipeline import Call, decode_json
     from meshfast.server import App
     from meshfast.store.base import new_id
+    from meshfast_core.keys import call_headers
     from meshfast_core.sse import body_usage
 
     os.environ["MESHFAST_STORE_PATH"] = str(store_dir / "meshfast.db")
@@ -101,7 +101,7 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
     }  # fmt: skip
     req = decode_json(load.request_bodies()["mesh_chat"])
     answer = w1_body()
-    key = _drive(p.authenticate(call_headers(scope)[0]))
+    key = _drive(p.authenticate(call_headers(scope["headers"])[0]))
     account, project = _drive(store.context(key))
     call = Call("chat", req["model"], False)
     call.key, call.account, call.prompt_estimate = key, account, estimate_prompt_tokens(req)
@@ -130,7 +130,7 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
 
     return {
         "noop": (lambda: None, False),
-        "key_check": (lambda: p.authenticate(call_headers(scope)[0]), True),
+        "key_check": (lambda: p.authenticate(call_headers(scope["headers"])[0]), True),
         "context": (lambda: store.context(key), True),
         "prompt_estimate": (lambda: estimate_prompt_tokens(req), False),
         "route": (lambda: p.route(call, req, project, "", 0), False),

@@ -24,16 +24,3 @@ def header(scope: dict[str, Any], name: bytes) -> bytes | None:
         if k == name:
             return v
     return None
-
-
-def call_headers(scope: dict[str, Any]) -> tuple[bytes | None, bytes | None]:
-    """``(Authorization, X-Mesh-Privacy)``, the first of each, in one pass over the
-    headers (two ``header`` scans cost twice as much, on every call)."""
-    auth = privacy = None
-    for k, v in scope["headers"]:
-        if k == b"authorization":
-            if auth is None:
-                auth = v
-        elif k == b"x-mesh-privacy" and privacy is None:
-            privacy = v
-    return auth, privacy

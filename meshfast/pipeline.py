@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from meshfast import errors
-from meshfast.asgi import call_headers, header
+from meshfast.asgi import header
 from meshfast.billing import (
     CONTENT_CHARS_PER_TOKEN,
     Billing,
@@ -42,7 +42,7 @@ from meshfast.store.base import (
     new_id,
 )
 from meshfast_core.exceptions import UpstreamError
-from meshfast_core.keys import bearer_digest
+from meshfast_core.keys import bearer_digest, call_headers
 from meshfast_core.sse import SSEScanner, body_usage, usage_counts
 
 Send = Any
@@ -405,7 +405,7 @@ class Pipeline:
         """auth -> route -> limits -> hold: everything before the upstream call. Should the
         store find the account or project changed under it (``StaleContext``), the whole
         start runs once more on fresh state."""
-        auth, privacy_header = call_headers(scope)
+        auth, privacy_header = call_headers(scope["headers"])
         key = await self.authenticate(auth)
         call = Call(kind, model, stream)
         call.prompt_estimate = estimate_prompt_tokens(req) if kind == "chat" else estimate_input_tokens(req)

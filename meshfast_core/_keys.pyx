@@ -8,12 +8,14 @@ costs several times the hash of a key.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.string cimport memcmp
 
 from .keys_py import KEY_MIN_LEN, KEY_PREFIX
+from .keys_py import call_headers as _call_headers_py
 
-__all__ = ("KEY_MIN_LEN", "KEY_PREFIX", "bearer_digest", "key_digest")
+__all__ = ("KEY_MIN_LEN", "KEY_PREFIX", "bearer_digest", "call_headers", "key_digest")
 
 cdef extern from *:
     """
@@ -80,3 +82,25 @@ def bearer_digest(bytes raw):
     if end - start < _MIN_LEN or memcmp(d + start, b"mesh_live_", 10) != 0:
         return None
     return _hex_sha256(<const char*>d + start, end - start)
+
+
+cdef inline bint _named(object k, const char* name, Py_ssize_t n):
+    return PyBytes_CheckExact(k) and PyBytes_GET_SIZE(k) == n and memcmp(PyBytes_AS_STRING(k), name, n) == 0
+
+
+def call_headers(headers):
+    """``(Authorization, X-Mesh-Privacy)`` of an ASGI header list, the first of each, in
+    one pass (a list of 2-tuples here; any other shape goes to the twin)."""
+    cdef object auth = None, privacy = None
+    if type(headers) is not list:
+        return _call_headers_py(headers)
+    for item in <list>headers:
+        if type(item) is not tuple or PyTuple_GET_SIZE(item) != 2:
+            return _call_headers_py(headers)
+        k = (<tuple>item)[0]
+        if _named(k, b"authorization", 13):
+            if auth is None:
+                auth = (<tuple>item)[1]
+        elif privacy is None and _named(k, b"x-mesh-privacy", 14):
+            privacy = (<tuple>item)[1]
+    return auth, privacy

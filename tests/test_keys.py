@@ -72,3 +72,41 @@ def test_bearer_digest_twins_agree(head: list[bytes], body: bytes, tail: list[by
     secret = raw[7:].strip()
     ok = raw[:7].lower() == b"bearer " and secret.startswith(b"mesh_live_") and len(secret) >= 42
     assert expected == (hashlib.sha256(secret).hexdigest() if ok else None)
+
+
+HEADERS = [pytest.param(keys.call_headers_py, id="py")]
+if keys.call_headers_c is not None:
+    HEADERS.append(pytest.param(keys.call_headers_c, id="c"))
+
+
+@pytest.mark.parametrize("find", HEADERS)
+@pytest.mark.parametrize(
+    ("headers", "found"),
+    [
+        ([], (None, None)),
+        ([(b"host", b"x"), (b"authorization", b"Bearer a"), (b"x-mesh-privacy", b"private")], (b"Bearer a", b"private")),
+        ([(b"authorization", b"first"), (b"authorization", b"second")], (b"first", None)),  # the first wins
+        ([(b"x-mesh-privacy", b"one"), (b"x-mesh-privacy", b"two")], (None, b"one")),
+        ([(b"Authorization", b"upper"), (b"authorizatio", b"short"), (b"authorizationx", b"long")], (None, None)),
+        ([[b"authorization", b"a list pair"]], (b"a list pair", None)),  # any 2-item pairs
+        (((b"authorization", b"a tuple of pairs"),), (b"a tuple of pairs", None)),
+        ([(b"authorization", b"")], (b"", None)),  # present but empty: the pipeline answers 401
+    ],
+)
+def test_call_headers_finds_the_first_of_each(find, headers, found) -> None:
+    assert find(headers) == found
+
+
+@pytest.mark.parametrize("find", HEADERS)
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.lists(
+        st.tuples(st.sampled_from([b"authorization", b"x-mesh-privacy", b"host", b"content-type", b"x-mesh"]), st.binary(max_size=20)),
+        max_size=8,
+    )
+)
+def test_call_headers_twins_agree(find, headers) -> None:
+    assert find(headers) == keys.call_headers_py(headers)
+    auth = next((v for k, v in headers if k == b"authorization"), None)
+    privacy = next((v for k, v in headers if k == b"x-mesh-privacy"), None)
+    assert find(headers) == (auth, privacy)
