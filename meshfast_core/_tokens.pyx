@@ -25,7 +25,6 @@ cdef extern from "Python.h":
     int PyUnicode_KIND(object o)
     void* PyUnicode_DATA(object o)
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
-    Py_UCS4 PyUnicode_READ(int kind, void* data, Py_ssize_t index) nogil
     bint Py_UNICODE_ISSPACE(Py_UCS4 ch) nogil
     bint Py_UNICODE_ISALNUM(Py_UCS4 ch) nogil
     bint Py_UNICODE_ISDECIMAL(Py_UCS4 ch) nogil
@@ -153,9 +152,17 @@ cdef inline long long _non_ascii_weight(unsigned int c) noexcept nogil:
     return W_UTF8_3
 
 
+# One text's characters as stored (1, 2 or 4 bytes each): ``_units`` is compiled once per
+# width, so its reads index the array instead of switching on the kind at every character.
+ctypedef fused ucs_t:
+    unsigned char
+    unsigned short
+    unsigned int
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef long long _units(int kind, void* data, Py_ssize_t n) noexcept nogil:
+cdef long long _units(const ucs_t* data, Py_ssize_t n) noexcept nogil:
     cdef long long units = 0
     cdef Py_ssize_t i, j, end, last_nl, ascii_count
     cdef unsigned int c, prev = 0, prefix
@@ -164,7 +171,7 @@ cdef long long _units(int kind, void* data, Py_ssize_t n) noexcept nogil:
 
     # Per character: camel humps, letter/digit edges, non-ASCII weights.
     for i in range(n):
-        c = PyUnicode_READ(kind, data, i)
+        c = data[i]
         if c < 128:
             if 65 <= c <= 90:
                 if 97 <= prev <= 122:
@@ -184,19 +191,19 @@ cdef long long _units(int kind, void* data, Py_ssize_t n) noexcept nogil:
     # Per piece of cl100k's pre-tokenizer (the regex _PIECE in tokens_py).
     i = 0
     while i < n:
-        c = PyUnicode_READ(kind, data, i)
+        c = data[i]
         k = _cls(c)
         has_prefix = (
             (k == SPACE or k == PUNCT)
             and i + 1 < n
-            and _cls(PyUnicode_READ(kind, data, i + 1)) == LETTER
+            and _cls(data[i + 1]) == LETTER
         )
         if k == LETTER or has_prefix:
             prefix = c
             j = i + 1 if has_prefix else i
             ascii_count = 0
             while j < n:
-                c = PyUnicode_READ(kind, data, j)
+                c = data[j]
                 if c < 128:
                     if ASCII_CLASS[c] != LETTER:
                         break
@@ -214,24 +221,24 @@ cdef long long _units(int kind, void* data, Py_ssize_t n) noexcept nogil:
             i = j
         elif k == DIGIT:
             j = i + 1
-            while j < n and j < i + 3 and _cls(PyUnicode_READ(kind, data, j)) == DIGIT:
+            while j < n and j < i + 3 and _cls(data[j]) == DIGIT:
                 j += 1
             units += P_DIGITS
             i = j
         elif k == PUNCT or (
-            c == 32 and i + 1 < n and _cls(PyUnicode_READ(kind, data, i + 1)) == PUNCT
+            c == 32 and i + 1 < n and _cls(data[i + 1]) == PUNCT
         ):
             j = i + 1 if c == 32 else i
             ascii_count = 0
             while j < n:
-                c = PyUnicode_READ(kind, data, j)
+                c = data[j]
                 if _cls(c) != PUNCT:
                     break
                 if c < 128:
                     ascii_count += 1
                 j += 1
             while j < n:
-                c = PyUnicode_READ(kind, data, j)
+                c = data[j]
                 if c != 10 and c != 13:
                     break
                 j += 1
@@ -243,7 +250,7 @@ cdef long long _units(int kind, void* data, Py_ssize_t n) noexcept nogil:
             j = i
             last_nl = -1
             while j < n:
-                k = _cls(PyUnicode_READ(kind, data, j))
+                k = _cls(data[j])
                 if k == NEWLINE:
                     last_nl = j
                 elif k != SPACE:
@@ -268,7 +275,13 @@ cdef Py_ssize_t _count_text(str text):
     cdef void* data = PyUnicode_DATA(text)
     # The GIL is kept: releasing it per call would hand it to the store's writer thread
     # and leave the event loop waiting for it back (a prompt scans in microseconds).
-    cdef long long units = _units(kind, data, n)
+    cdef long long units
+    if kind == 1:
+        units = _units(<const unsigned char*>data, n)
+    elif kind == 2:
+        units = _units(<const unsigned short*>data, n)
+    else:
+        units = _units(<const unsigned int*>data, n)
     return <Py_ssize_t>((units + 999) // 1000)
 
 
