@@ -227,6 +227,7 @@ class Hold:
     # meshfast.limits.Admission: the limits this call took; in the embedded store's plain
     # path (no limit on key or project) the (key, project) limit states instead
     admission: Any = None
+    closed: bool = False  # settled or released (the embedded store closes a hold once)
 
 
 @dataclass(slots=True)

@@ -260,7 +260,6 @@ class EmbeddedStore(Store):
         self._keys: dict[str, KeyRecord] = {}
         self._key_hashes: dict[str, KeyRecord] = {}
         self._topups: dict[tuple[str, str], Topup] = {}
-        self._holds: dict[int, Hold] = {}  # id(hold) -> the open hold (which keeps its id unique)
         self._load(conn)
         conn.close()
         self._reader_local = threading.local()
@@ -335,9 +334,7 @@ class EmbeddedStore(Store):
             admission = admit(states, time.monotonic(), tokens, amount_nano, month, day)
         account.held_nano += amount_nano
         # an embedded hold never leaves this process: it is known by its object, not an id
-        hold = Hold("", account.id, key.id, amount_nano, now, admission)
-        self._holds[id(hold)] = hold
-        return hold
+        return Hold("", account.id, key.id, amount_nano, now, admission)
 
     def rate_headers(self, hold: Hold) -> list[tuple[bytes, bytes]]:
         if type(hold.admission) is tuple:
@@ -353,7 +350,8 @@ class EmbeddedStore(Store):
 
     def _close_hold(self, hold: Hold, used_tokens: int | None) -> None:
         """Give the held amount and the limits back, once (``None``: nothing was used)."""
-        if self._holds.pop(id(hold), None) is not None:
+        if not hold.closed:
+            hold.closed = True
             self._accounts[hold.account_id].held_nano -= hold.amount_nano
             if type(hold.admission) is not tuple:
                 finish(hold.admission, time.monotonic(), hold.amount_nano, used_tokens)
