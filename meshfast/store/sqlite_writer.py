@@ -11,8 +11,7 @@ Wire format on stdin: frames of a 4-byte big-endian length and a list of changes
 quarter of what orjson.loads does, and marshal.loads builds plain data only, running
 nothing (the pipe is private to the server and this, its child). Answer on stdout per
 frame: ``k`` committed, ``f`` failed (the error is on stderr). At end of input it exits:
-a server killed with SIGKILL still gets
-everything it had sent committed.
+a server killed with SIGKILL still gets everything it had sent committed.
 """
 
 from __future__ import annotations
