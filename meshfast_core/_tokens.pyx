@@ -273,8 +273,8 @@ cdef Py_ssize_t _count_text(str text):
     cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
     cdef int kind = PyUnicode_KIND(text)
     cdef void* data = PyUnicode_DATA(text)
-    # The GIL is kept: releasing it per call would hand it to the store's writer thread
-    # and leave the event loop waiting for it back (a prompt scans in microseconds).
+    # The GIL is kept: releasing it per call would let another thread take it and leave
+    # the event loop waiting for it back (a prompt scans in microseconds).
     cdef long long units
     if kind == 1:
         units = _units(<const unsigned char*>data, n)

@@ -602,18 +602,16 @@ def test_differential_fuzz(tokens: list[bytes], cuts: list[int]) -> None:
 # -- usage of a whole JSON answer (body_usage / usage_counts) ---------------------------
 
 from meshfast_core import sse_py  # noqa: E402
+from meshfast_core._ext import compiled  # noqa: E402
 
-try:
-    from meshfast_core import _sse as sse_c
-except ImportError:  # pragma: no cover - extension not built
-    sse_c = None
+sse_c = compiled("_sse")
 
 USAGE_IMPLS = [
     pytest.param(sse_py, id="py"),
     pytest.param(
         sse_c,
         id="c",
-        marks=pytest.mark.skipif(sse_c is None, reason="meshfast_core._sse is not compiled"),
+        marks=pytest.mark.skipif(sse_c is None, reason="meshfast_core._sse is not compiled (or disabled)"),
     ),
 ]
 

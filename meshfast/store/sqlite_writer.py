@@ -1,9 +1,10 @@
 """The embedded store's SQLite writer, run as its own process.
 
-The server's store thread sends batches of changes here over a pipe; this process applies
-each batch in one transaction and answers one byte once it is committed. Running the
-SQLite work in its own process keeps it off the server's GIL: in a thread, every
-statement step released and re-took the GIL, and the event loop waited for it.
+The server's embedded store sends batches of changes here over a pipe (a loop callback
+every commit window); this process applies each batch in one transaction and answers
+one byte once it is committed. Running the SQLite work in its own process keeps it off
+the server's GIL: in a thread, every statement step released and re-took the GIL, and
+the event loop waited for it.
 
 Wire format on stdin: frames of a 4-byte big-endian length and a list of changes in
 ``marshal`` format, each either ``("settle", row, account_id, total_nano)`` (``row``:
