@@ -34,14 +34,14 @@ from benchmarks.load import Stack, log
 
 # name -> what it measures
 STAGES = {
-    "key_check": "Pipeline.authenticate: the request's headers, the key's digest and record",
-    "context": "store.context: the key's account and project",
-    "prompt_estimate": "the compiled prompt-token estimate for the hold",
-    "route": "Pipeline.route: privacy class, the request's needs and the router's plan",
+    "key_check": "the request's headers, the key's digest and record (store.key_now)",
+    "context": "store.context_now: the key's account and project",
+    "prompt_estimate": "the compiled prompt-token estimate and the request's needs (scan_chat)",
+    "route": "Pipeline.route: privacy class, the needs record and the router's plan",
     "plan": "  of which router.plan alone (what the data plane runs)",
     "hold_amount": "Billing.hold_amount: the worst case over the candidates",
-    "hold_release": "store.place_hold then store.release",
-    "hold_settle": "store.place_hold then store.settle (balance, spend, the writer's row)",
+    "hold_release": "store.hold_now then store.release",
+    "hold_settle": "store.hold_now then store.settle_now (balance, spend, the writer's row)",
     "receipt": "Billing.receipt: costs, margin, the Receipt record",
     "receipt_id": "new_id('rcpt_')",
     "body_usage": "the answer's token counts (meshfast_core.sse.body_usage)",
@@ -82,12 +82,13 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
     from benchmarks.dataplane_app import _NEEDS
     from benchmarks.static_upstream import w1_body
     from meshfast import config
-    from meshfast.billing import estimate_prompt_tokens, receipt_headers
-    from meshfast.pipeline import Call, decode_json
+    from meshfast.pipeline import Call, decode_json, digest_of
     from meshfast.server import App
     from meshfast.store.base import new_id
     from meshfast_core.keys import call_headers
     from meshfast_core.sse import body_usage
+    from meshfast_core.tokens import scan_chat
+    from meshfast_core.usd import cost_headers
 
     os.environ["MESHFAST_STORE_PATH"] = str(store_dir / "meshfast.db")
     app = App(config.load(str(store_dir / "meshfast.toml")))
@@ -101,10 +102,11 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
     }  # fmt: skip
     req = decode_json(load.request_bodies()["mesh_chat"])
     answer = w1_body()
-    key = _drive(p.authenticate(call_headers(scope["headers"])[0]))
-    account, project = _drive(store.context(key))
+    key = store.key_now(digest_of(call_headers(scope["headers"])[0]))
+    account, project = store.context_now(key)
     call = Call("chat", req["model"], False)
-    call.key, call.account, call.prompt_estimate = key, account, estimate_prompt_tokens(req)
+    call.key, call.account = key, account
+    call.prompt_estimate, call.needs = scan_chat(req)
     p.route(call, req, project, "", 0)
     amount, tokens = p.billing.hold_amount(account, call.candidates, call.prompt_estimate, req, None)
     counts = body_usage(answer)
@@ -121,27 +123,27 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
     pending = store._writer.pending
 
     async def hold_release() -> None:
-        await store.release(await store.place_hold(key, amount, tokens))
+        await store.release(store.hold_now(key, amount, tokens))
 
-    async def hold_settle() -> None:
-        await store.settle(await store.place_hold(key, amount, tokens), r)
+    def hold_settle() -> None:
+        store.settle_now(store.hold_now(key, amount, tokens), r)
         if len(pending) > 1000:  # no event loop: nothing sends them, so drop them
             pending.clear()
 
     return {
         "noop": (lambda: None, False),
-        "key_check": (lambda: p.authenticate(call_headers(scope["headers"])[0]), True),
-        "context": (lambda: store.context(key), True),
-        "prompt_estimate": (lambda: estimate_prompt_tokens(req), False),
+        "key_check": (lambda: store.key_now(digest_of(call_headers(scope["headers"])[0])), False),
+        "context": (lambda: store.context_now(key), False),
+        "prompt_estimate": (lambda: scan_chat(req), False),
         "route": (lambda: p.route(call, req, project, "", 0), False),
         "plan": (lambda: p.router.plan(call.requested_model, _NEEDS), False),
         "hold_amount": (lambda: p.billing.hold_amount(account, call.candidates, call.prompt_estimate, req, None), False),
         "hold_release": (hold_release, True),
-        "hold_settle": (hold_settle, True),
+        "hold_settle": (hold_settle, False),
         "receipt": (receipt, False),
         "receipt_id": (lambda: new_id("rcpt_"), False),
         "body_usage": (lambda: body_usage(answer), False),
-        "receipt_headers": (lambda: receipt_headers(r), False),
+        "receipt_headers": (lambda: cost_headers(r.id, r.upstream_cost_nano, r.margin_nano, r.total_nano), False),
     }
 
 

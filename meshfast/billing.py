@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from meshfast.config import BillingConfig
-from meshfast.money import nano_to_usd, usd_bytes
+from meshfast.money import nano_to_usd
 from meshfast.providers.base import Endpoint
 from meshfast.store.base import Account, Receipt
 from meshfast_core.pricing import call_cost, hold_worst
@@ -125,15 +125,6 @@ class Billing:
             prompt, completion, cached, source, upstream, margin, upstream + margin,
             latency_ms, (first_byte - started) * 1000 if first_byte else None, stream, status, False, attempts,
         )  # fmt: skip
-
-
-def receipt_headers(r: Receipt) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"x-mesh-receipt-id", r.id.encode()),
-        (b"x-mesh-upstream-cost-usd", usd_bytes(r.upstream_cost_nano)),
-        (b"x-mesh-margin-usd", usd_bytes(r.margin_nano)),
-        (b"x-mesh-total-usd", usd_bytes(r.total_nano)),
-    ]
 
 
 def usage_with_costs(usage_chunk: bytes, r: Receipt) -> bytes:

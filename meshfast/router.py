@@ -63,6 +63,7 @@ from meshfast.money import nano_to_usd
 from meshfast.providers.base import Endpoint, Provider
 from meshfast.providers.openai import OpenAIProvider
 from meshfast.providers.sim import SimProvider
+from meshfast_core.tokens import needs_mask
 
 MODES = ("auto", "fast", "cheapest", "best")
 PRIVACY_RANK = {name: i for i, name in enumerate(PRIVACY_CLASSES)}
@@ -116,32 +117,18 @@ _CAP_ORDER = ("tools", "vision", "json_schema", "streaming")
 _CAPS_BY_MASK = tuple(
     tuple(c for i, c in enumerate(_CAP_ORDER) if mask >> i & 1) for mask in range(16)
 )
-_IMAGE_PARTS = ("image_url", "input_image")
+_FLAGS_BY_MASK = tuple((bool(m & 1), bool(m & 2), bool(m & 4), bool(m & 8)) for m in range(16))
+
+
+def needs_of_mask(mask: int, prompt_tokens: int, max_output: int, privacy: str) -> Needs:
+    """Needs of a chat request from its ``meshfast_core.tokens.needs_mask`` bits (tools,
+    vision, json_schema, streaming: the order of the capability mask above)."""
+    return Needs("chat", *_FLAGS_BY_MASK[mask], prompt_tokens, max_output, privacy)
 
 
 def needs_of_chat(req: dict[str, Any], prompt_tokens: int, max_output: int, privacy: str) -> Needs:
     """Needs of a (validated) chat request: tools, image parts, json_schema, stream."""
-    vision = False
-    for m in req.get("messages") or ():
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and part.get("type") in _IMAGE_PARTS:
-                    vision = True
-                    break
-            if vision:
-                break
-    fmt = req.get("response_format")
-    return Needs(
-        "chat",
-        bool(req.get("tools") or req.get("functions")),
-        vision,
-        isinstance(fmt, dict) and fmt.get("type") == "json_schema",
-        req.get("stream") is True,
-        prompt_tokens,
-        max_output,
-        privacy,
-    )
+    return needs_of_mask(needs_mask(req), prompt_tokens, max_output, privacy)
 
 
 def counts_as_failure(status: int | None) -> bool:

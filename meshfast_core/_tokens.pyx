@@ -18,6 +18,8 @@ __all__ = (
     "count_chat",
     "count_text",
     "image_tokens",
+    "needs_mask",
+    "scan_chat",
 )
 
 
@@ -476,3 +478,39 @@ def count_chat(messages, tools=None):
         for tool in tools:
             total += _tool(tool)
     return total
+
+
+# -- what a chat request needs (see tokens_py.needs_mask) -------------------------------
+
+cdef int _needs_mask(dict req) except -1:
+    cdef int mask = 1 if (req.get("tools") or req.get("functions")) else 0
+    messages = req.get("messages")
+    if isinstance(messages, (list, tuple)):
+        for m in messages:
+            content = (<dict>m).get("content") if isinstance(m, dict) else None
+            if isinstance(content, list):
+                for part in <list>content:
+                    if isinstance(part, dict):
+                        kind = (<dict>part).get("type")
+                        if kind == "image_url" or kind == "input_image":
+                            mask |= 2
+                            break
+                if mask & 2:
+                    break
+    fmt = req.get("response_format")
+    if isinstance(fmt, dict) and (<dict>fmt).get("type") == "json_schema":
+        mask |= 4
+    if req.get("stream") is True:
+        mask |= 8
+    return mask
+
+
+def needs_mask(dict req):
+    """What a (validated) chat request needs, as bits (see ``tokens_py.needs_mask``)."""
+    return _needs_mask(req)
+
+
+def scan_chat(dict req):
+    """``(prompt tokens, needs_mask)`` of a chat request, in one call."""
+    messages = req.get("messages")
+    return count_chat(messages if messages else [], req.get("tools")), _needs_mask(req)

@@ -1,5 +1,6 @@
 """Type stub of the compiled nano-USD formatter (twin: ``usd_py.py``)."""
 
-__all__ = ("usd_bytes",)
+__all__ = ("cost_headers", "usd_bytes")
 
 def usd_bytes(nano: int) -> bytes: ...
+def cost_headers(receipt_id: str, upstream_nano: int, margin_nano: int, total_nano: int) -> list[tuple[bytes, bytes]]: ...

@@ -5,12 +5,12 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from .usd_py import usd_bytes as _usd_bytes_py
 
-__all__ = ("usd_bytes",)
+__all__ = ("cost_headers", "usd_bytes")
 
 cdef object _py = _usd_bytes_py
 
 
-def usd_bytes(object nano):
+cpdef bytes usd_bytes(object nano):
     cdef long long v
     cdef unsigned long long u, whole
     cdef unsigned int frac
@@ -51,3 +51,13 @@ def usd_bytes(object nano):
         p -= 1
         p[0] = b"-"
     return PyBytes_FromStringAndSize(p, end - p)
+
+
+def cost_headers(str receipt_id, object upstream_nano, object margin_nano, object total_nano):
+    """The four receipt headers of a JSON answer (see ``usd_py.cost_headers``)."""
+    return [
+        (b"x-mesh-receipt-id", receipt_id.encode("ascii")),
+        (b"x-mesh-upstream-cost-usd", usd_bytes(upstream_nano)),
+        (b"x-mesh-margin-usd", usd_bytes(margin_nano)),
+        (b"x-mesh-total-usd", usd_bytes(total_nano)),
+    ]

@@ -29,9 +29,15 @@ from typing import Any
 __all__ = (
     "DEFAULT_IMAGE_HEIGHT",
     "DEFAULT_IMAGE_WIDTH",
+    "NEEDS_JSON_SCHEMA",
+    "NEEDS_STREAMING",
+    "NEEDS_TOOLS",
+    "NEEDS_VISION",
     "count_chat",
     "count_text",
     "image_tokens",
+    "needs_mask",
+    "scan_chat",
 )
 
 # -- text ------------------------------------------------------------------------------
@@ -347,3 +353,38 @@ def count_chat(messages: Any, tools: Any = None) -> int:
         for tool in tools:
             total += _tool(tool)
     return total
+
+
+# -- what a chat request needs from an endpoint ---------------------------------------
+
+# bits of needs_mask (the router's capability mask: meshfast.router.Needs)
+NEEDS_TOOLS, NEEDS_VISION, NEEDS_JSON_SCHEMA, NEEDS_STREAMING = 1, 2, 4, 8
+_IMAGE_PARTS = ("image_url", "input_image")
+
+
+def needs_mask(req: dict[str, Any]) -> int:
+    """What a (validated) chat request needs, as bits: tools (``tools`` or ``functions``),
+    vision (an ``image_url`` / ``input_image`` part in a message's content list),
+    json_schema (``response_format``) and streaming (``stream`` is true)."""
+    mask = NEEDS_TOOLS if req.get("tools") or req.get("functions") else 0
+    messages = req.get("messages")
+    if isinstance(messages, (list, tuple)):
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, list) and any(
+                isinstance(part, dict) and part.get("type") in _IMAGE_PARTS for part in content
+            ):
+                mask |= NEEDS_VISION
+                break
+    fmt = req.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        mask |= NEEDS_JSON_SCHEMA
+    if req.get("stream") is True:
+        mask |= NEEDS_STREAMING
+    return mask
+
+
+def scan_chat(req: dict[str, Any]) -> tuple[int, int]:
+    """``(prompt tokens, needs_mask)`` of a chat request: what the pipeline reads before it
+    routes and holds, in one call."""
+    return count_chat(req.get("messages") or [], req.get("tools")), needs_mask(req)

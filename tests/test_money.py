@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from meshfast import errors
 from meshfast.config import StoreConfig
 from meshfast.store import open_store
+from meshfast.store.embedded import StoreLocked
 from tests.support import MeshServer, local_provider_toml
 
 ADMIN = "admin-token-for-tests-" + "x" * 16
@@ -303,7 +304,15 @@ def test_kill_9_loses_at_most_the_commit_window(tmp_path):
     server.proc.wait(10)
     server.stop()
     assert len(got) > 50, "the server was under load when it died"
-    store = open_store(StoreConfig(path=str(server.store_path)))
+    deadline = time.monotonic() + 10
+    while True:  # a SIGKILLed worker releases the store's lock as the kernel reaps it
+        try:
+            store = open_store(StoreConfig(path=str(server.store_path)))
+            break
+        except StoreLocked:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     import asyncio
 
     async def check():
@@ -512,6 +521,22 @@ def test_nano_to_usd_is_exact_and_round_trips(nano: int) -> None:
     assert text == expected
     assert "." not in text or not text.endswith(("0", "."))
     assert (-usd_to_nano(text[1:]) if nano < 0 else usd_to_nano(text)) == nano
+
+
+def test_cost_headers_twins_agree() -> None:
+    """The four receipt headers, compiled and pure Python, for amounts in and beyond int64."""
+    from meshfast_core import usd
+
+    twins = [usd.cost_headers_py] + ([] if usd.usd_bytes_c is None else [usd.cost_headers])
+    for up, margin in ((1_500_000, 75_000), (0, 0), (2**63 - 1, 1), (10**20, 5 * 10**18)):
+        expected = [
+            (b"x-mesh-receipt-id", b"rcpt_abc1"),
+            (b"x-mesh-upstream-cost-usd", usd.usd_bytes_py(up)),
+            (b"x-mesh-margin-usd", usd.usd_bytes_py(margin)),
+            (b"x-mesh-total-usd", usd.usd_bytes_py(up + margin)),
+        ]
+        for fn in twins:
+            assert fn("rcpt_abc1", up, margin, up + margin) == expected
 
 
 _PRICE = st.integers(0, 10**12)  # nano-USD per million tokens: up to $1,000 per token

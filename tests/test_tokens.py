@@ -322,3 +322,48 @@ JSON_VALUES = st.recursive(
 def test_chat_twins_agree_on_random_bodies(messages: list, tools: list | None) -> None:
     assert count_chat_c is not None
     assert count_chat_c(messages, tools) == count_chat_py(messages, tools)
+
+
+# -- what a chat request needs (needs_mask, scan_chat) --------------------------------
+
+NEEDS_TWINS = [
+    pytest.param((tokens.needs_mask_py, tokens.scan_chat_py), id="py"),
+    pytest.param((getattr(tokens._c, "needs_mask", None), getattr(tokens._c, "scan_chat", None)), id="c", marks=NOT_COMPILED),
+]
+
+
+@pytest.mark.parametrize("twin", NEEDS_TWINS)
+def test_needs_mask_bits(twin: tuple[Callable, Callable]) -> None:
+    needs_mask, scan_chat = twin
+    image = {"type": "image_url", "image_url": {"url": "data:,"}}
+    text = [{"role": "user", "content": "hi"}]
+    assert needs_mask({"messages": text}) == 0
+    assert needs_mask({"messages": text, "tools": [{"type": "function"}]}) == tokens.NEEDS_TOOLS
+    assert needs_mask({"messages": text, "functions": [{"name": "f"}]}) == tokens.NEEDS_TOOLS
+    assert needs_mask({"messages": text, "tools": []}) == 0
+    vision = [{"role": "system", "content": "x"}, {"role": "user", "content": [{"type": "text", "text": "a"}, image]}]
+    assert needs_mask({"messages": vision}) == tokens.NEEDS_VISION
+    assert needs_mask({"messages": [{"role": "user", "content": [{"type": "input_image"}]}]}) == tokens.NEEDS_VISION
+    assert needs_mask({"messages": [{"role": "user", "content": image}]}) == 0  # not a content list
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}
+    assert needs_mask({"messages": text, "response_format": schema}) == tokens.NEEDS_JSON_SCHEMA
+    assert needs_mask({"messages": text, "response_format": {"type": "json_object"}}) == 0
+    assert needs_mask({"messages": text, "stream": True}) == tokens.NEEDS_STREAMING
+    assert needs_mask({"messages": text, "stream": 1}) == 0  # only a JSON true
+    every = {"messages": vision, "tools": [{}], "response_format": schema, "stream": True}
+    assert needs_mask(every) == 15
+    assert scan_chat(every) == (count_chat_py(vision, [{}]), 15)
+    assert scan_chat({"messages": text}) == (count_chat_py(text, None), 0)
+
+
+@NOT_COMPILED
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(JSON_VALUES, max_size=4),
+    st.none() | st.lists(JSON_VALUES, max_size=3),
+    st.dictionaries(st.sampled_from(["functions", "response_format", "stream"]), JSON_VALUES, max_size=3),
+)
+def test_needs_twins_agree_on_random_bodies(messages: list, tools: list | None, extra: dict) -> None:
+    req = {"messages": messages, "tools": tools, **extra}
+    assert tokens._c is not None
+    assert tokens._c.scan_chat(req) == tokens.scan_chat_py(req)
