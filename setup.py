@@ -10,6 +10,7 @@ Each compiled module has a pure-Python twin of the same behaviour:
 * ``meshfast_core/_limits.pyx``   twin ``limits_py.py``  selector ``limits.py``
 * ``meshfast_core/_usd.pyx``      twin ``usd_py.py``     selector ``usd.py``
 * ``meshfast_core/_pricing.pyx``  twin ``pricing_py.py`` selector ``pricing.py``
+* ``meshfast_core/_records.pyx``  twin ``records_py.py`` selector ``records.py``
 * ``meshfast_core/_keys.pyx``     twin ``keys_py.py``    selector ``keys.py``
   (links OpenSSL's libcrypto; built only when its headers, Debian's libssl-dev, are
   installed, else the twin serves)
@@ -37,6 +38,7 @@ MODULES = {
     "meshfast_core._limits": "meshfast_core/_limits.pyx",
     "meshfast_core._usd": "meshfast_core/_usd.pyx",
     "meshfast_core._pricing": "meshfast_core/_pricing.pyx",
+    "meshfast_core._records": "meshfast_core/_records.pyx",
     "meshfast_core._keys": "meshfast_core/_keys.pyx",
 }
 

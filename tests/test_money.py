@@ -597,22 +597,6 @@ def test_receipt_and_hold_costs_are_the_priced_tokens(prompt, completion, cached
     assert (amount, tokens) == (worst + margin_of(worst, eff_ppm, eff_fee), prompt + out)
 
 
-def test_receipt_row_is_the_fields_in_order() -> None:
-    """Receipt.row() (spelt out for speed) is every field in RECEIPT_FIELDS order, with the
-    two flags as the integers SQLite stores (exact ints: the sqlite3 module binds them
-    without its adapter lookup)."""
-    from meshfast.store.base import RECEIPT_FIELDS, Receipt
-
-    flags = {RECEIPT_FIELDS.index("stream"), RECEIPT_FIELDS.index("capped")}
-    for stream, capped in ((True, False), (False, True)):
-        values = [f"value-{i}" for i in range(len(RECEIPT_FIELDS))]
-        values[RECEIPT_FIELDS.index("stream")], values[RECEIPT_FIELDS.index("capped")] = stream, capped
-        row = Receipt(*values).row()
-        assert [v for i, v in enumerate(row) if i not in flags] == [v for i, v in enumerate(values) if i not in flags]
-        assert (row[RECEIPT_FIELDS.index("stream")], row[RECEIPT_FIELDS.index("capped")]) == (int(stream), int(capped))
-        assert all(type(row[i]) is int for i in flags)
-
-
 @settings(max_examples=300, deadline=None)
 @given(days=st.lists(st.integers(0, 40_000), min_size=1, max_size=6), offsets=st.lists(st.sampled_from([0, 0.5, 1, 43_200, 86_399, 86_399.999]), min_size=6, max_size=6))
 def test_spend_buckets_follow_the_utc_day(days: list[int], offsets: list[float]) -> None:

@@ -16,7 +16,7 @@ import itertools
 import os
 import secrets
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -24,6 +24,7 @@ import orjson
 from meshfast import errors
 from meshfast.money import nano_to_usd
 from meshfast_core.keys import KEY_PREFIX, key_digest  # what a store keeps of a key
+from meshfast_core.records import RECEIPT_FIELDS, Hold, Receipt  # noqa: F401  (compiled records, re-exported)
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KEY_BODY_LEN = 40
@@ -218,19 +219,6 @@ class KeyRecord:
 
 
 @dataclass(slots=True)
-class Hold:
-    id: str  # the shared store's handle; "" in the embedded store (its holds never leave the process)
-    account_id: str
-    key_id: str
-    amount_nano: int
-    created: float
-    # meshfast.limits.Admission: the limits this call took; in the embedded store's plain
-    # path (no limit on key or project) the (key, project) limit states instead
-    admission: Any = None
-    closed: bool = False  # settled or released (the embedded store closes a hold once)
-
-
-@dataclass(slots=True)
 class Topup:
     id: str
     account_id: str
@@ -251,59 +239,6 @@ class Topup:
         }
 
 
-@dataclass(slots=True)
-class Receipt:
-    id: str
-    created: float
-    account_id: str
-    project_id: str
-    key_id: str
-    kind: str  # chat | embeddings
-    model: str  # as requested
-    route_mode: str
-    provider: str
-    upstream_model: str
-    privacy: str
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    tokens_source: str  # upstream | estimated
-    upstream_cost_nano: int
-    margin_nano: int
-    total_nano: int
-    latency_ms: float
-    ttft_ms: float | None
-    stream: bool
-    status: str  # ok | error | cancelled
-    capped: bool = False  # the total was capped at what the balance could cover
-    attempts: str = ""  # the endpoints tried, in order ("provider/model,provider/model")
-
-    def row(self) -> tuple:
-        """The fields in order (``RECEIPT_FIELDS``), as a store writes them, with ``stream``
-        and ``capped`` as SQLite's 0 / 1: the sqlite3 module binds a bool (not exactly an
-        int) through its adapter lookup, which cost the writer about 3,000 instructions per
-        bool. Spelt out: ``operator.attrgetter`` over the 24 names costs five times as much."""
-        return (
-            self.id, self.created, self.account_id, self.project_id, self.key_id, self.kind, self.model,
-            self.route_mode, self.provider, self.upstream_model, self.privacy, self.prompt_tokens,
-            self.completion_tokens, self.cached_tokens, self.tokens_source, self.upstream_cost_nano,
-            self.margin_nano, self.total_nano, self.latency_ms, self.ttft_ms, 1 if self.stream else 0,
-            self.status, 1 if self.capped else 0, self.attempts,
-        )  # fmt: skip
-
-    def public(self) -> dict[str, Any]:
-        d = {name: getattr(self, name) for name in RECEIPT_FIELDS}
-        d["upstream_cost_usd"] = nano_to_usd(d.pop("upstream_cost_nano"))
-        d["margin_usd"] = nano_to_usd(d.pop("margin_nano"))
-        d["total_usd"] = nano_to_usd(d.pop("total_nano"))
-        d["object"] = "receipt"
-        d["created"] = round(self.created, 3)
-        d["latency_ms"] = round(self.latency_ms, 3)
-        d["ttft_ms"] = None if self.ttft_ms is None else round(self.ttft_ms, 3)
-        return d
-
-
-RECEIPT_FIELDS = tuple(f.name for f in fields(Receipt))
 
 
 def check_name(name: str, id_prefix: str, what: str) -> None:

@@ -343,17 +343,16 @@ class EmbeddedStore(Store):
         available = account.balance_nano - account.held_nano
         if amount_nano > available:
             raise insufficient_balance(amount_nano, account.balance_nano, account.held_nano)
-        now = time.time()
         if states[0].plain and states[1].plain:
             # plain path: no limit to check, take or give back; the hold keeps the states
             # (its settlement still counts their spend, for limits set later)
             admission: Any = states
         else:
-            month, day = spend_buckets(now)
+            month, day = spend_buckets(time.time())
             admission = admit(states, time.monotonic(), tokens, amount_nano, month, day)
         account.held_nano += amount_nano
         # an embedded hold never leaves this process: it is known by its object, not an id
-        return Hold("", account.id, key.id, amount_nano, now, admission)
+        return Hold("", account.id, key.id, amount_nano, admission)
 
     def rate_headers(self, hold: Hold) -> list[tuple[bytes, bytes]]:
         if type(hold.admission) is tuple:

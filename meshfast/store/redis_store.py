@@ -494,7 +494,7 @@ class RedisStore(Store):
             raise _outage(exc) from exc
         status = out[0]
         if status == "ok":
-            hold = Hold(hid, key.account_id, key.id, amount_nano, time.time(), (self._headers(out), member))
+            hold = Hold(hid, key.account_id, key.id, amount_nano, (self._headers(out), member))
             seen = self._revoked_seen.get(key.id)
             if seen is not None and seen >= sent:
                 # revoked while the admit was on its way back: the stream would start after
@@ -555,7 +555,7 @@ class RedisStore(Store):
 
     async def settle(self, hold: Hold, receipt: Receipt) -> None:
         month, day = spend_buckets(receipt.created)
-        doc = orjson.dumps(receipt)  # a dataclass: every field, in order
+        doc = orjson.dumps(receipt.as_dict())  # every field, by name
         args = [
             hold.admission[1], receipt.id, receipt.total_nano, receipt.upstream_cost_nano,
             receipt.prompt_tokens + receipt.completion_tokens, int(receipt.created * 1000), month, day,

@@ -1,0 +1,20 @@
+"""The hot path's records, a call's ``Hold`` and its ``Receipt``: the compiled ``_records``
+unless ``MESHFAST_NO_EXTENSIONS`` is set.
+
+``records_py`` holds the pure-Python twins (dataclasses with the same fields, methods and
+``RECEIPT_FIELDS`` order), ``RECORDS_C`` the compiled module (``None`` when it is not
+available), ``COMPILED`` whether it is used.
+"""
+
+from types import ModuleType
+
+from . import records_py
+from ._ext import compiled
+from .records_py import RECEIPT_FIELDS
+
+__all__ = ("COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Hold", "Receipt")
+
+RECORDS_C: ModuleType | None = compiled("_records")
+COMPILED = RECORDS_C is not None
+Hold = records_py.Hold if RECORDS_C is None else RECORDS_C.Hold
+Receipt = records_py.Receipt if RECORDS_C is None else RECORDS_C.Receipt

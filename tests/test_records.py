@@ -1,0 +1,70 @@
+"""The hot path's records (meshfast_core.records): the compiled Hold and Receipt against
+their pure-Python twins (dataclasses)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+from meshfast_core import records, records_py
+
+C = records.RECORDS_C
+NOT_COMPILED = pytest.mark.skipif(C is None, reason="meshfast_core._records is not compiled (or disabled)")
+TWINS = [
+    pytest.param(records_py, id="py"),
+    pytest.param(C, id="c", marks=NOT_COMPILED),
+]
+VALUES = (
+    "rcpt_1", 1764180000.25, "acct_1", "proj_1", "key_1", "chat", "auto", "cheapest", "sim", "sim-1",
+    "protected", 30, 120, 10, "upstream", 76_500, 11_475, 87_975, 0.61, 0.5, True, "ok", False, "sim/sim-1",
+)  # fmt: skip
+
+
+def test_records_compiled_loaded() -> None:
+    if os.environ.get("MESHFAST_NO_EXTENSIONS", "") not in ("", "0"):
+        pytest.skip("MESHFAST_NO_EXTENSIONS is set")
+    assert records.COMPILED, "meshfast_core._records did not load: build it with setup.py build_ext"
+    assert records.Receipt is C.Receipt and records.Hold is C.Hold
+
+
+def test_receipt_fields_are_the_dataclass_fields() -> None:
+    assert tuple(f.name for f in dataclasses.fields(records_py.Receipt)) == records.RECEIPT_FIELDS
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_receipt_row_dict_and_public(mod) -> None:
+    r = mod.Receipt(*VALUES)
+    row = r.row()
+    assert row == (*VALUES[:20], 1, "ok", 0, "sim/sim-1")  # stream and capped as 0 / 1
+    assert type(row[20]) is int and type(row[22]) is int
+    assert r.as_dict() == dict(zip(records.RECEIPT_FIELDS, VALUES, strict=True))
+    pub = r.public()
+    assert (pub["upstream_cost_usd"], pub["margin_usd"], pub["total_usd"]) == ("0.0000765", "0.000011475", "0.000087975")
+    assert pub["object"] == "receipt" and "total_nano" not in pub and pub["created"] == 1764180000.25
+    assert mod.Receipt(**r.as_dict()) == r  # a shared store's copy reads back whole
+    assert mod.Receipt(*VALUES[:22]).row()[22:] == (0, "")  # capped and attempts default
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_receipt_fields_change_in_place(mod) -> None:
+    r = mod.Receipt(*VALUES)
+    r.total_nano, r.margin_nano, r.capped = 50_000, -26_500, True  # settlement caps a total
+    assert r.row()[16:18] == (-26_500, 50_000) and r.row()[22] == 1 and r.capped is True
+    assert r != mod.Receipt(*VALUES)
+    r.ttft_ms = None
+    assert r.public()["ttft_ms"] is None
+
+
+@NOT_COMPILED
+def test_twins_agree() -> None:
+    py, c = records_py.Receipt(*VALUES), C.Receipt(*VALUES)
+    assert (c.row(), c.as_dict(), c.public(), repr(c)) == (py.row(), py.as_dict(), py.public(), repr(py))
+    assert c != py  # different types never compare equal (as two dataclasses would not)
+    hp, hc = records_py.Hold("h", "acct_1", "key_1", 10, ("a", "b")), C.Hold("h", "acct_1", "key_1", 10, ("a", "b"))
+    assert repr(hc) == repr(hp) and not hc.closed
+    hc.closed = True
+    assert hc.closed is True and hc == C.Hold("h", "acct_1", "key_1", 10, ("a", "b"), True)
+    with pytest.raises(TypeError):
+        C.Receipt(*VALUES[:10])  # missing fields, as the dataclass refuses them
