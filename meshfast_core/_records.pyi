@@ -2,9 +2,13 @@
 
 from typing import Any
 
-__all__ = ("RECEIPT_FIELDS", "Hold", "Receipt")
+__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "new_id", "reseed_ids")
 
+ID_COUNTER_START: int
 RECEIPT_FIELDS: tuple[str, ...]
+
+def new_id(prefix: str) -> str: ...
+def reseed_ids(process_hex: str, start: int) -> None: ...
 
 class Hold:
     id: str

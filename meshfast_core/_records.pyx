@@ -3,10 +3,63 @@
 twin of ``records_py.py``, which says why; fields and behaviour are the same)."""
 
 cimport cython
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport memcpy
 
-from .records_py import RECEIPT_FIELDS, receipt_as_dict, receipt_public
+import os
 
-__all__ = ("RECEIPT_FIELDS", "Hold", "Receipt")
+from .records_py import ID_COUNTER_START, RECEIPT_FIELDS, receipt_as_dict, receipt_public
+
+__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "new_id", "reseed_ids")
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
+
+
+# -- ids (see records_py) ---------------------------------------------------------------
+cdef char _process[16]
+cdef unsigned long long _next = 0
+
+
+def reseed_ids(str process_hex, unsigned long long start):
+    """Start a new id sequence: ``process_hex`` (16 hex digits) and the first counter value."""
+    global _next
+    if len(process_hex) != 16 or not process_hex.isascii():
+        raise ValueError("the process part of an id is 16 hex digits")
+    memcpy(_process, PyUnicode_AsUTF8AndSize(process_hex, NULL), 16)
+    _next = start
+
+
+def _new_process_ids():
+    reseed_ids(os.urandom(8).hex(), ID_COUNTER_START + int.from_bytes(os.urandom(3), "big"))
+
+
+def new_id(str prefix):
+    """A unique id: ``prefix``, this process's part and the next counter value."""
+    global _next
+    cdef Py_ssize_t plen, n = 0, i
+    cdef const char* p = PyUnicode_AsUTF8AndSize(prefix, &plen)
+    cdef char digits[24]
+    cdef char buf[96]
+    cdef unsigned long long v = _next
+    _next += 1
+    if plen > 48:  # never on the hot path
+        return f"{prefix}{(<char*>_process)[:16].decode()}{v}"
+    while True:
+        digits[n] = <char>(48 + v % 10)
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    memcpy(buf, p, plen)
+    memcpy(buf + plen, _process, 16)
+    for i in range(n):
+        buf[plen + 16 + i] = digits[n - 1 - i]
+    return PyUnicode_DecodeUTF8(buf, plen + 16 + n, NULL)
+
+
+_new_process_ids()
+os.register_at_fork(after_in_child=_new_process_ids)
 
 
 @cython.auto_pickle(False)

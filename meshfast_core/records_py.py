@@ -9,12 +9,14 @@ row a store writes by another. Fields and behaviour are the same in both twins.
 
 from __future__ import annotations
 
+import itertools
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from .usd import usd_bytes
 
-__all__ = ("RECEIPT_FIELDS", "Hold", "Receipt", "receipt_as_dict", "receipt_public")
+__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "new_id", "receipt_as_dict", "receipt_public", "reseed_ids")
 
 # the receipt's fields in order: its row, the receipts table's columns
 RECEIPT_FIELDS = (
@@ -23,6 +25,38 @@ RECEIPT_FIELDS = (
     "cached_tokens", "tokens_source", "upstream_cost_nano", "margin_nano", "total_nano",
     "latency_ms", "ttft_ms", "stream", "status", "capped", "attempts",
 )  # fmt: skip
+
+
+# -- ids -------------------------------------------------------------------------------
+# An id is a prefix, a random per-process part (16 hex digits) and a decimal counter from
+# 10**12 (13 digits for the next 9 * 10**12 ids, so ids keep one width and sort in the
+# order they were made): unique across processes and restarts with no syscall per id.
+ID_COUNTER_START = 10**12
+_process = ""
+_counter = itertools.count()
+
+
+def reseed_ids(process_hex: str, start: int) -> None:
+    """Start a new id sequence: ``process_hex`` (16 hex digits) and the first counter value."""
+    global _process, _counter
+    if len(process_hex) != 16 or not process_hex.isascii():
+        raise ValueError("the process part of an id is 16 hex digits")
+    _process, _counter = process_hex, itertools.count(start)
+
+
+def _new_process_ids() -> None:
+    # a forked child (granian forks its workers from the process that imported this)
+    # must not continue its parent's sequence: two workers would hand out the same ids
+    reseed_ids(os.urandom(8).hex(), ID_COUNTER_START + int.from_bytes(os.urandom(3), "big"))
+
+
+def new_id(prefix: str) -> str:
+    """A unique id: ``prefix``, this process's part and the next counter value."""
+    return f"{prefix}{_process}{next(_counter)}"
+
+
+_new_process_ids()
+os.register_at_fork(after_in_child=_new_process_ids)
 
 
 def _usd(nano: int) -> str:

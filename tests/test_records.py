@@ -68,3 +68,23 @@ def test_twins_agree() -> None:
     assert hc.closed is True and hc == C.Hold("h", "acct_1", "key_1", 10, ("a", "b"), True)
     with pytest.raises(TypeError):
         C.Receipt(*VALUES[:10])  # missing fields, as the dataclass refuses them
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_new_id_format(mod) -> None:
+    a, b = mod.new_id("rcpt_"), mod.new_id("rcpt_")
+    assert a.startswith("rcpt_") and len(a) == len(b) == 5 + 16 + 13 and a[5:21] == b[5:21]
+    assert int(b[21:]) == int(a[21:]) + 1 and a < b  # one width, in the order they were made
+    assert mod.new_id("x" * 60).startswith("x" * 60)  # any prefix length
+
+
+@NOT_COMPILED
+def test_new_id_twins_agree() -> None:
+    process = os.urandom(8).hex()  # a fresh sequence: ids stay unique in this process
+    for mod in (records_py, C):
+        mod.reseed_ids(process, 10**12 + 7)
+    assert [C.new_id(p) for p in ("rcpt_", "acct_", "x" * 60)] == [records_py.new_id(p) for p in ("rcpt_", "acct_", "x" * 60)]
+    with pytest.raises(ValueError):
+        C.reseed_ids("abc", 1)
+    for mod in (records_py, C):  # leave both on sequences of their own
+        mod.reseed_ids(os.urandom(8).hex(), 10**12)

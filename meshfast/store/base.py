@@ -12,8 +12,6 @@ each hot-path one maps to one server-side function call.
 from __future__ import annotations
 
 import hmac
-import itertools
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ import orjson
 from meshfast import errors
 from meshfast.money import nano_to_usd
 from meshfast_core.keys import KEY_PREFIX, key_digest  # what a store keeps of a key
-from meshfast_core.records import RECEIPT_FIELDS, Hold, Receipt  # noqa: F401  (compiled records, re-exported)
+from meshfast_core.records import RECEIPT_FIELDS, Hold, Receipt, new_id  # noqa: F401  (compiled records, re-exported)
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KEY_BODY_LEN = 40
@@ -41,36 +39,6 @@ def check_topup(amount_nano: int, chain: str, tx_id: str) -> None:
         raise errors.InvalidRequest("A transaction id is required.", param="tx_id")
     if amount_nano <= 0:
         raise errors.InvalidRequest("The amount must be greater than zero.", param="amount_usd")
-
-
-_ID_PREFIX = os.urandom(8).hex()  # per process: ids are unique across processes and restarts
-# A decimal counter from 10**12: 13 digits for the next 9 * 10**12 ids, so ids keep one
-# width and sort in the order they were made (cheaper to format than fixed-width hex).
-_ID_COUNTER_START = 10**12
-
-
-def _id_counter_start() -> itertools.count:
-    return itertools.count(_ID_COUNTER_START + int.from_bytes(os.urandom(3), "big"))
-
-
-_id_counter = _id_counter_start()
-
-
-def _new_process_ids() -> None:
-    """A forked child (granian's workers fork from the process that imported this module)
-    must not continue its parent's id sequence: two workers would hand out the same hold
-    and receipt ids."""
-    global _ID_PREFIX, _id_counter
-    _ID_PREFIX = os.urandom(8).hex()
-    _id_counter = _id_counter_start()
-
-
-os.register_at_fork(after_in_child=_new_process_ids)
-
-
-def new_id(prefix: str) -> str:
-    """A unique id: a random per-process part and a counter (no syscall per id)."""
-    return f"{prefix}{_ID_PREFIX}{next(_id_counter)}"
 
 
 def month_of(ts: float) -> str:
