@@ -42,7 +42,7 @@ STAGES = {
     "hold_amount": "Billing.hold_amount: the worst case over the candidates",
     "hold_release": "store.hold_now then store.release",
     "hold_settle": "store.hold_now then store.settle_now (balance, spend, the writer's row)",
-    "receipt": "Billing.receipt: costs, margin, the Receipt record",
+    "receipt": "priced_receipt: costs, margin, the Receipt record",
     "receipt_id": "new_id('rcpt_')",
     "body_usage": "the answer's token counts (meshfast_core.sse.body_usage)",
     "receipt_headers": "the four receipt headers",
@@ -86,6 +86,7 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
     from meshfast.server import App
     from meshfast.store.base import new_id
     from meshfast_core.keys import call_headers
+    from meshfast_core.records import priced_receipt
     from meshfast_core.sse import body_usage
     from meshfast_core.tokens import scan_chat
     from meshfast_core.usd import cost_headers
@@ -111,12 +112,10 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
     amount, tokens = p.billing.hold_amount(account, call.candidates, call.prompt_estimate, req, None)
     counts = body_usage(answer)
 
-    def receipt() -> Any:
-        return p.billing.receipt(
-            receipt_id="rcpt_bench", account=account, key=key, endpoint=call.endpoint, kind="chat",
-            requested_model=call.requested_model, counts=counts, estimated_prompt=call.prompt_estimate,
-            estimated_completion=0, started=1.0, first_byte=2.0, stream=False, status="ok",
-            route_mode="model", attempts=call.endpoint.key,
+    def receipt() -> Any:  # as Pipeline.close makes it
+        return priced_receipt(
+            "rcpt_bench", account, key, call.endpoint, "chat", call.requested_model, counts, call.prompt_estimate,
+            0, 1.0, 2.0, False, "ok", "model", call.endpoint.key, p.billing.margin_ppm, p.billing.fee_nano,
         )  # fmt: skip
 
     r = receipt()

@@ -6,7 +6,7 @@
 The writer (meshfast/store/sqlite_writer.py) runs beside the server on the same cores, so
 its CPU per receipt counts against the money core as much as the worker's own. This runs
 its code alone, in a child process under callgrind: frames of W1 receipts (``Receipt.row()``
-of a receipt from ``Billing.receipt``, each with its own id) are made and marshalled as the
+of a receipt from ``priced_receipt``, each with its own id) are made and marshalled as the
 server sends them, then decoded and committed one transaction per frame, as the writer
 does, into a fresh store in WAL mode with ``synchronous=FULL``. The child runs twice, once
 committing no frame and once all of them (both make the same frames first); the
@@ -48,6 +48,7 @@ def _child(commit_frames: int, store_dir: Path, frames: int, per_frame: int) -> 
     from meshfast.store import sqlite_writer
     from meshfast.store.base import Account, KeyRecord, new_id
     from meshfast.store.embedded import SCHEMA
+    from meshfast_core.records import priced_receipt
 
     class _Provider:
         name = "local"
@@ -64,10 +65,11 @@ def _child(commit_frames: int, store_dir: Path, frames: int, per_frame: int) -> 
     for _ in range(frames):  # the same in both runs: only the commits below differ
         work = []
         for _ in range(per_frame):
-            r = billing.receipt(
+            r = priced_receipt(
                 receipt_id=new_id("rcpt_"), account=account, key=key, endpoint=endpoint, kind="chat",
                 requested_model="bench-chat", counts=(30, 120, 0), estimated_prompt=30, estimated_completion=0,
                 started=1.0, first_byte=1.0005, stream=False, status="ok", route_mode="model", attempts="local/bench-model",
+                margin_ppm=billing.margin_ppm, fee_nano=billing.fee_nano,
             )  # fmt: skip
             work.append(("settle", r.row(), account.id, r.total_nano))
         made.append(marshal.dumps(work))

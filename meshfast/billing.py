@@ -1,4 +1,5 @@
-"""Pricing a call: the worst-case hold before it, the actual cost after it, the receipt.
+"""Pricing a call: the worst-case hold before it; the actual cost after it is the receipt's
+(``meshfast_core.records.priced_receipt``).
 
 All amounts are integer nano-USD. A hold is the most a call can cost: the estimated
 prompt at the input price plus the output cap (``max_completion_tokens`` / ``max_tokens``,
@@ -8,7 +9,6 @@ upstream's usage when it reports one, otherwise the estimate (and the receipt sa
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -17,7 +17,7 @@ from meshfast.config import BillingConfig
 from meshfast.money import nano_to_usd
 from meshfast.providers.base import Endpoint
 from meshfast.store.base import Account, Receipt
-from meshfast_core.pricing import call_cost, hold_worst
+from meshfast_core.pricing import hold_worst
 from meshfast_core.tokens import count_chat, count_text
 
 # Completion tokens of a stream without upstream usage, from the characters delivered.
@@ -84,47 +84,6 @@ class Billing:
             self.margin_ppm if account.margin_ppm is None else account.margin_ppm,
             self.fee_nano if account.fee_nano is None else account.fee_nano,
         )
-
-    def receipt(
-        self,
-        *,
-        receipt_id: str,
-        account: Account,
-        key: Any,
-        endpoint: Endpoint,
-        kind: str,
-        requested_model: str,
-        counts: tuple[int, int, int] | None,
-        estimated_prompt: int,
-        estimated_completion: int,
-        started: float,
-        first_byte: float,
-        stream: bool,
-        status: str,
-        route_mode: str = "model",
-        attempts: str = "",
-    ) -> Receipt:
-        """``counts``: the upstream's ``(prompt, completion, cached)`` tokens
-        (meshfast_core.sse.body_usage / usage_counts), else ``None`` and the estimates."""
-        if counts is not None:
-            prompt, completion, cached = counts
-            source = "upstream"
-        else:
-            prompt, completion, cached, source = estimated_prompt, estimated_completion, 0, "estimated"
-        upstream, margin = call_cost(
-            prompt, completion, cached,
-            endpoint.input_nano_per_mtok, endpoint.cached_input_nano_per_mtok, endpoint.output_nano_per_mtok,
-            self.margin_ppm if account.margin_ppm is None else account.margin_ppm,
-            self.fee_nano if account.fee_nano is None else account.fee_nano,
-        )  # fmt: skip
-        latency_ms = (time.monotonic() - started) * 1000
-        # positional, in Receipt's field order (a 23-keyword call costs twice as much)
-        return Receipt(
-            receipt_id, time.time(), account.id, key.project_id, key.id, kind, requested_model, route_mode,
-            endpoint.provider.name, endpoint.model.upstream, endpoint.privacy,
-            prompt, completion, cached, source, upstream, margin, upstream + margin,
-            latency_ms, (first_byte - started) * 1000 if first_byte else None, stream, status, False, attempts,
-        )  # fmt: skip
 
 
 def usage_with_costs(usage_chunk: bytes, r: Receipt) -> bytes:

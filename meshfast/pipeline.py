@@ -46,6 +46,7 @@ from meshfast.store.base import (
 )
 from meshfast_core.exceptions import UpstreamError
 from meshfast_core.keys import bearer_digest, call_headers
+from meshfast_core.records import priced_receipt
 from meshfast_core.sse import SSEScanner, body_usage, usage_counts
 from meshfast_core.tokens import scan_chat
 from meshfast_core.usd import cost_headers
@@ -307,6 +308,8 @@ class Pipeline:
     def asked_privacy(self, req: dict[str, Any], raw: bytes | None) -> str:
         """The privacy class the call asks for (the X-Mesh-Privacy header ``raw``, else the
         body's ``mesh`` object, which is taken out of the request here: it is never forwarded)."""
+        if raw is None and "mesh" not in req:
+            return ""  # the common case: nothing asked
         privacy = (raw or b"").decode("latin-1")
         mesh = req.pop("mesh", None)
         if not privacy and isinstance(mesh, dict):
@@ -332,6 +335,8 @@ class Pipeline:
         privacy = asked or key_limits.privacy_default or project_limits.privacy_default or "standard"
         if privacy not in PRIVACY_CLASSES:
             return privacy  # the router answers 400 invalid_privacy_class
+        if not (key_limits.privacy_min or project_limits.privacy_min):
+            return privacy  # the common case: no minimum to raise it to
         for floor in (key_limits.privacy_min, project_limits.privacy_min):
             if floor and privacy_rank(floor) > privacy_rank(privacy):
                 privacy = floor
@@ -388,23 +393,13 @@ class Pipeline:
         balance and release the hold in one call. ``counts``: the upstream's (prompt,
         completion, cached) tokens, if it reported them."""
         assert call.hold is not None
-        receipt = self.billing.receipt(
-            receipt_id=call.receipt_id or new_id("rcpt_"),
-            account=call.account,
-            key=call.key,
-            endpoint=call.endpoint,
-            kind=call.kind,
-            requested_model=call.requested_model,
-            counts=counts,
-            estimated_prompt=call.prompt_estimate,
-            estimated_completion=completion_estimate,
-            started=call.started,
-            first_byte=call.first_byte,
-            stream=call.stream,
-            status=status,
-            route_mode=call.mode,
-            attempts=",".join(call.tried),
-        )
+        billing = self.billing
+        receipt = priced_receipt(
+            call.receipt_id or new_id("rcpt_"), call.account, call.key, call.endpoint, call.kind,
+            call.requested_model, counts, call.prompt_estimate, completion_estimate, call.started,
+            call.first_byte, call.stream, status, call.mode, ",".join(call.tried), billing.margin_ppm,
+            billing.fee_nano,
+        )  # positional: a call with 17 keywords costs more than the rest of it
         hold, call.hold = call.hold, None  # settled now, even if this task is cancelled meanwhile
         return hold, receipt
 

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "new_id", "reseed_ids")
+__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "new_id", "priced_receipt", "reseed_ids")
 
 ID_COUNTER_START: int
 RECEIPT_FIELDS: tuple[str, ...]
@@ -54,3 +54,10 @@ class Receipt:
     def row(self) -> tuple[Any, ...]: ...
     def as_dict(self) -> dict[str, Any]: ...
     def public(self) -> dict[str, Any]: ...
+
+def priced_receipt(
+    receipt_id: str, account: Any, key: Any, endpoint: Any, kind: str, requested_model: str,
+    counts: tuple[int, int, int] | None, estimated_prompt: int, estimated_completion: int,
+    started: float, first_byte: float, stream: bool, status: str, route_mode: str, attempts: str,
+    margin_ppm: int, fee_nano: int,
+) -> Receipt: ...

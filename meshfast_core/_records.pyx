@@ -8,9 +8,26 @@ from libc.string cimport memcpy
 
 import os
 
+from .pricing import call_cost
 from .records_py import ID_COUNTER_START, RECEIPT_FIELDS, receipt_as_dict, receipt_public
 
-__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "new_id", "reseed_ids")
+__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "new_id", "priced_receipt", "reseed_ids")
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clock, timespec* ts)
+    int CLOCK_REALTIME
+    int CLOCK_MONOTONIC
+
+
+cdef inline double _clock(int clock) noexcept:
+    # what time.time() (CLOCK_REALTIME) and time.monotonic() (CLOCK_MONOTONIC) read on Linux
+    cdef timespec ts
+    clock_gettime(clock, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
@@ -158,3 +175,53 @@ cdef class Receipt:
         return self.row() == (<Receipt>other).row()
 
     __hash__ = None
+
+
+def priced_receipt(
+    receipt_id, account, key, endpoint, kind, requested_model, counts, estimated_prompt,
+    estimated_completion, double started, double first_byte, bint stream, status, route_mode,
+    attempts, margin_ppm, fee_nano,
+):
+    """The receipt of a call that ends now (see ``records_py.priced_receipt``)."""
+    cdef Receipt r = Receipt.__new__(Receipt)
+    cdef double now = _clock(CLOCK_MONOTONIC)
+    if counts is not None:
+        prompt, completion, cached = counts
+        r.tokens_source = "upstream"
+    else:
+        prompt, completion, cached = estimated_prompt, estimated_completion, 0
+        r.tokens_source = "estimated"
+    own = account.margin_ppm
+    if own is not None:
+        margin_ppm = own
+    own = account.fee_nano
+    if own is not None:
+        fee_nano = own
+    upstream, margin = call_cost(
+        prompt, completion, cached, endpoint.input_nano_per_mtok, endpoint.cached_input_nano_per_mtok,
+        endpoint.output_nano_per_mtok, margin_ppm, fee_nano,
+    )
+    r.id = receipt_id
+    r.created = _clock(CLOCK_REALTIME)
+    r.account_id = account.id
+    r.project_id = key.project_id
+    r.key_id = key.id
+    r.kind = kind
+    r.model = requested_model
+    r.route_mode = route_mode
+    r.provider = endpoint.provider.name
+    r.upstream_model = endpoint.model.upstream
+    r.privacy = endpoint.privacy
+    r.prompt_tokens = prompt
+    r.completion_tokens = completion
+    r.cached_tokens = cached
+    r.upstream_cost_nano = upstream
+    r.margin_nano = margin
+    r.total_nano = upstream + margin
+    r.latency_ms = (now - started) * 1000
+    r.ttft_ms = (first_byte - started) * 1000 if first_byte else None
+    r.stream = stream
+    r.status = status
+    r.capped = False
+    r.attempts = attempts
+    return r

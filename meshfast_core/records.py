@@ -4,7 +4,8 @@ unless ``MESHFAST_NO_EXTENSIONS`` is set.
 ``records_py`` holds the pure-Python twins (dataclasses with the same fields, methods and
 ``RECEIPT_FIELDS`` order), ``RECORDS_C`` the compiled module (``None`` when it is not
 available), ``COMPILED`` whether it is used. ``new_id`` makes the records' ids (each twin
-keeps its own sequence, drawn afresh in a forked child).
+keeps its own sequence, drawn afresh in a forked child); ``priced_receipt`` prices a call
+that ends now into its receipt.
 """
 
 from types import ModuleType
@@ -13,10 +14,11 @@ from . import records_py
 from ._ext import compiled
 from .records_py import RECEIPT_FIELDS
 
-__all__ = ("COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Hold", "Receipt", "new_id")
+__all__ = ("COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Hold", "Receipt", "new_id", "priced_receipt")
 
 RECORDS_C: ModuleType | None = compiled("_records")
 COMPILED = RECORDS_C is not None
 Hold = records_py.Hold if RECORDS_C is None else RECORDS_C.Hold
 Receipt = records_py.Receipt if RECORDS_C is None else RECORDS_C.Receipt
 new_id = records_py.new_id if RECORDS_C is None else RECORDS_C.new_id
+priced_receipt = records_py.priced_receipt if RECORDS_C is None else RECORDS_C.priced_receipt

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from .pricing import call_cost
 from .usd import usd_bytes
 
-__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "new_id", "receipt_as_dict", "receipt_public", "reseed_ids")
+__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "new_id", "priced_receipt", "receipt_as_dict", "receipt_public", "reseed_ids")
 
 # the receipt's fields in order: its row, the receipts table's columns
 RECEIPT_FIELDS = (
@@ -120,6 +122,38 @@ class Receipt:
 
     def public(self) -> dict[str, Any]:
         return receipt_public(self)
+
+
+def priced_receipt(
+    receipt_id: str, account: Any, key: Any, endpoint: Any, kind: str, requested_model: str,
+    counts: tuple[int, int, int] | None, estimated_prompt: int, estimated_completion: int,
+    started: float, first_byte: float, stream: bool, status: str, route_mode: str, attempts: str,
+    margin_ppm: int, fee_nano: int,
+) -> Receipt:
+    """The receipt of a call that ends now: ``counts`` are the upstream's ``(prompt,
+    completion, cached)`` tokens (``meshfast_core.sse.body_usage`` / ``usage_counts``), else
+    ``None`` and the estimates are billed (``tokens_source`` says which). Priced by
+    ``pricing.call_cost`` at the endpoint's prices, with the account's own margin and fee
+    when it has them, else ``margin_ppm`` / ``fee_nano``; ``started`` and ``first_byte``
+    are ``time.monotonic()`` readings (``first_byte`` 0: nothing arrived)."""
+    if counts is not None:
+        prompt, completion, cached = counts
+        source = "upstream"
+    else:
+        prompt, completion, cached, source = estimated_prompt, estimated_completion, 0, "estimated"
+    upstream, margin = call_cost(
+        prompt, completion, cached,
+        endpoint.input_nano_per_mtok, endpoint.cached_input_nano_per_mtok, endpoint.output_nano_per_mtok,
+        margin_ppm if account.margin_ppm is None else account.margin_ppm,
+        fee_nano if account.fee_nano is None else account.fee_nano,
+    )  # fmt: skip
+    latency_ms = (time.monotonic() - started) * 1000
+    return Receipt(
+        receipt_id, time.time(), account.id, key.project_id, key.id, kind, requested_model, route_mode,
+        endpoint.provider.name, endpoint.model.upstream, endpoint.privacy,
+        prompt, completion, cached, source, upstream, margin, upstream + margin,
+        latency_ms, (first_byte - started) * 1000 if first_byte else None, stream, status, False, attempts,
+    )  # fmt: skip
 
 
 # shared by both twins' methods: neither is on the hot path

@@ -556,13 +556,14 @@ _PRICE = st.integers(0, 10**12)  # nano-USD per million tokens: up to $1,000 per
 def test_receipt_and_hold_costs_are_the_priced_tokens(prompt, completion, cached, prices, ppm, fee, own, asked) -> None:
     """The receipt prices the usage per term, each rounded up (``token_cost``), plus the
     margin of that (``margin_of``), with the account's own margin when it has one; the hold
-    is the worst case over the candidates. Billing computes both inline on the hot path."""
+    is the worst case over the candidates. Both twins of priced_receipt agree."""
     from types import SimpleNamespace
 
     from meshfast.billing import Billing
     from meshfast.config import BillingConfig
     from meshfast.money import margin_of, token_cost
     from meshfast.store.base import Account
+    from meshfast_core import records, records_py
     from meshfast_core.sse import usage_counts
 
     billing = Billing(BillingConfig(margin_ppm=ppm, fee_nano=fee))
@@ -577,11 +578,18 @@ def test_receipt_and_hold_costs_are_the_priced_tokens(prompt, completion, cached
     ]  # fmt: skip
     ep = endpoints[0]
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, "prompt_tokens_details": {"cached_tokens": cached}}
-    r = billing.receipt(
-        receipt_id="rcpt_t", account=account, key=SimpleNamespace(id="key_t", project_id="proj_t"), endpoint=ep,
-        kind="chat", requested_model="m", counts=usage_counts(usage), estimated_prompt=0, estimated_completion=0,
-        started=time.monotonic(), first_byte=0.0, stream=False, status="ok",
-    )  # fmt: skip
+    made = [
+        make(
+            receipt_id="rcpt_t", account=account, key=SimpleNamespace(id="key_t", project_id="proj_t"), endpoint=ep,
+            kind="chat", requested_model="m", counts=usage_counts(usage), estimated_prompt=0, estimated_completion=0,
+            started=time.monotonic(), first_byte=0.0, stream=False, status="ok", route_mode="model", attempts="",
+            margin_ppm=billing.margin_ppm, fee_nano=billing.fee_nano,
+        )
+        for make in (records.priced_receipt, records_py.priced_receipt)  # the selected one and the twin
+    ]  # fmt: skip
+    r = made[0]
+    costs = {(x.prompt_tokens, x.completion_tokens, x.cached_tokens, x.upstream_cost_nano, x.margin_nano, x.total_nano) for x in made}
+    assert len(costs) == 1 and made[0].ttft_ms is None is made[1].ttft_ms
     hit = min(cached, prompt)
     upstream = (
         token_cost(prompt - hit, ep.input_nano_per_mtok)

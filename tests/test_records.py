@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import pytest
 
@@ -88,3 +89,28 @@ def test_new_id_twins_agree() -> None:
         C.reseed_ids("abc", 1)
     for mod in (records_py, C):  # leave both on sequences of their own
         mod.reseed_ids(os.urandom(8).hex(), 10**12)
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_priced_receipt(mod) -> None:
+    from types import SimpleNamespace as NS
+
+    endpoint = NS(
+        input_nano_per_mtok=500_000_000, cached_input_nano_per_mtok=250_000_000, output_nano_per_mtok=1_500_000_000,
+        provider=NS(name="sim"), model=NS(upstream="sim-1"), privacy="protected",
+    )  # fmt: skip
+    key = NS(id="key_1", project_id="proj_1")
+    plain, own = NS(id="acct_1", margin_ppm=None, fee_nano=None), NS(id="acct_2", margin_ppm=0, fee_nano=7)
+    t0 = time.monotonic()
+    args = ("rcpt_9", plain, key, endpoint, "chat", "auto", None, 1000, 2000, t0, t0 + 0.25, True, "cancelled", "cheapest", "sim/sim-1")
+    r = mod.priced_receipt(*args, 50_000, 3)  # no upstream usage: the estimates, marked so
+    assert (r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.tokens_source) == (1000, 2000, 0, "estimated")
+    assert (r.upstream_cost_nano, r.margin_nano) == (3_500_000, 175_003)  # 500,000 + 3,000,000; 5 %, + 3
+    assert r.total_nano == 3_675_003 and r.capped is False and r.stream is True
+    assert (r.id, r.account_id, r.project_id, r.key_id, r.provider, r.upstream_model, r.privacy) == (
+        "rcpt_9", "acct_1", "proj_1", "key_1", "sim", "sim-1", "protected",
+    )
+    assert (r.route_mode, r.status, r.attempts, r.model, r.kind) == ("cheapest", "cancelled", "sim/sim-1", "auto", "chat")
+    assert abs(r.ttft_ms - 250.0) < 1e-6 and r.latency_ms >= 0 and abs(r.created - time.time()) < 5
+    o = mod.priced_receipt("rcpt_8", own, key, endpoint, "chat", "m", (100, 10, 40), 0, 0, t0, 0.0, False, "ok", "model", "", 50_000, 3)
+    assert (o.tokens_source, o.cached_tokens, o.upstream_cost_nano, o.margin_nano, o.ttft_ms) == ("upstream", 40, 55_000, 7, None)
