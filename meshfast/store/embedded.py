@@ -376,7 +376,11 @@ class EmbeddedStore(Store):
 
     def settle_now(self, hold: Hold, receipt: Receipt) -> None:
         account = self._accounts[hold.account_id]
-        self._close_hold(hold, receipt.prompt_tokens + receipt.completion_tokens)
+        if not hold.closed:  # _close_hold, inline: every call settles
+            hold.closed = True
+            account.held_nano -= hold.amount_nano
+            if type(hold.admission) is not tuple:
+                finish(hold.admission, time.monotonic(), hold.amount_nano, receipt.prompt_tokens + receipt.completion_tokens)
         # The hold is the worst case; should usage exceed it, never take the balance below zero.
         if receipt.total_nano > account.balance_nano - account.held_nano:
             receipt.total_nano = max(account.balance_nano - account.held_nano, 0)
