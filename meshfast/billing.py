@@ -14,9 +14,8 @@ from typing import Any
 import orjson
 
 from meshfast.config import BillingConfig
-from meshfast.money import nano_to_usd
 from meshfast.providers.base import Endpoint
-from meshfast.store.base import Account, Receipt
+from meshfast.store.base import Account
 from meshfast_core.pricing import hold_worst
 from meshfast_core.tokens import count_chat, count_text
 
@@ -84,18 +83,3 @@ class Billing:
             self.margin_ppm if account.margin_ppm is None else account.margin_ppm,
             self.fee_nano if account.fee_nano is None else account.fee_nano,
         )
-
-
-def usage_with_costs(usage_chunk: bytes, r: Receipt) -> bytes:
-    """The upstream's usage-only chunk with ``usage.cost`` (total USD) and ``usage.mesh`` added."""
-    obj = orjson.loads(usage_chunk)
-    usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
-    usage["cost"] = nano_to_usd(r.total_nano)
-    usage["mesh"] = {
-        "receipt_id": r.id,
-        "upstream_cost_usd": nano_to_usd(r.upstream_cost_nano),
-        "margin_usd": nano_to_usd(r.margin_nano),
-        "total_usd": nano_to_usd(r.total_nano),
-    }
-    obj["usage"] = usage
-    return orjson.dumps(obj)

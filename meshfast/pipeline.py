@@ -28,7 +28,6 @@ from meshfast.billing import (
     Billing,
     estimate_completion_tokens,
     estimate_input_tokens,
-    usage_with_costs,
 )
 from meshfast.catalogue import privacy_rank
 from meshfast.config import PRIVACY_CLASSES, BillingConfig
@@ -47,7 +46,7 @@ from meshfast.store.base import (
 from meshfast_core.exceptions import UpstreamError
 from meshfast_core.keys import bearer_digest, call_headers
 from meshfast_core.records import priced_receipt
-from meshfast_core.sse import SSEScanner, body_usage, usage_counts
+from meshfast_core.sse import SSEScanner, body_usage, usage_counts, usage_with_costs
 from meshfast_core.tokens import scan_chat
 from meshfast_core.usd import cost_headers
 
@@ -597,7 +596,8 @@ class Pipeline:
             self.router.record(call.endpoint, status == "ok", time.monotonic() - call.attempt_t0, ttft, error, None)
         if status == "ok":
             if call.include_usage and scanner.usage_chunk is not None and receipt is not None:
-                tail = b"data: " + usage_with_costs(scanner.usage_chunk, receipt) + b"\n\n"
+                chunk = usage_with_costs(scanner.usage_chunk, receipt.id, receipt.upstream_cost_nano, receipt.margin_nano, receipt.total_nano)
+                tail = b"data: " + chunk + b"\n\n"
             tail += DONE
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 

@@ -2,7 +2,7 @@
 
 from typing import Any, final
 
-__all__ = ("SSEScanner", "body_usage", "usage_counts")
+__all__ = ("SSEScanner", "body_usage", "usage_counts", "usage_span", "usage_with_costs")
 
 @final
 class SSEScanner:
@@ -28,3 +28,5 @@ class SSEScanner:
 
 def usage_counts(usage: Any) -> tuple[int, int, int] | None: ...
 def body_usage(body: bytes) -> tuple[int, int, int] | None: ...
+def usage_span(chunk: bytes) -> tuple[int, int] | None: ...
+def usage_with_costs(chunk: bytes, receipt_id: str, upstream_nano: int, margin_nano: int, total_nano: int) -> bytes: ...

@@ -16,7 +16,10 @@ from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 from orjson import loads as _orjson_loads
 
-__all__ = ("SSEScanner", "body_usage", "usage_counts")
+from .sse_py import usage_reparsed as _usage_reparsed
+from .usd import usd_bytes as _usd_bytes
+
+__all__ = ("SSEScanner", "body_usage", "usage_counts", "usage_with_costs")
 
 cdef object _loads = _orjson_loads
 
@@ -720,3 +723,86 @@ def body_usage(bytes body):
     except ValueError:
         return None
     return usage_counts(usage)
+
+
+# -- the usage chunk with the call's costs (see sse_py.usage_with_costs) ----------------
+
+cdef bint _usage_span(const unsigned char* d, Py_ssize_t n, Py_ssize_t* ustart, Py_ssize_t* uend) noexcept nogil:
+    # the members of the top-level object, one by one (nested values skipped whole)
+    cdef Py_ssize_t i = _skip_ws(d, 0, n), ks, e, cnt
+    cdef bint found = 0, is_usage
+    cdef unsigned char c
+    if i >= n or d[i] != BRACE:
+        return 0
+    i += 1
+    while True:
+        i = _skip_ws(d, i, n)
+        if i < n and d[i] == CLOSE_BRACE:
+            return found
+        if i >= n or d[i] != QUOTE:
+            return 0
+        ks = i
+        i = _string_end(d, i + 1, n, &cnt)
+        if i < 0:
+            return 0
+        is_usage = i - ks == 7 and memcmp(d + ks + 1, b"usage", 5) == 0
+        i = _skip_ws(d, i, n)
+        if i >= n or d[i] != COLON:
+            return 0
+        i = _skip_ws(d, i + 1, n)
+        if i >= n:
+            return 0
+        c = d[i]
+        if c == BRACE or c == BRACKET:
+            e = _value_end(d, i, n)
+            if e < 0:
+                return 0
+            if is_usage and c == BRACE:
+                ustart[0] = i
+                uend[0] = e - 1
+                found = 1
+            i = e
+        elif c == QUOTE:
+            i = _string_end(d, i + 1, n, &cnt)
+            if i < 0:
+                return 0
+        else:
+            while i < n and d[i] != 0x2C and d[i] != CLOSE_BRACE and not _is_ws(d[i]):
+                i += 1
+        i = _skip_ws(d, i, n)
+        if i >= n:
+            return 0
+        if d[i] == 0x2C:
+            i += 1
+        elif d[i] != CLOSE_BRACE:
+            return 0
+
+
+def usage_span(bytes chunk):
+    """Where the top-level ``usage`` object is (see ``sse_py.usage_span``)."""
+    cdef Py_ssize_t start = 0, end = 0
+    if _usage_span(<const unsigned char*>PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk), &start, &end):
+        return (start, end)
+    return None
+
+
+def usage_with_costs(bytes chunk, str receipt_id, upstream_nano, margin_nano, total_nano):
+    """The usage-only chunk with ``usage.cost`` and ``usage.mesh`` (see ``sse_py``)."""
+    cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(chunk)
+    cdef Py_ssize_t start = 0, end = 0, i
+    cdef bint empty = 1
+    if _usage_span(d, PyBytes_GET_SIZE(chunk), &start, &end):
+        inner = chunk[start + 1 : end]
+        if b'"cost"' not in inner and b'"mesh"' not in inner:
+            for i in range(start + 1, end):
+                if not _is_ws(d[i]):
+                    empty = 0
+                    break
+            total = _usd_bytes(total_nano)
+            add = b"".join([
+                b"" if empty else b",", b'"cost":"', total, b'","mesh":{"receipt_id":"', receipt_id.encode("ascii"),
+                b'","upstream_cost_usd":"', _usd_bytes(upstream_nano), b'","margin_usd":"', _usd_bytes(margin_nano),
+                b'","total_usd":"', total, b'"}',
+            ])
+            return chunk[:end] + add + chunk[end:]
+    return _usage_reparsed(chunk, receipt_id, upstream_nano, margin_nano, total_nano)

@@ -17,7 +17,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ("SSEScanner", "body_usage", "usage_counts")
+from .usd import usd_bytes
+
+__all__ = ("SSEScanner", "body_usage", "usage_counts", "usage_with_costs")
 
 _JSON_WS = rb"[ \t\n\r]*"
 # A key the scanner cares about, its colon, and the whitespace up to the value.
@@ -260,3 +262,63 @@ def body_usage(body: bytes) -> tuple[int, int, int] | None:
             except ValueError:
                 return None
     return None
+
+
+# -- the usage chunk with the call's costs ----------------------------------------------
+
+
+def usage_span(chunk: bytes) -> tuple[int, int] | None:
+    """Where the top-level ``usage`` object of a JSON object is: the indices of its ``{``
+    and its ``}`` (the last such member when there are several), else ``None``."""
+    depth, pending, start, span = 0, False, -1, None
+    for tok in _NESTING.finditer(chunk):
+        c = chunk[tok.start()]
+        if c == _QUOTE:
+            if depth == 1 and tok.group() == b'"usage"' and _USAGE_VALUE.match(chunk, tok.end()):
+                pending = True  # a key: the next token is its object's brace
+            continue
+        if c == _BRACE or c == 0x5B:
+            depth += 1
+            if pending:
+                start, pending = tok.start(), False
+        else:
+            depth -= 1
+            if depth == 1 and start >= 0:
+                span, start = (start, tok.start()), -1
+    return span
+
+
+def usage_reparsed(chunk: bytes, receipt_id: str, upstream_nano: int, margin_nano: int, total_nano: int) -> bytes:
+    """:func:`usage_with_costs` by parsing and serialising the chunk again (any shape)."""
+    obj = orjson.loads(chunk)
+    usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}
+    total = usd_bytes(total_nano).decode()
+    usage["cost"] = total
+    usage["mesh"] = {
+        "receipt_id": receipt_id,
+        "upstream_cost_usd": usd_bytes(upstream_nano).decode(),
+        "margin_usd": usd_bytes(margin_nano).decode(),
+        "total_usd": total,
+    }
+    obj["usage"] = usage
+    return orjson.dumps(obj)
+
+
+def usage_with_costs(chunk: bytes, receipt_id: str, upstream_nano: int, margin_nano: int, total_nano: int) -> bytes:
+    """The upstream's usage-only chunk with ``usage.cost`` (the total, USD) and
+    ``usage.mesh`` (receipt id, upstream cost, margin and total) added as its last members.
+    Spliced into the chunk's bytes, which stay as the upstream sent them; a chunk whose
+    usage already has a ``cost`` or ``mesh`` member, or has no usage object, is parsed and
+    serialised again (:func:`usage_reparsed`). ``receipt_id`` is one of meshfast's ids
+    (nothing in it needs escaping)."""
+    span = usage_span(chunk)
+    if span is not None:
+        start, end = span
+        inner = chunk[start + 1 : end]
+        if b'"cost"' not in inner and b'"mesh"' not in inner:
+            total = usd_bytes(total_nano)
+            add = b'"cost":"%s","mesh":{"receipt_id":"%s","upstream_cost_usd":"%s","margin_usd":"%s","total_usd":"%s"}' % (
+                total, receipt_id.encode(), usd_bytes(upstream_nano), usd_bytes(margin_nano), total,
+            )  # fmt: skip
+            return chunk[:end] + (b"," + add if inner.strip() else add) + chunk[end:]
+    return usage_reparsed(chunk, receipt_id, upstream_nano, margin_nano, total_nano)

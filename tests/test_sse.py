@@ -759,3 +759,57 @@ def test_body_usage_fast_reading_matches_the_parse(usage: str, before: str) -> N
 )
 def test_body_usage_usual_and_edge_shapes(usage_mod: Any, usage: str, expected: tuple[int, int, int] | None) -> None:
     assert usage_mod.body_usage(b'{"id":"c","usage":' + usage.encode() + b"}") == expected
+
+
+# -- the usage chunk with the call's costs ------------------------------------------------
+
+USAGE_TWINS = [
+    pytest.param(sse_py, id="py"),
+    pytest.param(sse._c, id="c", marks=pytest.mark.skipif(sse._c is None, reason="meshfast_core._sse is not compiled (or disabled)")),
+]
+COSTS = ("rcpt_abc1000000000001", 76_500, 11_475, 87_975)
+MESH = {"receipt_id": "rcpt_abc1000000000001", "upstream_cost_usd": "0.0000765", "margin_usd": "0.000011475", "total_usd": "0.000087975"}
+
+
+@pytest.mark.parametrize("mod", USAGE_TWINS)
+def test_usage_with_costs_splices_the_usage_object(mod) -> None:
+    chunk = b'{"id":"c1","choices":[],"usage":{"prompt_tokens":30,"completion_tokens":120}}'
+    out = mod.usage_with_costs(chunk, *COSTS)
+    assert out == chunk[:-2] + b',"cost":"0.000087975","mesh":' + orjson.dumps(MESH) + b"}}"  # the rest as sent
+    spaced = b'{ "usage" : { } , "choices": [] }'
+    assert orjson.loads(mod.usage_with_costs(spaced, *COSTS))["usage"] == {"cost": "0.000087975", "mesh": MESH}
+    nested = b'{"meta":{"usage":{"a":1}},"s":"usage","usage":{"prompt_tokens":1}}'  # only the top level's
+    assert orjson.loads(mod.usage_with_costs(nested, *COSTS)) == {
+        "meta": {"usage": {"a": 1}}, "s": "usage", "usage": {"prompt_tokens": 1, "cost": "0.000087975", "mesh": MESH},
+    }
+    # a usage that already has cost or mesh, or none at all: parsed and written again
+    assert orjson.loads(mod.usage_with_costs(b'{"usage":{"cost":0.5}}', *COSTS))["usage"] == {"cost": "0.000087975", "mesh": MESH}
+    assert orjson.loads(mod.usage_with_costs(b'{"choices":[]}', *COSTS)) == {"choices": [], "usage": {"cost": "0.000087975", "mesh": MESH}}
+
+
+JSON_LEAVES = st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+JSON_TREES = st.recursive(
+    JSON_LEAVES,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.sampled_from(["usage", "cost", "mesh", "a", "}", '"{']), kids, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["id", "choices", "model", "x"]), JSON_TREES, max_size=3),
+    st.none() | st.dictionaries(st.sampled_from(["prompt_tokens", "completion_tokens", "details", "cost"]), JSON_TREES, max_size=3),
+    st.booleans(),
+)
+def test_usage_with_costs_twins_agree(top: dict, usage: dict | None, indent: bool) -> None:
+    """Spliced or reparsed, the chunk reads as the parsed chunk with the costs set; the
+    compiled splice gives the twin's bytes."""
+    obj = dict(top)
+    if usage is not None:
+        obj["usage"] = usage
+    chunk = orjson.dumps(obj, option=orjson.OPT_INDENT_2 if indent else 0)
+    out = sse_py.usage_with_costs(chunk, *COSTS)
+    assert orjson.loads(out) == orjson.loads(sse_py.usage_reparsed(chunk, *COSTS))
+    if sse._c is not None:
+        assert sse._c.usage_with_costs(chunk, *COSTS) == out
+        assert sse._c.usage_span(chunk) == sse_py.usage_span(chunk)
