@@ -17,15 +17,10 @@ from meshfast.config import BillingConfig
 from meshfast.providers.base import Endpoint
 from meshfast.store.base import Account
 from meshfast_core.pricing import hold_worst
-from meshfast_core.tokens import count_chat, count_text
+from meshfast_core.tokens import count_text
 
 # Completion tokens of a stream without upstream usage, from the characters delivered.
 CONTENT_CHARS_PER_TOKEN = 4
-
-
-def estimate_prompt_tokens(req: dict[str, Any]) -> int:
-    """Prompt tokens of a chat request by the compiled estimator (meshfast_core.tokens)."""
-    return count_chat(req.get("messages") or [], req.get("tools"))
 
 
 def estimate_input_tokens(req: dict[str, Any]) -> int:

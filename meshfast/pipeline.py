@@ -380,13 +380,6 @@ class Pipeline:
                 raise failure
         raise AssertionError("the router returned no candidates")
 
-    def hold_terms(self, call: Call, req: dict[str, Any], max_output: int | None) -> tuple[int, int]:
-        """What the hold reserves: ``(nano-USD, tokens)``. The store admits the call under the
-        key's and project's limits (429) and holds the amount on the balance (402) in one
-        call; tokens per minute reserve prompt + max output. The worst case is taken over
-        every candidate, since a failover may change the price."""
-        return self.billing.hold_amount(call.account, call.candidates, call.prompt_estimate, req, max_output)
-
     def close(self, call: Call, counts: tuple[int, int, int] | None, completion_estimate: int, status: str) -> tuple[Hold, Receipt]:
         """The call's hold and its receipt (actual cost) for the store to settle: debit the
         balance and release the hold in one call. ``counts``: the upstream's (prompt,
@@ -445,11 +438,15 @@ class Pipeline:
         return call
 
     async def admit(self, call: Call, key: KeyRecord, req: dict[str, Any], privacy: str, route_output: int, max_output: int | None) -> None:
-        """The key's account and project -> route -> limits and hold."""
+        """The key's account and project -> route -> limits and hold. The hold reserves
+        ``billing.hold_amount``: nano-USD, the worst case over every candidate (a failover
+        may change the price), and tokens (prompt + max output, for tokens per minute). The
+        store admits the call under the key's and project's limits (429) and holds the
+        amount on the balance (402) in one call."""
         call.key = key
         call.account, project = await self.store.context(key)
         self.route(call, req, project, privacy, route_output)
-        amount, tokens = self.hold_terms(call, req, max_output)
+        amount, tokens = self.billing.hold_amount(call.account, call.candidates, call.prompt_estimate, req, max_output)
         call.hold = await self.store.place_hold(key, amount, tokens)
         call.rate_headers = self.store.rate_headers(call.hold)
 
@@ -458,7 +455,7 @@ class Pipeline:
         call.key = key
         call.account, project = self.store.context_now(key)
         self.route(call, req, project, privacy, route_output)
-        amount, tokens = self.hold_terms(call, req, max_output)
+        amount, tokens = self.billing.hold_amount(call.account, call.candidates, call.prompt_estimate, req, max_output)
         call.hold = self.store.hold_now(key, amount, tokens)
         call.rate_headers = self.store.rate_headers(call.hold)
 

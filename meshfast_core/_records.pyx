@@ -9,7 +9,7 @@ from libc.string cimport memcpy
 import os
 
 from .pricing import call_cost
-from .records_py import ID_COUNTER_START, RECEIPT_FIELDS, receipt_as_dict, receipt_public
+from .records_py import ID_COUNTER_START, RECEIPT_FIELDS, id_seed, receipt_as_dict, receipt_public
 
 __all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "new_id", "priced_receipt", "reseed_ids")
 
@@ -48,7 +48,7 @@ def reseed_ids(str process_hex, unsigned long long start):
 
 
 def _new_process_ids():
-    reseed_ids(os.urandom(8).hex(), ID_COUNTER_START + int.from_bytes(os.urandom(3), "big"))
+    reseed_ids(*id_seed())
 
 
 def new_id(str prefix):

@@ -18,7 +18,7 @@ from typing import Any
 from .pricing import call_cost
 from .usd import usd_bytes
 
-__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "new_id", "priced_receipt", "receipt_as_dict", "receipt_public", "reseed_ids")
+__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "id_seed", "new_id", "priced_receipt", "receipt_as_dict", "receipt_public", "reseed_ids")
 
 # the receipt's fields in order: its row, the receipts table's columns
 RECEIPT_FIELDS = (
@@ -46,10 +46,15 @@ def reseed_ids(process_hex: str, start: int) -> None:
     _process, _counter = process_hex, itertools.count(start)
 
 
+def id_seed() -> tuple[str, int]:
+    """A fresh sequence's ``reseed_ids`` arguments: a random process part and start. Each
+    twin draws one at import and in every forked child (granian forks its workers from the
+    process that imported this): two workers must never hand out the same ids."""
+    return os.urandom(8).hex(), ID_COUNTER_START + int.from_bytes(os.urandom(3), "big")
+
+
 def _new_process_ids() -> None:
-    # a forked child (granian forks its workers from the process that imported this)
-    # must not continue its parent's sequence: two workers would hand out the same ids
-    reseed_ids(os.urandom(8).hex(), ID_COUNTER_START + int.from_bytes(os.urandom(3), "big"))
+    reseed_ids(*id_seed())
 
 
 def new_id(prefix: str) -> str:

@@ -229,13 +229,13 @@ def test_concurrency_cannot_overspend(bank):
     settlement frees balance while they arrive."""
     import orjson
 
-    from meshfast.billing import estimate_prompt_tokens
     from meshfast.money import margin_of, nano_to_usd, token_cost
+    from meshfast_core.tokens import scan_chat
 
     body = {"model": "sim-1", "messages": MSG, "max_tokens": 2000}
     raw = orjson.dumps(body)
     # the hold for this exact request, by the documented formula (sim-1 $0.50 / $1.50, 5 % margin)
-    upstream = token_cost(estimate_prompt_tokens(body), 500_000_000) + token_cost(
+    upstream = token_cost(scan_chat(body)[0], 500_000_000) + token_cost(
         2000, 1_500_000_000
     )
     hold = upstream + margin_of(upstream, 50_000, 0)

@@ -23,8 +23,8 @@ import orjson
 import pytest
 import redis
 
-from meshfast.billing import estimate_prompt_tokens
 from meshfast.money import margin_of, nano_to_usd, token_cost
+from meshfast_core.tokens import scan_chat
 from tests.support import (
     REDIS_URL,
     MeshServer,
@@ -104,7 +104,7 @@ def test_200_calls_across_both_instances_never_overspend(pair):
     a, b = pair
     body = {"model": "sim-1", "messages": MSG, "max_tokens": 2000}
     raw = orjson.dumps(body)
-    upstream = token_cost(estimate_prompt_tokens(body), 500_000_000) + token_cost(2000, 1_500_000_000)
+    upstream = token_cost(scan_chat(body)[0], 500_000_000) + token_cost(2000, 1_500_000_000)
     hold = upstream + margin_of(upstream, 50_000, 0)
     key, meta = new_key(a, nano_to_usd(hold * 10 + hold // 2))
     barrier = threading.Barrier(200, timeout=30)
