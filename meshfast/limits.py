@@ -20,7 +20,6 @@ from meshfast_core.limits import (
     Admission,
     Limiter,
     LimitExceeded,
-    add_spend,
     finish,
     rate_headers,
     reset_value,
@@ -30,7 +29,6 @@ from meshfast_core.limits import admit as _admit
 __all__ = (
     "Admission",
     "LimitState",
-    "add_spend",
     "admit",
     "finish",
     "insufficient_balance",

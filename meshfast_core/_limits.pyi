@@ -2,7 +2,7 @@
 
 from typing import SupportsIndex, final
 
-__all__ = ("Admission", "Concurrency", "Limiter", "Window", "add_spend", "admit", "finish", "rate_headers", "reset_value")
+__all__ = ("Admission", "Concurrency", "Limiter", "Window", "admit", "finish", "rate_headers", "reset_value")
 
 @final
 class Window:
@@ -66,4 +66,3 @@ def admit(states: tuple[Limiter, ...], now: float, tokens: int, amount_nano: int
 def finish(adm: Admission, now: float, amount_nano: int, actual_tokens: int | None) -> None: ...
 def rate_headers(st: Limiter, now: float) -> list[tuple[bytes, bytes]]: ...
 def reset_value(seconds: float) -> bytes: ...
-def add_spend(spends: tuple[dict[str, int], ...], month: str, day: str, total: int) -> None: ...

@@ -18,7 +18,7 @@ from operator import index as _index
 
 from .exceptions import LimitExceeded
 
-__all__ = ("Admission", "Concurrency", "Limiter", "Window", "add_spend", "admit", "finish", "rate_headers", "reset_value")
+__all__ = ("Admission", "Concurrency", "Limiter", "Window", "admit", "finish", "rate_headers", "reset_value")
 
 # tat is kept in units of 1/limit ns: now_ns * limit overflows int64 for ordinary
 # limits, so state and intermediates are 128-bit. Cython sees a long long; every
@@ -318,16 +318,6 @@ cdef class Limiter:
 cdef inline object _spent(dict spend, str bucket):
     cdef PyObject* v = PyDict_GetItem(spend, bucket)
     return 0 if v is NULL else <object>v
-
-
-def add_spend(tuple spends, str month, str day, object total):
-    """Add a settled ``total`` to each spend dict under its month and its day (see
-    ``limits_py.add_spend``)."""
-    cdef dict spend
-    for s in spends:
-        spend = <dict?>s
-        spend[month] = _spent(spend, month) + total
-        spend[day] = _spent(spend, day) + total
 
 
 @cython.auto_pickle(False)

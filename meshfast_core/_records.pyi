@@ -2,13 +2,34 @@
 
 from typing import Any
 
-__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "new_id", "priced_receipt", "reseed_ids")
+__all__ = (
+    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Hold", "Receipt", "day_of", "month_of", "new_id",
+    "priced_receipt", "reseed_ids", "settle_hold", "spend_buckets", "take_hold",
+)
 
 ID_COUNTER_START: int
 RECEIPT_FIELDS: tuple[str, ...]
 
 def new_id(prefix: str) -> str: ...
+def month_of(ts: float) -> str: ...
+def day_of(ts: float) -> str: ...
+def spend_buckets(ts: float) -> tuple[str, str]: ...
 def reseed_ids(process_hex: str, start: int) -> None: ...
+
+class Account:
+    id: str
+    name: str
+    balance_nano: int
+    held_nano: int
+    margin_ppm: int | None
+    fee_nano: int | None
+    created: float
+    spend: dict[str, int]
+    def __init__(
+        self, id: str, name: str, balance_nano: int = 0, held_nano: int = 0, margin_ppm: int | None = None,
+        fee_nano: int | None = None, created: float = 0.0, spend: dict[str, int] | None = None,
+    ) -> None: ...
+    def public(self) -> dict[str, Any]: ...
 
 class Hold:
     id: str
@@ -61,3 +82,6 @@ def priced_receipt(
     started: float, first_byte: float, stream: bool, status: str, route_mode: str, attempts: str,
     margin_ppm: int, fee_nano: int,
 ) -> Receipt: ...
+
+def take_hold(account: Account, key_id: str, amount_nano: int, admission: Any) -> Hold | None: ...
+def settle_hold(account: Account, hold: Hold, receipt: Receipt) -> tuple[str, tuple[Any, ...], str, int]: ...

@@ -3,15 +3,25 @@
 twin of ``records_py.py``, which says why; fields and behaviour are the same)."""
 
 cimport cython
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem
+from cpython.exc cimport PyErr_Occurred
+from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memcpy
 
 import os
 
+from .limits import finish
 from .pricing import call_cost
-from .records_py import ID_COUNTER_START, RECEIPT_FIELDS, id_seed, receipt_as_dict, receipt_public
+from .records_py import (
+    ID_COUNTER_START, RECEIPT_FIELDS, account_public, day_of, id_seed, month_of, receipt_as_dict,
+    receipt_public, spend_buckets,
+)
 
-__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "new_id", "priced_receipt", "reseed_ids")
+__all__ = (
+    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Hold", "Receipt", "day_of", "month_of", "new_id",
+    "priced_receipt", "reseed_ids", "settle_hold", "spend_buckets", "take_hold",
+)
 
 cdef extern from "<time.h>" nogil:
     ctypedef long time_t
@@ -77,6 +87,43 @@ def new_id(str prefix):
 
 _new_process_ids()
 os.register_at_fork(after_in_child=_new_process_ids)
+
+
+@cython.auto_pickle(False)
+@cython.final
+cdef class Account:
+    cdef public object id, name, balance_nano, held_nano, margin_ppm, fee_nano, created
+    cdef public dict spend
+
+    def __init__(self, id, name, balance_nano=0, held_nano=0, margin_ppm=None, fee_nano=None, created=0.0, spend=None):
+        self.id = id
+        self.name = name
+        self.balance_nano = balance_nano
+        self.held_nano = held_nano
+        self.margin_ppm = margin_ppm
+        self.fee_nano = fee_nano
+        self.created = created
+        self.spend = {} if spend is None else spend
+
+    def public(self):
+        return account_public(self)
+
+    cdef tuple _fields(self):
+        return (self.id, self.name, self.balance_nano, self.held_nano, self.margin_ppm, self.fee_nano, self.created, self.spend)
+
+    def __repr__(self):
+        return (
+            f"Account(id={self.id!r}, name={self.name!r}, balance_nano={self.balance_nano!r}, "
+            f"held_nano={self.held_nano!r}, margin_ppm={self.margin_ppm!r}, fee_nano={self.fee_nano!r}, "
+            f"created={self.created!r}, spend={self.spend!r})"
+        )
+
+    def __eq__(self, other):
+        if type(other) is not Account:
+            return NotImplemented
+        return self._fields() == (<Account>other)._fields()
+
+    __hash__ = None
 
 
 @cython.auto_pickle(False)
@@ -225,3 +272,61 @@ def priced_receipt(
     r.capped = False
     r.attempts = attempts
     return r
+
+
+def take_hold(Account account, key_id, amount_nano, admission):
+    """Reserve ``amount_nano`` of the account's available balance (see ``records_py.take_hold``)."""
+    if amount_nano > account.balance_nano - account.held_nano:
+        return None
+    account.held_nano = account.held_nano + amount_nano
+    cdef Hold h = Hold.__new__(Hold)
+    h.id = ""
+    h.account_id = account.id
+    h.key_id = key_id
+    h.amount_nano = amount_nano
+    h.admission = admission
+    h.closed = False
+    return h
+
+
+# the UTC day of the last settlement, [start, end) in epoch seconds, and its (month, day)
+cdef double _day_start = 0.0, _day_end = -1.0
+cdef str _month = "", _day = ""
+
+
+cdef inline int _add(dict spend, str bucket, total) except -1:
+    cdef PyObject* v = PyDict_GetItemWithError(spend, bucket)
+    if v is NULL:
+        if PyErr_Occurred():
+            return -1
+        return PyDict_SetItem(spend, bucket, total)
+    return PyDict_SetItem(spend, bucket, <object>v + total)
+
+
+def settle_hold(Account account, Hold hold, Receipt receipt):
+    """Settle a call in memory; the store writer's change (see ``records_py.settle_hold``)."""
+    global _day_start, _day_end, _month, _day
+    if not hold.closed:
+        hold.closed = True
+        account.held_nano = account.held_nano - hold.amount_nano
+        if type(hold.admission) is not tuple:
+            finish(hold.admission, _clock(CLOCK_MONOTONIC), hold.amount_nano, receipt.prompt_tokens + receipt.completion_tokens)
+    available = account.balance_nano - account.held_nano
+    if receipt.total_nano > available:
+        receipt.total_nano = max(available, 0)
+        receipt.margin_nano = receipt.total_nano - receipt.upstream_cost_nano
+        receipt.capped = True
+    total = receipt.total_nano
+    account.balance_nano = account.balance_nano - total
+    cdef double created = receipt.created
+    if not (_day_start <= created < _day_end):
+        _month, _day = spend_buckets(created)
+        _day_start = created // 86400 * 86400
+        _day_end = _day_start + 86400
+    adm = hold.admission
+    key_state, project_state = adm if type(adm) is tuple else adm.states
+    _add(account.spend, _month, total)
+    for spend in (key_state.spend, project_state.spend):
+        _add(<dict?>spend, _month, total)
+        _add(<dict?>spend, _day, total)
+    return ("settle", receipt.row(), account.id, total)

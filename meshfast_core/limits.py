@@ -26,7 +26,6 @@ __all__ = (
     "Window",
     "WindowC",
     "WindowPy",
-    "add_spend",
     "admit",
     "finish",
     "rate_headers",
@@ -47,7 +46,6 @@ Window: type[_py.Window] = _impl.Window
 Concurrency: type[_py.Concurrency] = _impl.Concurrency
 Limiter: type[_py.Limiter] = _impl.Limiter
 Admission: type[_py.Admission] = _impl.Admission
-add_spend = _impl.add_spend
 admit = _impl.admit
 finish = _impl.finish
 rate_headers = _impl.rate_headers

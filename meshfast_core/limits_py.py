@@ -50,7 +50,7 @@ from operator import index as _index
 
 from .exceptions import LimitExceeded
 
-__all__ = ("Admission", "Concurrency", "Limiter", "Window", "add_spend", "admit", "finish", "rate_headers", "reset_value")
+__all__ = ("Admission", "Concurrency", "Limiter", "Window", "admit", "finish", "rate_headers", "reset_value")
 
 MAX_LIMIT = 1 << 40
 MAX_UNITS = 1 << 40
@@ -227,14 +227,6 @@ class Concurrency:
         if self._active <= 0:
             raise RuntimeError("Concurrency.release() without a matching acquire")
         self._active -= 1
-
-
-def add_spend(spends: tuple[dict[str, int], ...], month: str, day: str, total: int) -> None:
-    """Add a settled ``total`` to each spend dict (an account's, a key's, a project's: the
-    ``spend`` of :class:`Limiter`) under its month and its day."""
-    for spend in spends:
-        spend[month] = spend.get(month, 0) + total
-        spend[day] = spend.get(day, 0) + total
 
 
 def reset_value(seconds: float) -> bytes:

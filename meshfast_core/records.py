@@ -1,5 +1,6 @@
-"""The hot path's records, a call's ``Hold`` and its ``Receipt``: the compiled ``_records``
-unless ``MESHFAST_NO_EXTENSIONS`` is set.
+"""The hot path's records, an ``Account``, a call's ``Hold`` and its ``Receipt``, and the
+balance moves on them (``take_hold``, ``settle_hold``): the compiled ``_records`` unless
+``MESHFAST_NO_EXTENSIONS`` is set.
 
 ``records_py`` holds the pure-Python twins (dataclasses with the same fields, methods and
 ``RECEIPT_FIELDS`` order), ``RECORDS_C`` the compiled module (``None`` when it is not
@@ -12,13 +13,19 @@ from types import ModuleType
 
 from . import records_py
 from ._ext import compiled
-from .records_py import RECEIPT_FIELDS
+from .records_py import RECEIPT_FIELDS, day_of, month_of, spend_buckets
 
-__all__ = ("COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Hold", "Receipt", "new_id", "priced_receipt")
+__all__ = (
+    "COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Account", "Hold", "Receipt", "day_of", "month_of", "new_id",
+    "priced_receipt", "settle_hold", "spend_buckets", "take_hold",
+)  # fmt: skip
 
 RECORDS_C: ModuleType | None = compiled("_records")
 COMPILED = RECORDS_C is not None
+Account = records_py.Account if RECORDS_C is None else RECORDS_C.Account
 Hold = records_py.Hold if RECORDS_C is None else RECORDS_C.Hold
 Receipt = records_py.Receipt if RECORDS_C is None else RECORDS_C.Receipt
 new_id = records_py.new_id if RECORDS_C is None else RECORDS_C.new_id
 priced_receipt = records_py.priced_receipt if RECORDS_C is None else RECORDS_C.priced_receipt
+take_hold = records_py.take_hold if RECORDS_C is None else RECORDS_C.take_hold
+settle_hold = records_py.settle_hold if RECORDS_C is None else RECORDS_C.settle_hold

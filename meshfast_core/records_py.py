@@ -12,13 +12,18 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from .limits import finish
 from .pricing import call_cost
 from .usd import usd_bytes
 
-__all__ = ("ID_COUNTER_START", "RECEIPT_FIELDS", "Hold", "Receipt", "id_seed", "new_id", "priced_receipt", "receipt_as_dict", "receipt_public", "reseed_ids")
+__all__ = (
+    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Hold", "Receipt", "account_public", "day_of", "id_seed",
+    "month_of", "new_id", "priced_receipt", "receipt_as_dict", "receipt_public", "reseed_ids", "settle_hold",
+    "spend_buckets", "take_hold",
+)  # fmt: skip
 
 # the receipt's fields in order: its row, the receipts table's columns
 RECEIPT_FIELDS = (
@@ -68,6 +73,48 @@ os.register_at_fork(after_in_child=_new_process_ids)
 
 def _usd(nano: int) -> str:
     return usd_bytes(nano).decode()
+
+
+# -- spend buckets -------------------------------------------------------------------
+def month_of(ts: float) -> str:
+    return time.strftime("%Y-%m", time.gmtime(ts))
+
+
+def day_of(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+# (start, end) of the UTC day last asked for, in epoch seconds, and its buckets
+_bucket_cache: tuple[float, float, tuple[str, str]] = (0.0, -1.0, ("", ""))
+
+
+def spend_buckets(ts: float) -> tuple[str, str]:
+    """("YYYY-MM", "YYYY-MM-DD") in UTC for ``ts``; cached per day (called on every settle)."""
+    global _bucket_cache
+    start, end, buckets = _bucket_cache
+    if start <= ts < end:
+        return buckets
+    day_start = ts // 86400 * 86400
+    _bucket_cache = (day_start, day_start + 86400, (month_of(ts), day_of(ts)))
+    return _bucket_cache[2]
+
+
+@dataclass(slots=True)
+class Account:
+    """An account: its balance, what open holds reserve of it, its own margin and fee
+    (``None``: the configured default), and its spend by month and day."""
+
+    id: str
+    name: str
+    balance_nano: int = 0
+    held_nano: int = 0
+    margin_ppm: int | None = None  # None: the configured default
+    fee_nano: int | None = None
+    created: float = 0.0
+    spend: dict[str, int] = field(default_factory=dict)  # "YYYY-MM" -> nano-USD
+
+    def public(self) -> dict[str, Any]:
+        return account_public(self)
 
 
 @dataclass(slots=True)
@@ -161,7 +208,66 @@ def priced_receipt(
     )  # fmt: skip
 
 
-# shared by both twins' methods: neither is on the hot path
+def take_hold(account: Account, key_id: str, amount_nano: int, admission: Any) -> Hold | None:
+    """Reserve ``amount_nano`` of the account's available balance (balance less open
+    holds) for one call: its open :class:`Hold`, or ``None`` when the balance does not cover
+    it (nothing is reserved then). ``admission``: what the call took of its limits."""
+    if amount_nano > account.balance_nano - account.held_nano:
+        return None
+    account.held_nano += amount_nano
+    return Hold("", account.id, key_id, amount_nano, admission)
+
+
+def settle_hold(account: Account, hold: Hold, receipt: Receipt) -> tuple:
+    """Settle a call in memory: close its hold (once; the limits it took get the call's
+    tokens back through ``limits.finish``), debit the receipt's total from the balance
+    (capped at what the balance can cover: the receipt then says ``capped``) and count it
+    in the spend of the account (by month: nothing reads an account's day) and of the key
+    and the project (by month and day; ``hold.admission``: their limit states on the plain
+    path, else an ``Admission``). Returns the store writer's change,
+    ``("settle", receipt.row(), account id, total)``."""
+    if not hold.closed:
+        hold.closed = True
+        account.held_nano -= hold.amount_nano
+        if type(hold.admission) is not tuple:
+            finish(hold.admission, time.monotonic(), hold.amount_nano, receipt.prompt_tokens + receipt.completion_tokens)
+    # The hold is the worst case; should usage exceed it, never take the balance below zero.
+    available = account.balance_nano - account.held_nano
+    if receipt.total_nano > available:
+        receipt.total_nano = max(available, 0)
+        receipt.margin_nano = receipt.total_nano - receipt.upstream_cost_nano
+        receipt.capped = True
+    total = receipt.total_nano
+    account.balance_nano -= total
+    month, day = spend_buckets(receipt.created)
+    adm = hold.admission
+    key_state, project_state = adm if type(adm) is tuple else adm.states
+    account.spend[month] = account.spend.get(month, 0) + total
+    for spend in (key_state.spend, project_state.spend):
+        spend[month] = spend.get(month, 0) + total
+        spend[day] = spend.get(day, 0) + total
+    return ("settle", receipt.row(), account.id, total)
+
+
+# shared by both twins' methods: none is on the hot path
+def account_public(a: Any) -> dict[str, Any]:
+    """An account as the API shows it: amounts as USD decimal strings."""
+    month = month_of(time.time())
+    return {
+        "id": a.id,
+        "object": "account",
+        "name": a.name,
+        "balance_usd": _usd(a.balance_nano),
+        "held_usd": _usd(a.held_nano),
+        "available_usd": _usd(a.balance_nano - a.held_nano),
+        "month": month,
+        "month_spend_usd": _usd(a.spend.get(month, 0)),
+        "margin_pct": None if a.margin_ppm is None else _usd(a.margin_ppm * 100_000),
+        "fee_usd": None if a.fee_nano is None else _usd(a.fee_nano),
+        "created": int(a.created),
+    }
+
+
 def receipt_as_dict(r: Any) -> dict[str, Any]:
     """Every field of a receipt by name (``stream`` and ``capped`` as booleans): what a
     shared store keeps."""

@@ -492,16 +492,3 @@ def test_admission_differential_py_c(key_limits: tuple, project_limits: tuple, s
 @given(seconds=st.one_of(st.floats(-1.0, 2.0), st.floats(0.0, 1e7), st.sampled_from([0.999, 0.9995, 1.0, 59.95, 60.0])))
 def test_reset_value_differential_py_c(seconds: float) -> None:
     assert limits_py.reset_value(seconds) == LIMIT_C.reset_value(seconds)
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_add_spend_counts_month_and_day_per_owner(impl: Any) -> None:
-    """A settled total goes to every owner's month and day, from nothing or on top."""
-    account = {"2026-11": 5, "2026-10": 7}
-    key: dict[str, int] = {}
-    project = {"2026-11-26": 1}
-    impl.add_spend((account, key, project), "2026-11", "2026-11-26", 10**12)
-    impl.add_spend((account, key, project), "2026-11", "2026-11-26", 3)
-    assert account == {"2026-11": 10**12 + 8, "2026-10": 7, "2026-11-26": 10**12 + 3}
-    assert key == {"2026-11": 10**12 + 3, "2026-11-26": 10**12 + 3}
-    assert project == {"2026-11-26": 10**12 + 4, "2026-11": 10**12 + 3}

@@ -114,3 +114,87 @@ def test_priced_receipt(mod) -> None:
     assert abs(r.ttft_ms - 250.0) < 1e-6 and r.latency_ms >= 0 and abs(r.created - time.time()) < 5
     o = mod.priced_receipt("rcpt_8", own, key, endpoint, "chat", "m", (100, 10, 40), 0, 0, t0, 0.0, False, "ok", "model", "", 50_000, 3)
     assert (o.tokens_source, o.cached_tokens, o.upstream_cost_nano, o.margin_nano, o.ttft_ms) == ("upstream", 40, 55_000, 7, None)
+
+
+class _State:
+    """What settle_hold reads of a key's or project's limit state: its spend by bucket."""
+
+    def __init__(self) -> None:
+        self.spend: dict[str, int] = {}
+
+
+class _Admission:
+    def __init__(self, states: tuple) -> None:
+        self.states = states
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_account_record(mod) -> None:
+    a = mod.Account("acct_1", "team", 5_000_000_000, margin_ppm=150_000)
+    assert (a.balance_nano, a.held_nano, a.fee_nano, a.created, a.spend) == (5_000_000_000, 0, None, 0.0, {})
+    assert a == mod.Account("acct_1", "team", 5_000_000_000, 0, 150_000) and a != mod.Account("acct_1", "team")
+    month = records.month_of(time.time())
+    a.held_nano, a.spend[month] = 1_000_000_000, 250_000_000
+    pub = a.public()
+    assert (pub["balance_usd"], pub["held_usd"], pub["available_usd"]) == ("5", "1", "4")
+    assert (pub["month"], pub["month_spend_usd"], pub["margin_pct"], pub["fee_usd"]) == (month, "0.25", "15", None)
+    assert "Account(id='acct_1'" in repr(a)
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_take_hold_reserves_only_what_is_available(mod) -> None:
+    a = mod.Account("acct_1", "team", 1_000)
+    states = (_State(), _State())
+    h = mod.take_hold(a, "key_1", 600, states)
+    assert (h.id, h.account_id, h.key_id, h.amount_nano, h.admission, h.closed) == ("", "acct_1", "key_1", 600, states, False)
+    assert a.held_nano == 600
+    assert mod.take_hold(a, "key_1", 401, states) is None and a.held_nano == 600  # 400 left
+    assert mod.take_hold(a, "key_1", 400, states) is not None and a.held_nano == 1_000
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_settle_hold_debits_releases_and_counts_spend(mod) -> None:
+    a = mod.Account("acct_1", "team", 1_000_000)
+    key_state, project_state = _State(), _State()
+    h = mod.take_hold(a, "key_1", 500_000, (key_state, project_state))
+    r = mod.Receipt(*VALUES)  # total 87,975
+    change = mod.settle_hold(a, h, r)
+    assert change == ("settle", r.row(), "acct_1", 87_975)
+    assert h.closed and (a.balance_nano, a.held_nano) == (1_000_000 - 87_975, 0)
+    month, day = records.spend_buckets(r.created)
+    assert a.spend == {month: 87_975}  # an account's spend is by month only
+    assert key_state.spend == project_state.spend == {month: 87_975, day: 87_975}
+    # a second settlement of the same hold debits again but releases nothing twice
+    mod.settle_hold(a, h, mod.Receipt(*VALUES))
+    assert (a.balance_nano, a.held_nano) == (1_000_000 - 2 * 87_975, 0)
+    assert key_state.spend[day] == a.spend[month] == 2 * 87_975
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_settle_hold_caps_at_the_balance(mod) -> None:
+    a = mod.Account("acct_1", "team", 50_000)
+    states = (_State(), _State())
+    h = mod.take_hold(a, "key_1", 50_000, states)
+    r = mod.Receipt(*VALUES)  # upstream 76,500 + margin 11,475: more than the balance
+    assert mod.settle_hold(a, h, r)[3] == 50_000
+    assert (r.total_nano, r.margin_nano, r.capped) == (50_000, 50_000 - 76_500, True)
+    assert (a.balance_nano, a.held_nano) == (0, 0)
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_settle_hold_finishes_an_admission(mod) -> None:
+    from meshfast_core import limits
+
+    a = mod.Account("acct_1", "team", 10**9)
+    key_state = limits.Limiter()
+    key_state.configure(None, None, None, None, 10**9, 60.0)  # a monthly ceiling: admission counts holds
+    project_state = limits.Limiter()
+    month, day = records.spend_buckets(time.time())
+    admission = limits.admit((key_state, project_state), time.monotonic(), 150, 400_000, month, day)
+    assert key_state.held_nano == 400_000
+    h = mod.take_hold(a, "key_1", 400_000, admission)
+    r = mod.Receipt(*VALUES)
+    r.created = time.time()
+    mod.settle_hold(a, h, r)
+    assert key_state.held_nano == 0 and key_state.spend == {month: 87_975, day: 87_975}
+    assert project_state.spend == {month: 87_975, day: 87_975}

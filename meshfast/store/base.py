@@ -22,7 +22,16 @@ import orjson
 from meshfast import errors
 from meshfast.money import nano_to_usd
 from meshfast_core.keys import KEY_PREFIX, key_digest  # what a store keeps of a key
-from meshfast_core.records import RECEIPT_FIELDS, Hold, Receipt, new_id  # noqa: F401  (compiled records, re-exported)
+from meshfast_core.records import (  # noqa: F401  (compiled records, re-exported)
+    RECEIPT_FIELDS,
+    Account,
+    Hold,
+    Receipt,
+    day_of,
+    month_of,
+    new_id,
+    spend_buckets,
+)
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KEY_BODY_LEN = 40
@@ -39,57 +48,6 @@ def check_topup(amount_nano: int, chain: str, tx_id: str) -> None:
         raise errors.InvalidRequest("A transaction id is required.", param="tx_id")
     if amount_nano <= 0:
         raise errors.InvalidRequest("The amount must be greater than zero.", param="amount_usd")
-
-
-def month_of(ts: float) -> str:
-    return time.strftime("%Y-%m", time.gmtime(ts))
-
-
-def day_of(ts: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
-
-
-# (start, end) of the UTC day last asked for, in epoch seconds, and its buckets
-_bucket_cache: tuple[float, float, tuple[str, str]] = (0.0, -1.0, ("", ""))
-
-
-def spend_buckets(ts: float) -> tuple[str, str]:
-    """("YYYY-MM", "YYYY-MM-DD") in UTC for ``ts``; cached per day (called on every settle)."""
-    global _bucket_cache
-    start, end, buckets = _bucket_cache
-    if start <= ts < end:
-        return buckets
-    day_start = ts // 86400 * 86400
-    _bucket_cache = (day_start, day_start + 86400, (month_of(ts), day_of(ts)))
-    return _bucket_cache[2]
-
-
-@dataclass(slots=True)
-class Account:
-    id: str
-    name: str
-    balance_nano: int = 0
-    held_nano: int = 0
-    margin_ppm: int | None = None  # None: the configured default
-    fee_nano: int | None = None
-    created: float = 0.0
-    spend: dict[str, int] = field(default_factory=dict)  # "YYYY-MM" and "YYYY-MM-DD" -> nano-USD
-
-    def public(self) -> dict[str, Any]:
-        month = month_of(time.time())
-        return {
-            "id": self.id,
-            "object": "account",
-            "name": self.name,
-            "balance_usd": nano_to_usd(self.balance_nano),
-            "held_usd": nano_to_usd(self.held_nano),
-            "available_usd": nano_to_usd(self.balance_nano - self.held_nano),
-            "month": month,
-            "month_spend_usd": nano_to_usd(self.spend.get(month, 0)),
-            "margin_pct": None if self.margin_ppm is None else nano_to_usd(self.margin_ppm * 100_000),
-            "fee_usd": None if self.fee_nano is None else nano_to_usd(self.fee_nano),
-            "created": int(self.created),
-        }
 
 
 @dataclass(slots=True)

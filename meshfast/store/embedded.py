@@ -28,7 +28,7 @@ from collections import deque
 from typing import Any
 
 from meshfast import errors
-from meshfast.limits import LimitState, add_spend, admit, finish, insufficient_balance, rate_headers
+from meshfast.limits import LimitState, admit, finish, insufficient_balance, rate_headers
 from meshfast.money import nano_to_usd, usd_bytes
 from meshfast.store.base import (
     RECEIPT_FIELDS,
@@ -51,6 +51,7 @@ from meshfast.store.base import (
     spend_buckets,
     usable_key,
 )
+from meshfast_core.records import settle_hold, take_hold
 
 log = logging.getLogger("meshfast.store")
 
@@ -287,16 +288,21 @@ class EmbeddedStore(Store):
         now = time.time()
         month, day = month_of(now), day_of(now)
         start_of_month = calendar.timegm(time.strptime(month + "-01", "%Y-%m-%d"))
-        # this month's and today's spend per account, project and key
-        # (the writer keeps a per-day summary, so start-up does not scan the receipts)
+        # this month's spend per account, project and key, and today's per project and key
+        # (what settle_hold keeps; the writer keeps a per-day summary, so start-up does not
+        # scan the receipts)
         for owner_id, day_index, total in conn.execute(
             "SELECT owner, day, total_nano FROM spend WHERE day >= ?", (int(start_of_month // 86400),)
         ):
-            owner = self._accounts.get(owner_id) or self._states.get(owner_id)
+            owner = self._accounts.get(owner_id)
+            buckets = (month,)
             if owner is None:
-                continue
+                owner = self._states.get(owner_id)
+                buckets = (month, day)
+                if owner is None:
+                    continue
             for bucket in spend_buckets(day_index * 86400 + 1):
-                if bucket in (month, day):
+                if bucket in buckets:
                     owner.spend[bucket] = owner.spend.get(bucket, 0) + total
 
     def _reader(self) -> sqlite3.Connection:
@@ -339,20 +345,21 @@ class EmbeddedStore(Store):
         if self._writer.failed is not None:
             raise errors.StoreUnavailable("The gateway cannot save receipts right now; no call is taken until it can.")
         account = self._accounts[key.account_id]
-        states = (self._states[key.id], self._states[key.project_id])
-        available = account.balance_nano - account.held_nano
-        if amount_nano > available:
-            raise insufficient_balance(amount_nano, account.balance_nano, account.held_nano)
-        if states[0].plain and states[1].plain:
+        key_state, project_state = self._states[key.id], self._states[key.project_id]
+        if key_state.plain and project_state.plain:
             # plain path: no limit to check, take or give back; the hold keeps the states
             # (its settlement still counts their spend, for limits set later)
-            admission: Any = states
+            hold = take_hold(account, key.id, amount_nano, (key_state, project_state))
+        elif amount_nano > account.balance_nano - account.held_nano:
+            hold = None  # refused before any limit is taken
         else:
             month, day = spend_buckets(time.time())
-            admission = admit(states, time.monotonic(), tokens, amount_nano, month, day)
-        account.held_nano += amount_nano
+            admission = admit((key_state, project_state), time.monotonic(), tokens, amount_nano, month, day)
+            hold = take_hold(account, key.id, amount_nano, admission)
+        if hold is None:
+            raise insufficient_balance(amount_nano, account.balance_nano, account.held_nano)
         # an embedded hold never leaves this process: it is known by its object, not an id
-        return Hold("", account.id, key.id, amount_nano, admission)
+        return hold
 
     def rate_headers(self, hold: Hold) -> list[tuple[bytes, bytes]]:
         if type(hold.admission) is tuple:
@@ -375,24 +382,8 @@ class EmbeddedStore(Store):
                 finish(hold.admission, time.monotonic(), hold.amount_nano, used_tokens)
 
     def settle_now(self, hold: Hold, receipt: Receipt) -> None:
-        account = self._accounts[hold.account_id]
-        if not hold.closed:  # _close_hold, inline: every call settles
-            hold.closed = True
-            account.held_nano -= hold.amount_nano
-            if type(hold.admission) is not tuple:
-                finish(hold.admission, time.monotonic(), hold.amount_nano, receipt.prompt_tokens + receipt.completion_tokens)
-        # The hold is the worst case; should usage exceed it, never take the balance below zero.
-        if receipt.total_nano > account.balance_nano - account.held_nano:
-            receipt.total_nano = max(account.balance_nano - account.held_nano, 0)
-            receipt.margin_nano = receipt.total_nano - receipt.upstream_cost_nano
-            receipt.capped = True
-        total = receipt.total_nano
-        account.balance_nano -= total
-        month, day = spend_buckets(receipt.created)
-        adm = hold.admission
-        key_state, project_state = adm if type(adm) is tuple else adm.states
-        add_spend((account.spend, key_state.spend, project_state.spend), month, day, total)
-        self._writer.put(("settle", receipt.row(), account.id, total))
+        # balance, hold and spend in memory by one compiled call, then the writer's queue
+        self._writer.put(settle_hold(self._accounts[hold.account_id], hold, receipt))
 
     # -- control plane ------------------------------------------------------------
     async def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:
