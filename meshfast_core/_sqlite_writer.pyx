@@ -44,6 +44,7 @@ cdef extern from "sqlite3.h":
         SQLITE_NOTADB
         SQLITE_OPEN_READWRITE
         SQLITE_OPEN_CREATE
+        SQLITE_OPEN_NOMUTEX
         SQLITE_PREPARE_PERSISTENT
     int sqlite3_open_v2(const char* filename, sqlite3_db** db, int flags, const char* vfs)
     int sqlite3_close_v2(sqlite3_db* db)
@@ -304,7 +305,7 @@ cdef class Writer:
         self.rows_per_insert = rows_per_insert
         self.cache = {}
         cdef bytes bpath = path.encode()
-        cdef int rc = sqlite3_open_v2(bpath, &self.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL)
+        cdef int rc = sqlite3_open_v2(bpath, &self.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL)
         if rc != SQLITE_OK:
             self._fail(rc)
         sqlite3_busy_timeout(self.db, 5000)  # the sqlite3 module's default
