@@ -314,8 +314,6 @@ cdef class Writer:
         self.begin = self._prepare(b"BEGIN")
         self.commit = self._prepare(b"COMMIT")
         self.rollback = self._prepare(b"ROLLBACK")
-        self.debit = self._prepare(DEBIT_SQL.encode())
-        self.spend = self._prepare(SPEND_SQL.encode())
 
     def __dealloc__(self):
         self._finalize()
@@ -661,6 +659,9 @@ cdef class Writer:
                         self._fail(rc)
             self._run(st)
             i += rows
+        if self.debit == NULL:  # prepared when first needed, as the tables may come later
+            self.debit = self._prepare(DEBIT_SQL.encode())
+            self.spend = self._prepare(SPEND_SQL.encode())
         _sums_reset(&self.debits, hi - lo)
         _sums_reset(&self.spends, 3 * (hi - lo))
         for i in range(lo, hi):
@@ -748,8 +749,11 @@ cdef class Writer:
                 try:
                     self._apply(i, i + 1)
                 except sqlite3.IntegrityError as exc:
-                    head = &self.vals[self.changes[i].head]
-                    what = head.p[: head.n].decode("utf-8", "replace")
+                    if self.changes[i].settle:
+                        what = "settle"
+                    else:
+                        head = &self.vals[self.changes[i].head]
+                        what = head.p[: head.n].decode("utf-8", "replace")
                     print(f"meshfast store writer: change refused ({exc}): {what[:200]}", file=sys.stderr)
         return True
 
