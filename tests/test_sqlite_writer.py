@@ -70,6 +70,7 @@ def test_compiled_statements_are_the_twins() -> None:
 
 def _store(path) -> str:
     conn = sqlite3.connect(path)
+    conn.execute("PRAGMA synchronous=OFF")
     conn.executescript(SCHEMA)
     conn.close()
     return str(path)
@@ -157,7 +158,7 @@ def _frames(draw) -> list[list]:
     n = 0
     for _ in range(draw(st.integers(1, 3))):
         frame: list = []
-        for _ in range(draw(st.integers(0, 80))):
+        for _ in range(draw(st.integers(0, 70))):
             n += 1
             if draw(st.integers(0, 9)) == 0:
                 frame.append(("UPDATE accounts SET name = ?, fee_nano = ? WHERE id = ?", (draw(_TEXT), draw(_VALUE), "acct_1")))
@@ -171,7 +172,7 @@ def _frames(draw) -> list[list]:
 
 
 @NOT_COMPILED
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(frames=_frames())
 def test_twins_agree_on_any_frames(tmp_path_factory, frames) -> None:
     d = tmp_path_factory.mktemp("w")
