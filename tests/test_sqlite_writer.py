@@ -93,7 +93,7 @@ def row(n: int, *, account: str = "acct_1", project: str = "proj_1", key: str = 
     values = dict(zip(RECEIPT_FIELDS, (
         f"rcpt_{n:013d}", created, account, project, key, "chat", "auto", "cheapest", "sim", "sim-1",
         "protected", 30, 120, 10, "upstream", 76_500, total - 76_500, total, 0.61, 0.5, 1, "ok", 0, "sim/sim-1",
-    )))  # fmt: skip
+    ), strict=True))  # fmt: skip
     values.update(changes)
     return tuple(values[f] for f in RECEIPT_FIELDS)
 
