@@ -373,14 +373,23 @@ cdef class Writer:
 
     cdef sqlite3_stmt* _prepare(self, bytes sql) except NULL:
         cdef sqlite3_stmt* st = NULL
+        self._prepare_into(sql, &st)
+        if st == NULL:
+            raise sqlite3.ProgrammingError("an empty statement")
+        return st
+
+    cdef int _prepare_into(self, bytes sql, sqlite3_stmt** out) except -1:
+        # out: NULL for a statement of only whitespace and comments (sqlite3 runs nothing)
+        cdef sqlite3_stmt* st = NULL
         cdef const char* tail = NULL
         cdef int rc = sqlite3_prepare_v3(self.db, sql, len(sql) + 1, SQLITE_PREPARE_PERSISTENT, &st, &tail)
         if rc != SQLITE_OK:
             self._fail(rc)
-        if st == NULL or not _only_space(tail):
+        if not _only_space(tail):
             sqlite3_finalize(st)
             raise sqlite3.ProgrammingError("You can only execute one statement at a time.")
-        return st
+        out[0] = st
+        return 0
 
     cdef int _run(self, sqlite3_stmt* st) except -1:
         cdef int rc = sqlite3_step(st)
@@ -624,20 +633,21 @@ cdef class Writer:
             self.inserts[rows - 1] = self._prepare(receipt_insert(rows).encode())
         return self.inserts[rows - 1]
 
-    cdef sqlite3_stmt* _statement(self, const Val* sql) except NULL:
+    cdef int _statement(self, const Val* sql, sqlite3_stmt** out) except -1:
         key = PyBytes_FromStringAndSize(sql.p, sql.n)
         k = self.cache.get(key)
         if k is not None:
-            return self.cached[<Py_ssize_t>k]
+            out[0] = self.cached[<Py_ssize_t>k]
+            return 0
         if len(self.cache) == MAX_CACHED:
             self._drop_cache()
         if memchr(sql.p, 0, sql.n) != NULL:
             raise sqlite3.ProgrammingError("the query string must not contain null characters")
-        cdef sqlite3_stmt* st = self._prepare(key)
+        self._prepare_into(key, out)
         k = len(self.cache)
-        self.cached[<Py_ssize_t>k] = st
+        self.cached[<Py_ssize_t>k] = out[0]
         self.cache[key] = k
-        return st
+        return 0
 
     cdef int _settles(self, Py_ssize_t lo, Py_ssize_t hi) except -1:
         # changes lo..hi are settles: their rows, then the debits, then the spend summary
@@ -693,13 +703,16 @@ cdef class Writer:
         return 0
 
     cdef int _sql(self, const Change* ch) except -1:
-        cdef sqlite3_stmt* st = self._statement(&self.vals[ch.head])
-        cdef int wanted = sqlite3_bind_parameter_count(st)
+        cdef sqlite3_stmt* st = NULL
+        self._statement(&self.vals[ch.head], &st)
+        cdef int wanted = sqlite3_bind_parameter_count(st) if st != NULL else 0
         cdef Py_ssize_t j
         if wanted != ch.count:
             raise sqlite3.ProgrammingError(
                 f"Incorrect number of bindings supplied. The current statement uses {wanted}, and there are {ch.count} supplied."
             )
+        if st == NULL:
+            return 0
         cdef int rc
         for j in range(ch.count):
             rc = _bind(st, <int>(j + 1), &self.vals[ch.arg + j])

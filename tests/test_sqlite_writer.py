@@ -126,6 +126,8 @@ def mixed_frames() -> list[list]:
         ("UPDATE accounts SET name = ?, fee_nano = ?, margin_ppm = ? WHERE id = ?", ("", True, False, "acct_2")),
         ("UPDATE accounts SET margin_ppm = ? WHERE id = ?", (b"\x00raw", "acct_1")),
         ("DELETE FROM topups WHERE id = 'nothing'", ()),
+        ("  -- nothing to run\n", ()),
+        ("UPDATE accounts SET fee_nano = 7; -- one statement", ()),
     ])  # fmt: skip
     frames.append([settle(row(n, created=1764180000.25 + DAY)) for n in range(2000, 2064)])  # exactly one INSERT
     return frames
@@ -252,7 +254,8 @@ def test_a_failed_frame_writes_nothing(tmp_path, twin) -> None:
     path = _store(tmp_path / "w.db")
     w = twin(path, "FULL")
     w.commit_frame(marshal.dumps(accounts("acct_1")))
-    for bad in ("INSERT INTO nowhere VALUES (?)", "UPDATE accounts SET name = ? WHERE id = ?"):  # no table; 2 parameters, 1 given
+    # no table; 2 parameters, 1 given; two statements; nothing to run, 1 given
+    for bad in ("INSERT INTO nowhere VALUES (?)", "UPDATE accounts SET name = ? WHERE id = ?", "SELECT ?; SELECT 2", "-- ?"):
         with pytest.raises((sqlite3.OperationalError, sqlite3.ProgrammingError)):
             w.commit_frame(marshal.dumps([settle(row(1)), (bad, ("x",)), settle(row(2))]))
     w.commit_frame(marshal.dumps([settle(row(3))]))
