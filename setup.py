@@ -14,6 +14,10 @@ Each compiled module has a pure-Python twin of the same behaviour:
 * ``meshfast_core/_keys.pyx``     twin ``keys_py.py``    selector ``keys.py``
   (links OpenSSL's libcrypto; built only when its headers, Debian's libssl-dev, are
   installed, else the twin serves)
+* ``meshfast_core/_sqlite_writer.pyx``  twin: ``apply``/``commit`` in
+  ``meshfast/store/sqlite_writer.py``, which picks it (the embedded store's writer
+  process; links SQLite's libsqlite3, built only when its header, Debian's
+  libsqlite3-dev, is installed, else the twin serves)
 
 ``MESHFAST_DEBUG_BUILD=1`` builds with line tracing and writes annotated HTML.
 """
@@ -40,6 +44,7 @@ MODULES = {
     "meshfast_core._pricing": "meshfast_core/_pricing.pyx",
     "meshfast_core._records": "meshfast_core/_records.pyx",
     "meshfast_core._keys": "meshfast_core/_keys.pyx",
+    "meshfast_core._sqlite_writer": "meshfast_core/_sqlite_writer.pyx",
 }
 
 
@@ -54,6 +59,14 @@ if not _has_header("openssl/sha.h"):
     print(
         "meshfast: OpenSSL's headers (openssl/sha.h; Debian: apt-get install libssl-dev) were not found,"
         " so meshfast_core._keys is not built; key digests use its Python twin",
+        file=sys.stderr,
+    )
+
+if not _has_header("sqlite3.h"):
+    MODULES.pop("meshfast_core._sqlite_writer")
+    print(
+        "meshfast: SQLite's header (sqlite3.h; Debian: apt-get install libsqlite3-dev) was not found,"
+        " so meshfast_core._sqlite_writer is not built; the store's writer process uses its Python twin",
         file=sys.stderr,
     )
 

@@ -8,7 +8,8 @@ its CPU per receipt counts against the money core as much as the worker's own. T
 its code alone, in a child process under callgrind: frames of W1 receipts (``Receipt.row()``
 of a receipt from ``priced_receipt``, each with its own id) are made and marshalled as the
 server sends them, then decoded and committed one transaction per frame, as the writer
-does, into a fresh store in WAL mode with ``synchronous=FULL``. The child runs twice, once
+does, into a fresh store in WAL mode with ``synchronous=FULL``. Each writer (the compiled
+``meshfast_core._sqlite_writer`` when it is built, and the Python twin) runs twice, once
 committing no frame and once all of them (both make the same frames first); the
 difference divided by the receipts is the figure printed. The kernel's share (write and
 fsync) is not counted: callgrind counts user-space instructions only.
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _child(commit_frames: int, store_dir: Path, frames: int, per_frame: int) -> None:
+def _child(kind: str, commit_frames: int, store_dir: Path, frames: int, per_frame: int) -> None:
     import marshal
     import sqlite3
 
@@ -73,38 +74,54 @@ def _child(commit_frames: int, store_dir: Path, frames: int, per_frame: int) -> 
             )  # fmt: skip
             work.append(("settle", r.row(), account.id, r.total_nano))
         made.append(marshal.dumps(work))
-    conn = sqlite3.connect(store_dir / "writer.db", isolation_level=None)
+    path = str(store_dir / "writer.db")
+    conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
     conn.executescript(SCHEMA)
     conn.execute("INSERT INTO accounts VALUES (?,?,?,?,?,?)", (account.id, "bench", 10**15, None, None, 0.0))
-    for payload in made[:commit_frames]:
-        sqlite_writer.commit(conn, marshal.loads(payload))
     conn.close()
+    if kind == "c":
+        assert sqlite_writer.WRITER_C is not None, "meshfast_core._sqlite_writer is not built"
+        core = sqlite_writer.WRITER_C.Writer(path, "FULL")
+        for payload in made[:commit_frames]:
+            assert core.commit_frame(payload), "the compiled writer did not read a frame"
+        core.close()
+    else:
+        writer = sqlite_writer.Writer(path, "FULL")
+        for payload in made[:commit_frames]:
+            writer.commit_frame(payload)
+        writer.close()
 
 
 def _run(args: argparse.Namespace, stack: Stack) -> int:
+    from meshfast.store import sqlite_writer
+
     valgrind = valgrind_path()
     store = stack.tmp / "writer"
     store.mkdir()
     extra = (str(args.frames), str(args.per_frame))
-    log(f"2 runs under callgrind ({args.frames} frames of {args.per_frame} receipts)...")
+    kinds = {"c": "compiled (meshfast_core._sqlite_writer)", "py": "Python twin (sqlite3 module)"}
+    if sqlite_writer.WRITER_C is None:
+        log("meshfast_core._sqlite_writer is not built (or MESHFAST_NO_EXTENSIONS is set): the Python twin only")
+        del kinds["c"]
+    runs = [(kind, n) for kind in kinds for n in (0, args.frames)]
+    log(f"{len(runs)} runs under callgrind, 2 at a time ({args.frames} frames of {args.per_frame} receipts)...")
     with ThreadPoolExecutor(2) as pool:
-        none, every = (
-            pool.submit(callgrind_count, valgrind, stack, store, "benchmarks.writer", "commit", n, *extra) for n in (0, args.frames)
-        )
-        base, full = none.result(), every.result()
+        futures = {run: pool.submit(callgrind_count, valgrind, stack, store, "benchmarks.writer", *run, *extra) for run in runs}
+        counts = {run: fut.result() for run, fut in futures.items()}
     receipts = args.frames * args.per_frame
     print(f"\nSQLite writer, in process: instructions per receipt (callgrind), {receipts:,} receipts in {args.frames} commits")
-    print(f"decode the frame, INSERT the receipt, debit and spend, commit: {(full - base) / receipts:,.0f}")
+    print("decode the frame, INSERT the receipt, debit and spend, commit:")
+    for kind, label in kinds.items():
+        print(f"  {label:42s} {(counts[(kind, args.frames)] - counts[(kind, 0)]) / receipts:>8,.0f}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        _, _what, commit_frames, store, frames, per_frame = argv
-        _child(int(commit_frames), Path(store), int(frames), int(per_frame))
+        _, kind, commit_frames, store, frames, per_frame = argv
+        _child(kind, int(commit_frames), Path(store), int(frames), int(per_frame))
         return 0
     return load.run_bench(lambda stack: _run(parse_args(argv), stack))
 

@@ -13,6 +13,13 @@ quarter of what orjson.loads does, and marshal.loads builds plain data only, run
 nothing (the pipe is private to the server and this, its child). Answer on stdout per
 frame: ``k`` committed, ``f`` failed (the error is on stderr). At end of input it exits:
 a server killed with SIGKILL still gets everything it had sent committed.
+
+Two twins apply the frames: the compiled ``meshfast_core._sqlite_writer.Writer`` (its own
+connection through SQLite's C API; it reads the marshal bytes itself and binds the values
+without copies) and ``Writer`` below (``apply``/``commit`` over the sqlite3 module).
+``open_writer`` picks the compiled one unless ``MESHFAST_NO_EXTENSIONS`` is set or it was
+not built (it needs SQLite's header); a frame the compiled reader does not take (see its
+module) goes to the Python twin, on a second connection opened when first needed.
 """
 
 from __future__ import annotations
@@ -22,8 +29,11 @@ import sqlite3
 import struct
 import sys
 from itertools import chain
+from types import ModuleType
+from typing import Protocol
 
 from meshfast.store.base import RECEIPT_FIELDS
+from meshfast_core._ext import compiled
 
 ROWS_PER_INSERT = 64
 DEBIT_SQL = "UPDATE accounts SET balance_nano = balance_nano - ? WHERE id = ?"
@@ -99,11 +109,65 @@ def commit(conn: sqlite3.Connection, work: list) -> None:
                 print(f"meshfast store writer: change refused ({exc}): {str(item[0])[:200]}", file=sys.stderr)
 
 
-def main(argv: list[str]) -> int:
-    path, synchronous = argv[0], argv[1]
+def connect(path: str, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
+    return conn
+
+
+class FrameWriter(Protocol):
+    def commit_frame(self, payload: bytes) -> None: ...
+    def close(self) -> None: ...
+
+
+class Writer:
+    """The pure-Python twin: ``commit`` of each frame, decoded by marshal.loads."""
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        self.conn = connect(path, synchronous)
+
+    def commit_frame(self, payload: bytes) -> None:
+        """Apply one frame (raises what ``commit`` raises when it cannot commit)."""
+        commit(self.conn, marshal.loads(payload))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class CompiledWriter:
+    """The compiled writer, with the Python twin for the frames it does not read."""
+
+    def __init__(self, core: ModuleType, path: str, synchronous: str) -> None:
+        self.core = core.Writer(path, synchronous)
+        self.path, self.synchronous = path, synchronous
+        self.twin: Writer | None = None
+
+    def commit_frame(self, payload: bytes) -> None:
+        if not self.core.commit_frame(payload):
+            if self.twin is None:
+                self.twin = Writer(self.path, self.synchronous)
+            self.twin.commit_frame(payload)
+
+    def close(self) -> None:
+        self.core.close()
+        if self.twin is not None:
+            self.twin.close()
+
+
+WRITER_C: ModuleType | None = compiled("_sqlite_writer")
+
+
+def open_writer(path: str, synchronous: str, *, python: bool = False) -> FrameWriter:
+    """The compiled writer when it is available (and ``python`` is false), else the twin."""
+    if WRITER_C is None or python:
+        return Writer(path, synchronous)
+    return CompiledWriter(WRITER_C, path, synchronous)
+
+
+def main(argv: list[str]) -> int:
+    path, synchronous = argv[0], argv[1]
+    writer = open_writer(path, synchronous)
     read = sys.stdin.buffer.read
     out = sys.stdout.buffer
     while True:
@@ -115,13 +179,13 @@ def main(argv: list[str]) -> int:
         if len(payload) < size:
             break
         try:
-            commit(conn, marshal.loads(payload))
+            writer.commit_frame(payload)
             out.write(b"k")
         except Exception as exc:  # disk full, I/O error: the server stops taking calls
             print(f"meshfast store writer: commit failed: {exc!r}", file=sys.stderr)
             out.write(b"f")
         out.flush()
-    conn.close()
+    writer.close()
     return 0
 
 
