@@ -54,21 +54,21 @@ def _has_header(name: str) -> bool:
     return any(os.path.exists(os.path.join(d, name)) for d in dirs)
 
 
-if not _has_header("openssl/sha.h"):
-    MODULES.pop("meshfast_core._keys")
-    print(
-        "meshfast: OpenSSL's headers (openssl/sha.h; Debian: apt-get install libssl-dev) were not found,"
-        " so meshfast_core._keys is not built; key digests use its Python twin",
-        file=sys.stderr,
-    )
-
-if not _has_header("sqlite3.h"):
-    MODULES.pop("meshfast_core._sqlite_writer")
-    print(
-        "meshfast: SQLite's header (sqlite3.h; Debian: apt-get install libsqlite3-dev) was not found,"
-        " so meshfast_core._sqlite_writer is not built; the store's writer process uses its Python twin",
-        file=sys.stderr,
-    )
+# compiled modules that need a system library's headers: built only where they are found
+# (the Python twin serves otherwise)
+OPTIONAL = (
+    ("meshfast_core._keys", "openssl/sha.h", "OpenSSL's headers", "libssl-dev", "key digests use its Python twin"),
+    ("meshfast_core._sqlite_writer", "sqlite3.h", "SQLite's header", "libsqlite3-dev",
+     "the store's writer process uses its Python twin"),
+)  # fmt: skip
+for module, header, what, package, instead in OPTIONAL:
+    if not _has_header(header):
+        MODULES.pop(module)
+        print(
+            f"meshfast: {header} ({what}; Debian: apt-get install {package}) was not found,"
+            f" so {module} is not built; {instead}",
+            file=sys.stderr,
+        )
 
 extensions = [
     Extension(
