@@ -8,11 +8,15 @@ every value becomes a tagged C value, strings pointing into the frame (bound wit
 ``SQLITE_STATIC``: the frame outlives its transaction). Prepared statements are kept
 across frames; debits and the spend summary are summed in C hash tables, in the order
 the twin's dicts keep. A frame with anything this reader does not take (a marshal type
-other than None, bool, int, float, str, bytes, tuple and list; an int beyond int64; a
-string that is not valid UTF-8; a change of another shape) is refused before anything is
-written: ``commit_frame`` returns ``False`` and the caller hands it to the twin.
+other than None, bool, int, float, str, bytes, tuple and list; an int beyond int64 or
+not in marshal's normal form; a string that is not valid UTF-8 or has a surrogate; an
+ASCII-typed string with a byte beyond ASCII, which marshal reads as Latin-1; a frame that
+is cut short; a change of another shape) is refused before anything is written:
+``commit_frame`` returns ``False`` and the caller hands it to the twin, whose
+``marshal.loads`` then reads it or fails as it does for any frame.
 """
 
+import os
 import sqlite3
 import sys
 
@@ -20,7 +24,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.math cimport copysign, floor, fmod, isfinite
-from libc.string cimport memchr, memcmp, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 from .records_py import RECEIPT_FIELDS
 
@@ -65,9 +69,13 @@ cdef extern from "sqlite3.h":
 
 cdef extern from *:
     """
-    #define __pyx_add_overflow(a, b, r) __builtin_add_overflow(a, b, r)
+    #include <stdint.h>
+    typedef __int128 __pyx_i128;
+    static inline int __pyx_i128_fits(__pyx_i128 v) { return v >= INT64_MIN && v <= INT64_MAX; }
     """
-    bint __builtin_add_overflow "__pyx_add_overflow"(long long a, long long b, long long* r) noexcept
+    # a sum of int64 values, exact as the twin's Python ints are (checked when bound)
+    ctypedef long long i128 "__pyx_i128"
+    bint i128_fits "__pyx_i128_fits"(i128 v) noexcept
 
 cdef extern from "Python.h":
     double PyFloat_Unpack8(const char* p, int le) except? -1.0
@@ -88,12 +96,18 @@ def receipt_insert(int rows) -> str:
 DEF NFIELDS = 24
 DEF MAX_ROWS = 64
 DEF MAX_CACHED = 64  # (sql, params) statements kept; the cache is emptied when full
+_READS = ("created", "account_id", "project_id", "key_id", "total_nano")
+if len(RECEIPT_FIELDS) != NFIELDS or not set(_READS) <= set(RECEIPT_FIELDS):
+    # a stale build: ImportError (not AssertionError or ValueError), so the selector serves the twin
+    raise ImportError(
+        f"meshfast_core._sqlite_writer was built for {NFIELDS} receipt fields with {', '.join(_READS)}, "
+        f"not these {len(RECEIPT_FIELDS)}: rebuild it"
+    )
 cdef Py_ssize_t _CREATED = RECEIPT_FIELDS.index("created")
 cdef Py_ssize_t _ACCOUNT = RECEIPT_FIELDS.index("account_id")
 cdef Py_ssize_t _PROJECT = RECEIPT_FIELDS.index("project_id")
 cdef Py_ssize_t _KEY = RECEIPT_FIELDS.index("key_id")
 cdef Py_ssize_t _TOTAL = RECEIPT_FIELDS.index("total_nano")
-assert len(RECEIPT_FIELDS) == NFIELDS
 
 # a decoded value; text and blobs point into the frame
 cdef enum:
@@ -135,16 +149,16 @@ ctypedef struct Sum:
     const char* p
     Py_ssize_t n
     long long day
-    long long total
+    i128 total
     unsigned long long hash
-    bint overflow
 
 ctypedef struct Sums:
     Sum* entries
     Py_ssize_t used
     Py_ssize_t cap
     Py_ssize_t* slots
-    Py_ssize_t mask
+    Py_ssize_t mask  # the slots in use this frame: mask + 1, a power of 2 up to slotcap
+    Py_ssize_t slotcap
 
 
 class _Unsupported(Exception):
@@ -172,19 +186,21 @@ cdef inline unsigned long long _hash(const char* p, Py_ssize_t n, long long day)
 
 
 cdef int _sums_reset(Sums* s, Py_ssize_t most) except -1:
-    cdef Py_ssize_t size = 16, old = s.mask + 1 if s.slots != NULL else 0
+    # a table sized for this frame (at most half full), cleared as far as it is used
+    cdef Py_ssize_t size = 16
     cdef void* p
     while size < 2 * most:
         size *= 2
-    if size > old:
+    if size > s.slotcap:
         p = PyMem_Realloc(s.slots, size * sizeof(Py_ssize_t))
         if p == NULL:
             raise MemoryError()
         s.slots = <Py_ssize_t*>p
-        s.mask = size - 1
+        s.slotcap = size
+    s.mask = size - 1
     if most > s.cap:
         _grow(<void**>&s.entries, &s.cap, most, sizeof(Sum))
-    memset(s.slots, 0, (s.mask + 1) * sizeof(Py_ssize_t))
+    memset(s.slots, 0, size * sizeof(Py_ssize_t))
     s.used = 0
     return 0
 
@@ -199,12 +215,11 @@ cdef inline void _sums_add(Sums* s, const char* p, Py_ssize_t n, long long day, 
             x = &s.entries[s.used]
             s.used += 1
             s.slots[at] = s.used
-            x.p, x.n, x.day, x.total, x.hash, x.overflow = p, n, day, amount, h, False
+            x.p, x.n, x.day, x.total, x.hash = p, n, day, amount, h
             return
         x = &s.entries[e - 1]
         if x.hash == h and x.day == day and x.n == n and (x.p == p or memcmp(x.p, p, n) == 0):
-            if __builtin_add_overflow(x.total, amount, &x.total):
-                x.overflow = True
+            x.total += amount  # no overflow: a frame holds far fewer than 2**64 amounts
             return
         at = (at + 1) & s.mask
 
@@ -232,13 +247,55 @@ cdef inline long long _day(const Val* v) noexcept:
 
 
 cdef inline bint _utf8_ok(const unsigned char* p, Py_ssize_t n) noexcept:
-    # marshal writes non-ASCII str as UTF-8 with surrogates passed through; the twin
-    # (sqlite3 binding) refuses a surrogate, so such a frame goes to it
-    cdef Py_ssize_t k
-    for k in range(n - 1):
-        if p[k] == 0xED and p[k + 1] >= 0xA0:
+    # strict UTF-8 without surrogates. marshal reads a str as UTF-8 with surrogates passed
+    # through and fails on anything else invalid; the twin (sqlite3 binding) refuses a
+    # surrogate: such a frame goes to the twin, which fails it
+    cdef Py_ssize_t k = 0
+    cdef unsigned char c, c1
+    while k < n:
+        c = p[k]
+        if c < 0x80:
+            k += 1
+            continue
+        if c < 0xC2 or c > 0xF4:
             return False
+        if c < 0xE0:
+            if k + 1 >= n or p[k + 1] & 0xC0 != 0x80:
+                return False
+            k += 2
+            continue
+        if k + 2 >= n:
+            return False
+        c1 = p[k + 1]
+        if c1 & 0xC0 != 0x80 or p[k + 2] & 0xC0 != 0x80:
+            return False
+        if c < 0xF0:
+            if (c == 0xE0 and c1 < 0xA0) or (c == 0xED and c1 >= 0xA0):  # overlong; surrogate
+                return False
+            k += 3
+            continue
+        if k + 3 >= n or p[k + 3] & 0xC0 != 0x80:
+            return False
+        if (c == 0xF0 and c1 < 0x90) or (c == 0xF4 and c1 >= 0x90):  # overlong; beyond U+10FFFF
+            return False
+        k += 4
     return True
+
+
+cdef inline bint _ascii_ok(const unsigned char* p, Py_ssize_t n) noexcept:
+    # 8 bytes at a time, the last 8 overlapping; a shorter string byte by byte
+    cdef unsigned long long w, acc = 0
+    cdef Py_ssize_t k = 0
+    if n < 8:
+        for k in range(n):
+            acc |= p[k]
+        return acc < 0x80
+    while k + 8 < n:
+        memcpy(&w, p + k, 8)
+        acc |= w
+        k += 8
+    memcpy(&w, p + n - 8, 8)
+    return (acc | w) & 0x8080808080808080ULL == 0
 
 
 cdef bint _only_space(const char* p) noexcept:
@@ -304,7 +361,7 @@ cdef class Writer:
             raise ValueError(f"rows_per_insert must be 1 to {MAX_ROWS}")
         self.rows_per_insert = rows_per_insert
         self.cache = {}
-        cdef bytes bpath = path.encode()
+        cdef bytes bpath = os.fsencode(path)
         cdef int rc = sqlite3_open_v2(bpath, &self.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL)
         if rc != SQLITE_OK:
             self._fail(rc)
@@ -481,6 +538,8 @@ cdef class Writer:
                 if acc >> 49 or digit >> 15:
                     raise _Unsupported("int beyond int64")
                 acc = acc << 15 | digit
+            if size and self.p[2 * size - 2] == 0 and self.p[2 * size - 1] == 0:
+                raise _Unsupported("unnormalized long")  # marshal.loads refuses it
             self.p += 2 * size
             if acc > (9223372036854775808ULL if ndigits < 0 else 9223372036854775807ULL):
                 raise _Unsupported("int beyond int64")
@@ -497,15 +556,18 @@ cdef class Writer:
                 if n < 0 or n > 0x7FFFFFFF:
                     raise _Unsupported("string size")
             self._need(n)
-            if (code == b"u" or code == b"t") and not _utf8_ok(self.p, n):
-                raise _Unsupported("surrogate in a string")
+            if code == b"u" or code == b"t":
+                if not _utf8_ok(self.p, n):
+                    raise _Unsupported("a string that is not UTF-8, or has a surrogate")
+            elif code != b"s" and not _ascii_ok(self.p, n):
+                raise _Unsupported("an ASCII string beyond ASCII")  # marshal reads it as Latin-1
             v.kind = V_BLOB if code == b"s" else V_TEXT
             v.p = <const char*>self.p
             v.n = n
             self.p += n
         else:
             raise _Unsupported(f"marshal type {chr(code)!r}")
-        if flag:
+        if flag and code != b"N" and code != b"T" and code != b"F":  # marshal numbers no singleton
             self._new_ref(R_VAL, self.nvals - 1, 1)
         return 0
 
@@ -562,7 +624,7 @@ cdef class Writer:
         n = self._long()
         if code & 0x80:
             self._new_ref(R_OTHER, 0, 0)
-        if n < 0:
+        if n < 0 or n > (self.end - self.p) // 2:  # a change takes 2 bytes at least
             raise _Unsupported("bad size")
         if n > self.capchanges:
             _grow(<void**>&self.changes, &self.capchanges, n, sizeof(Change))
@@ -669,8 +731,11 @@ cdef class Writer:
                         self._fail(rc)
             self._run(st)
             i += rows
-        if self.debit == NULL:  # prepared when first needed, as the tables may come later
+        # prepared when first needed, as the tables may come later; each on its own, as
+        # one may prepare and the other fail (no table yet) and be tried again next frame
+        if self.debit == NULL:
             self.debit = self._prepare(DEBIT_SQL.encode())
+        if self.spend == NULL:
             self.spend = self._prepare(SPEND_SQL.encode())
         _sums_reset(&self.debits, hi - lo)
         _sums_reset(&self.spends, 3 * (hi - lo))
@@ -686,19 +751,26 @@ cdef class Writer:
         st = self.debit
         for r in range(self.debits.used):
             e = &self.debits.entries[r]
-            if e.overflow:
+            if not i128_fits(e.total):
                 raise OverflowError("Python int too large to convert to SQLite INTEGER")
-            if sqlite3_bind_int64(st, 1, e.total) != SQLITE_OK or sqlite3_bind_text(st, 2, e.p, <int>e.n, SQLITE_STATIC) != SQLITE_OK:
-                self._fail(SQLITE_TOOBIG)
+            rc = sqlite3_bind_int64(st, 1, <long long>e.total)
+            if rc == SQLITE_OK:
+                rc = sqlite3_bind_text(st, 2, e.p, <int>e.n, SQLITE_STATIC)
+            if rc != SQLITE_OK:
+                self._fail(rc)
             self._run(st)
         st = self.spend
         for r in range(self.spends.used):
             e = &self.spends.entries[r]
-            if e.overflow:
+            if not i128_fits(e.total):
                 raise OverflowError("Python int too large to convert to SQLite INTEGER")
-            if (sqlite3_bind_text(st, 1, e.p, <int>e.n, SQLITE_STATIC) != SQLITE_OK or sqlite3_bind_int64(st, 2, e.day) != SQLITE_OK
-                    or sqlite3_bind_int64(st, 3, e.total) != SQLITE_OK):
-                self._fail(SQLITE_TOOBIG)
+            rc = sqlite3_bind_text(st, 1, e.p, <int>e.n, SQLITE_STATIC)
+            if rc == SQLITE_OK:
+                rc = sqlite3_bind_int64(st, 2, e.day)
+            if rc == SQLITE_OK:
+                rc = sqlite3_bind_int64(st, 3, <long long>e.total)
+            if rc != SQLITE_OK:
+                self._fail(rc)
             self._run(st)
         return 0
 

@@ -341,3 +341,239 @@ def test_embedded_store_through_each_writer(tmp_path, monkeypatch, compiled) -> 
 
     assert asyncio.run(check()) == []
     assert _ext.NO_EXTENSIONS == NO_EXTENSIONS  # this process's selection is untouched
+
+
+def _outcomes(tmp_path, frames: list[bytes]) -> tuple[list[str], list[str]]:
+    """Each payload through the twin and through the compiled writer (with the twin for what
+    it refuses), on two stores: what ``main`` answers for each (``k`` or the error's type);
+    the two stores must end the same."""
+    expected, got = _store(tmp_path / "py.db"), _store(tmp_path / "c.db")
+    answers = []
+    for writer in (sqlite_writer.Writer(expected, "OFF"), sqlite_writer.open_writer(got, "OFF")):
+        out = []
+        for payload in frames:
+            try:
+                writer.commit_frame(payload)
+                out.append("k")
+            except Exception as exc:  # noqa: BLE001 - what main answers "f" to
+                out.append(type(exc).__name__)
+        writer.close()
+        answers.append(out)
+    assert dump(got) == dump(expected)
+    return answers[0], answers[1]
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_a_spend_table_made_after_the_first_frames(tmp_path, twin) -> None:
+    """The debit statement prepares and the spend one fails: the next frames prepare it again."""
+    expected, got = _store(tmp_path / "py.db"), _store(tmp_path / "twin.db")
+    for path in (expected, got):
+        conn = sqlite3.connect(path)
+        conn.execute("DROP TABLE spend")
+        conn.close()
+    spend = "CREATE TABLE spend (owner TEXT NOT NULL, day INTEGER NOT NULL, total_nano INTEGER NOT NULL, PRIMARY KEY (owner, day))"
+    frames = [accounts("acct_1"), [settle(row(1))], [(spend, ())], [settle(row(2))], [settle(row(3)), settle(row(4))]]
+    answers = []
+    for w in (sqlite_writer.Writer(expected, "OFF"), twin(got, "OFF")):
+        out = []
+        for frame in frames:
+            try:
+                w.commit_frame(marshal.dumps(frame))
+                out.append("k")
+            except sqlite3.OperationalError as exc:
+                out.append(str(exc))
+        w.close()
+        answers.append(out)
+    assert answers[0] == answers[1] == ["k", "no such table: spend", "k", "k", "k"]
+    assert dump(got) == dump(expected)
+    conn = sqlite3.connect(got)
+    assert conn.execute("SELECT count(*), sum(total_nano) FROM spend").fetchone() == (3, 3 * 3 * 87_975)
+    conn.close()
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_sums_overflow_only_when_the_final_sum_does(tmp_path, twin) -> None:
+    """Debits and spend are summed exactly: a running total beyond int64 that ends within it
+    commits; a final sum beyond it fails the frame (OverflowError, as the sqlite3 binding)."""
+    expected, got = _store(tmp_path / "py.db"), _store(tmp_path / "twin.db")
+    frames = [
+        accounts("acct_1"),
+        [settle(row(1, total=2**62)), settle(row(2, total=2**62)), settle(row(3, total=-(2**62)))],
+        [settle(row(4, total=2**62)), settle(row(5, total=2**62))],
+        [settle(row(6, total=-(2**62))), settle(row(7, total=-(2**62))), settle(row(8, total=-1))],
+    ]
+    answers = []
+    for w in (sqlite_writer.Writer(expected, "OFF"), twin(got, "OFF")):
+        out = []
+        for frame in frames:
+            try:
+                w.commit_frame(marshal.dumps(frame))
+                out.append("k")
+            except OverflowError:
+                out.append("OverflowError")
+        w.close()
+        answers.append(out)
+    assert answers[0] == answers[1] == ["k", "k", "OverflowError", "OverflowError"]
+    assert dump(got) == dump(expected)
+    conn = sqlite3.connect(got)
+    assert conn.execute("SELECT balance_nano FROM accounts").fetchone() == (10**15 - 2**62,)
+    assert conn.execute("SELECT DISTINCT total_nano FROM spend").fetchall() == [(2**62,)]
+    conn.close()
+
+
+# crafted marshal bytes (marshal.dumps does not write these)
+def _m_str(code: bytes, data: bytes) -> bytes:
+    if code in (b"z", b"Z"):
+        return code + bytes([len(data)]) + data
+    return code + struct.pack("<i", len(data)) + data
+
+
+def _m_tuple(*items: bytes) -> bytes:
+    return b")" + bytes([len(items)]) + b"".join(items)
+
+
+def _m_list(*items: bytes) -> bytes:
+    return b"[" + struct.pack("<i", len(items)) + b"".join(items)
+
+
+def _m_statement(sql: str, *params: bytes) -> bytes:
+    return _m_list(_m_tuple(_m_str(b"u", sql.encode()), _m_tuple(*params)))
+
+
+_NAME_SQL = "UPDATE accounts SET name = ? WHERE id = 'acct_1'"
+_CRAFTED = {
+    "utf8_bad_start": _m_statement(_NAME_SQL, _m_str(b"u", b"ok \xff")),
+    "utf8_overlong": _m_statement(_NAME_SQL, _m_str(b"t", b"\xc0\x80")),
+    "utf8_overlong_3": _m_statement(_NAME_SQL, _m_str(b"u", b"\xe0\x80\xaf")),
+    "utf8_cut_short": _m_statement(_NAME_SQL, _m_str(b"u", b"ab\xe2\x9c")),
+    "utf8_beyond_10ffff": _m_statement(_NAME_SQL, _m_str(b"u", b"\xf4\x90\x80\x80")),
+    "utf8_lone_continuation": _m_statement(_NAME_SQL, _m_str(b"u", b"a\x80b")),
+    "utf8_surrogate": _m_statement(_NAME_SQL, _m_str(b"u", b"\xed\xa0\x80")),
+    "ascii_z_latin1": _m_statement(_NAME_SQL, _m_str(b"z", b"caf\xe9")),
+    "ascii_Z_latin1": _m_statement(_NAME_SQL, _m_str(b"Z", b"\xff")),
+    "ascii_a_latin1": _m_statement(_NAME_SQL, _m_str(b"a", b"na\xefve")),
+    "ascii_A_latin1": _m_statement(_NAME_SQL, _m_str(b"A", b"\x80")),
+    "long_unnormalized": _m_statement(_NAME_SQL, b"l" + struct.pack("<i", 2) + struct.pack("<HH", 5, 0)),
+    "long_unnormalized_negative": _m_statement(_NAME_SQL, b"l" + struct.pack("<i", -1) + struct.pack("<H", 0)),
+    "list_count_beyond_its_bytes": b"[" + struct.pack("<i", 2**20),
+    "list_count_beyond_its_changes": b"[" + struct.pack("<i", 3) + _m_statement(_NAME_SQL, _m_str(b"z", b"x"))[5:],
+}
+
+
+@NOT_COMPILED
+@pytest.mark.parametrize("payload", list(_CRAFTED.values()), ids=list(_CRAFTED))
+def test_crafted_frames_marshal_refuses_or_reads_otherwise_go_to_the_twin(tmp_path, payload) -> None:
+    """Bytes marshal.loads fails on, or reads otherwise than the compiled reader would bind
+    them (an ASCII-typed str is Latin-1): the compiled reader refuses the frame, and the
+    outcome is the twin's."""
+    assert C is not None
+    core = C.Writer(_store(tmp_path / "refused.db"), "OFF")
+    assert core.commit_frame(marshal.dumps(accounts("acct_1")))
+    assert core.commit_frame(payload) is False
+    core.close()
+    ref, got = _outcomes(tmp_path, [marshal.dumps(accounts("acct_1")), payload])
+    assert ref == got
+
+
+def test_crafted_frames_the_twin_fails_or_reads_as_latin1() -> None:
+    for name, payload in _CRAFTED.items():
+        if name.startswith("ascii_"):
+            assert marshal.loads(payload)[0][1][0] in ("café", "ÿ", "naïve", "\x80")
+        elif name != "utf8_surrogate":
+            with pytest.raises((ValueError, EOFError)):
+                marshal.loads(payload)
+
+
+@NOT_COMPILED
+def test_a_list_count_beyond_the_frame_allocates_nothing(tmp_path) -> None:
+    import tracemalloc
+
+    assert C is not None
+    core = C.Writer(_store(tmp_path / "w.db"), "OFF")
+    tracemalloc.start()
+    try:
+        for n in (2**24, 2**31 - 1):
+            assert core.commit_frame(b"[" + struct.pack("<i", n)) is False
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+        core.close()
+
+
+@NOT_COMPILED
+def test_valid_utf8_at_its_edges_is_read(tmp_path) -> None:
+    edges = ["\x7f", "\x80", "\u07ff", "\u0800", "\ud7ff", "\ue000", "\uffff", "\U00010000", "\U0010ffff", "a\u0800b\U0001f600c"]
+    frames = [accounts("acct_1")] + [[("UPDATE accounts SET name = ? WHERE id = 'acct_1'", (s,))] for s in edges]
+    expected, got = _store(tmp_path / "py.db"), _store(tmp_path / "c.db")
+    w, ref = _Core(got, "OFF"), sqlite_writer.Writer(expected, "OFF")
+    for frame in frames:
+        w.commit_frame(marshal.dumps(frame))  # read by the compiled reader, not refused
+        ref.commit_frame(marshal.dumps(frame))
+    w.close()
+    ref.close()
+    assert dump(got) == dump(expected)
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_flagged_singletons_are_not_numbered(tmp_path, twin) -> None:
+    """marshal numbers no None, True or False (FLAG_REF or not): a back-reference after them
+    refers to the str before, as marshal.loads reads it."""
+    ref0 = b"r" + struct.pack("<i", 0)
+    sql = "UPDATE accounts SET name = ? || ? || coalesce(?, 'n') || ? || ? WHERE id = 'acct_1'"
+    params = [b"\xc6", b"\xd4", b"\xce", b"\xfa\x01x", ref0]  # F, T, None, str "x": each with FLAG_REF
+    payload = _m_statement(sql, *params)
+    assert marshal.loads(payload) == [(sql, (False, True, None, "x", "x"))]
+    path = _store(tmp_path / "w.db")
+    w = twin(path, "OFF")
+    w.commit_frame(marshal.dumps(accounts("acct_1")))
+    w.commit_frame(payload)
+    w.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT name FROM accounts").fetchone() == ("01nxx",)
+    conn.close()
+
+
+@NOT_COMPILED
+def test_a_path_with_surrogate_escapes(tmp_path) -> None:
+    """A file name that is not UTF-8 (str with surrogate escapes, as os.fsdecode gives)."""
+    assert C is not None
+    path = os.fsdecode(os.fsencode(str(tmp_path)) + b"/st\xffre.db")
+    core = C.Writer(path, "OFF")
+    assert core.commit_frame(marshal.dumps([("CREATE TABLE t (x)", ()), ("INSERT INTO t VALUES (?)", (1,))]))
+    core.close()
+    assert os.path.exists(os.fsencode(path))
+    conn = sqlite3.connect(os.fsencode(path))
+    assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
+    conn.close()
+
+
+@NOT_COMPILED
+@pytest.mark.parametrize("fields", ["(*r.RECEIPT_FIELDS, 'extra')", "tuple(f.replace('created', 'made') for f in r.RECEIPT_FIELDS)"])
+def test_a_stale_build_falls_back_to_the_twin(fields) -> None:
+    """Built for other receipt fields: the import fails with ImportError, which the selector
+    takes as not built (an AssertionError or ValueError would kill the writer process)."""
+    code = (
+        f"import meshfast_core.records_py as r; r.RECEIPT_FIELDS = {fields}\n"
+        "from meshfast_core import _ext\n"
+        "try:\n    import meshfast_core._sqlite_writer\nexcept ImportError as exc:\n    print('ImportError', exc)\n"
+        "assert _ext.compiled('_sqlite_writer') is None\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MESHFAST_NO_EXTENSIONS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=60, check=True, text=True)
+    assert done.stdout.startswith("ImportError meshfast_core._sqlite_writer was built for 24 receipt fields with created, ")
+
+
+@NOT_COMPILED
+def test_ascii_strings_of_every_length_and_a_byte_beyond_ascii_anywhere(tmp_path) -> None:
+    """The ASCII check reads 8 bytes at a time: each length, a byte beyond ASCII at each place."""
+    assert C is not None
+    core = C.Writer(_store(tmp_path / "w.db"), "OFF")
+    assert core.commit_frame(marshal.dumps(accounts("acct_1")))
+    for n in range(41):
+        for code in (b"z", b"a"):
+            assert core.commit_frame(_m_statement(_NAME_SQL, _m_str(code, b"x" * n))), (code, n)
+            for at in range(n):
+                data = bytearray(b"x" * n)
+                data[at] = 0xE9
+                assert core.commit_frame(_m_statement(_NAME_SQL, _m_str(code, bytes(data)))) is False, (code, n, at)
+    core.close()
