@@ -48,6 +48,12 @@ cdef inline bint _get(object v, long long* out) except -1:
 
 
 def call_cost(prompt, completion, cached, input_price, cached_price, output_price, margin_ppm, fee_nano):
+    """``(upstream, margin)`` in nano-USD (see ``pricing_py.call_cost``)."""
+    return call_cost_c(prompt, completion, cached, input_price, cached_price, output_price, margin_ppm, fee_nano)
+
+
+cdef object call_cost_c(object prompt, object completion, object cached, object input_price,
+                        object cached_price, object output_price, object margin_ppm, object fee_nano):
     cdef long long p, c, k, ip, kp, op, ppm, fee, a, b, d, upstream, margin
     if not (
         _get(prompt, &p) and _get(completion, &c) and _get(cached, &k) and _get(input_price, &ip)

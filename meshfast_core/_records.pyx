@@ -11,8 +11,9 @@ from libc.string cimport memcpy
 
 import os
 
+from meshfast_core._pricing cimport call_cost_c
+
 from .limits import finish
-from .pricing import call_cost
 from .records_py import (
     ID_COUNTER_START, RECEIPT_FIELDS, account_public, day_of, id_seed, month_of, receipt_as_dict,
     receipt_public, spend_buckets,
@@ -225,7 +226,7 @@ cdef class Receipt:
 
 
 def priced_receipt(
-    receipt_id, account, key, endpoint, kind, requested_model, counts, estimated_prompt,
+    receipt_id, Account account, key, endpoint, kind, requested_model, counts, estimated_prompt,
     estimated_completion, double started, double first_byte, bint stream, status, route_mode,
     attempts, margin_ppm, fee_nano,
 ):
@@ -244,7 +245,7 @@ def priced_receipt(
     own = account.fee_nano
     if own is not None:
         fee_nano = own
-    upstream, margin = call_cost(
+    upstream, margin = call_cost_c(
         prompt, completion, cached, endpoint.input_nano_per_mtok, endpoint.cached_input_nano_per_mtok,
         endpoint.output_nano_per_mtok, margin_ppm, fee_nano,
     )

@@ -100,7 +100,7 @@ def test_priced_receipt(mod) -> None:
         provider=NS(name="sim"), model=NS(upstream="sim-1"), privacy="protected",
     )  # fmt: skip
     key = NS(id="key_1", project_id="proj_1")
-    plain, own = NS(id="acct_1", margin_ppm=None, fee_nano=None), NS(id="acct_2", margin_ppm=0, fee_nano=7)
+    plain, own = mod.Account("acct_1", "plain"), mod.Account("acct_2", "own", margin_ppm=0, fee_nano=7)
     t0 = time.monotonic()
     args = ("rcpt_9", plain, key, endpoint, "chat", "auto", None, 1000, 2000, t0, t0 + 0.25, True, "cancelled", "cheapest", "sim/sim-1")
     r = mod.priced_receipt(*args, 50_000, 3)  # no upstream usage: the estimates, marked so
