@@ -123,7 +123,8 @@ _FLAGS_BY_MASK = tuple((bool(m & 1), bool(m & 2), bool(m & 4), bool(m & 8)) for 
 def needs_of_mask(mask: int, prompt_tokens: int, max_output: int, privacy: str) -> Needs:
     """Needs of a chat request from its ``meshfast_core.tokens.needs_mask`` bits (tools,
     vision, json_schema, streaming: the order of the capability mask above)."""
-    return Needs("chat", *_FLAGS_BY_MASK[mask], prompt_tokens, max_output, privacy)
+    tools, vision, json_schema, streaming = _FLAGS_BY_MASK[mask]  # unpacked: a starred call costs more
+    return Needs("chat", tools, vision, json_schema, streaming, prompt_tokens, max_output, privacy)
 
 
 def needs_of_chat(req: dict[str, Any], prompt_tokens: int, max_output: int, privacy: str) -> Needs:
