@@ -133,18 +133,22 @@ def mixed_frames() -> list[list]:
     return frames
 
 
+def _commit_both(writer, ref, frames) -> None:
+    """Every frame committed by both writers, in order; both closed."""
+    for frame in frames:
+        payload = marshal.dumps(frame)
+        writer.commit_frame(payload)
+        ref.commit_frame(payload)
+    writer.close()
+    ref.close()
+
+
 @pytest.mark.parametrize("twin", TWINS)
 def test_writes_what_the_twin_writes(tmp_path, twin) -> None:
     expected, got = _store(tmp_path / "py.db"), _store(tmp_path / "twin.db")
-    w, ref = twin(got, "FULL"), sqlite_writer.Writer(expected, "FULL")
-    for frame in mixed_frames():
-        payload = marshal.dumps(frame)
-        w.commit_frame(payload)
-        ref.commit_frame(payload)
-    w.close()
-    ref.close()
-    assert dump(got) == dump(expected)
+    _commit_both(twin(got, "FULL"), sqlite_writer.Writer(expected, "FULL"), mixed_frames())
     tables = dump(got)
+    assert tables == dump(expected)
     assert len(tables["receipts"]) == 150 + 4 + 64
     assert {r[2 * RECEIPT_FIELDS.index("ttft_ms") + 2] for r in tables["receipts"]} == {"real", "null"}
     assert {r[3] for r in tables["spend"]} == {-4, -1, 20418, 20419, 20420}  # UTC days, before 1970 too
@@ -179,13 +183,7 @@ def _frames(draw) -> list[list]:
 def test_twins_agree_on_any_frames(tmp_path_factory, frames) -> None:
     d = tmp_path_factory.mktemp("w")
     expected, got = _store(d / "py.db"), _store(d / "c.db")
-    w, ref = _Core(got, "OFF"), sqlite_writer.Writer(expected, "OFF")
-    for frame in [accounts("acct_1"), *frames]:
-        payload = marshal.dumps(frame)
-        w.commit_frame(payload)
-        ref.commit_frame(payload)
-    w.close()
-    ref.close()
+    _commit_both(_Core(got, "OFF"), sqlite_writer.Writer(expected, "OFF"), [accounts("acct_1"), *frames])
     assert dump(got) == dump(expected)
 
 
@@ -363,6 +361,20 @@ def _outcomes(tmp_path, frames: list[bytes]) -> tuple[list[str], list[str]]:
     return answers[0], answers[1]
 
 
+def _answers(writer, frames: list, refused: type[Exception]) -> list[str]:
+    """Each frame committed by ``writer`` in turn: "k", or the error it was refused with
+    (its message for an OperationalError, else its class name); the writer is closed."""
+    out = []
+    for frame in frames:
+        try:
+            writer.commit_frame(marshal.dumps(frame))
+            out.append("k")
+        except refused as exc:
+            out.append(str(exc) if isinstance(exc, sqlite3.OperationalError) else type(exc).__name__)
+    writer.close()
+    return out
+
+
 @pytest.mark.parametrize("twin", TWINS)
 def test_a_spend_table_made_after_the_first_frames(tmp_path, twin) -> None:
     """The debit statement prepares and the spend one fails: the next frames prepare it again."""
@@ -373,17 +385,7 @@ def test_a_spend_table_made_after_the_first_frames(tmp_path, twin) -> None:
         conn.close()
     spend = "CREATE TABLE spend (owner TEXT NOT NULL, day INTEGER NOT NULL, total_nano INTEGER NOT NULL, PRIMARY KEY (owner, day))"
     frames = [accounts("acct_1"), [settle(row(1))], [(spend, ())], [settle(row(2))], [settle(row(3)), settle(row(4))]]
-    answers = []
-    for w in (sqlite_writer.Writer(expected, "OFF"), twin(got, "OFF")):
-        out = []
-        for frame in frames:
-            try:
-                w.commit_frame(marshal.dumps(frame))
-                out.append("k")
-            except sqlite3.OperationalError as exc:
-                out.append(str(exc))
-        w.close()
-        answers.append(out)
+    answers = [_answers(w, frames, sqlite3.OperationalError) for w in (sqlite_writer.Writer(expected, "OFF"), twin(got, "OFF"))]
     assert answers[0] == answers[1] == ["k", "no such table: spend", "k", "k", "k"]
     assert dump(got) == dump(expected)
     conn = sqlite3.connect(got)
@@ -402,17 +404,7 @@ def test_sums_overflow_only_when_the_final_sum_does(tmp_path, twin) -> None:
         [settle(row(4, total=2**62)), settle(row(5, total=2**62))],
         [settle(row(6, total=-(2**62))), settle(row(7, total=-(2**62))), settle(row(8, total=-1))],
     ]
-    answers = []
-    for w in (sqlite_writer.Writer(expected, "OFF"), twin(got, "OFF")):
-        out = []
-        for frame in frames:
-            try:
-                w.commit_frame(marshal.dumps(frame))
-                out.append("k")
-            except OverflowError:
-                out.append("OverflowError")
-        w.close()
-        answers.append(out)
+    answers = [_answers(w, frames, OverflowError) for w in (sqlite_writer.Writer(expected, "OFF"), twin(got, "OFF"))]
     assert answers[0] == answers[1] == ["k", "k", "OverflowError", "OverflowError"]
     assert dump(got) == dump(expected)
     conn = sqlite3.connect(got)
