@@ -4,7 +4,7 @@ from typing import Any
 
 __all__ = (
     "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Hold", "Receipt", "day_of", "month_of", "new_id",
-    "priced_receipt", "reseed_ids", "settle_hold", "spend_buckets", "take_hold",
+    "priced_receipt", "release_hold", "reseed_ids", "settle_hold", "spend_buckets", "take_hold",
 )
 
 ID_COUNTER_START: int
@@ -84,4 +84,5 @@ def priced_receipt(
 ) -> Receipt: ...
 
 def take_hold(account: Account, key_id: str, amount_nano: int, admission: Any) -> Hold | None: ...
+def release_hold(account: Account, hold: Hold, used_tokens: int | None) -> None: ...
 def settle_hold(account: Account, hold: Hold, receipt: Receipt) -> tuple[str, tuple[Any, ...], str, int]: ...

@@ -1,6 +1,7 @@
 # cython: language_level=3
-"""The money hot path's records, a call's hold and its receipt, as C objects (compiled
-twin of ``records_py.py``, which says why; fields and behaviour are the same)."""
+"""The money hot path's records, an account, a call's hold and its receipt, as C objects,
+and the balance moves on them (compiled twin of ``records_py.py``, which says why; fields
+and behaviour are the same)."""
 
 cimport cython
 from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem
@@ -21,7 +22,7 @@ from .records_py import (
 
 __all__ = (
     "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Hold", "Receipt", "day_of", "month_of", "new_id",
-    "priced_receipt", "reseed_ids", "settle_hold", "spend_buckets", "take_hold",
+    "priced_receipt", "release_hold", "reseed_ids", "settle_hold", "spend_buckets", "take_hold",
 )
 
 cdef extern from "<time.h>" nogil:
@@ -304,14 +305,24 @@ cdef inline int _add(dict spend, str bucket, total) except -1:
     return PyDict_SetItem(spend, bucket, <object>v + total)
 
 
-def settle_hold(Account account, Hold hold, Receipt receipt):
-    """Settle a call in memory; the store writer's change (see ``records_py.settle_hold``)."""
-    global _day_start, _day_end, _month, _day
+cdef inline int _release(Account account, Hold hold, used_tokens) except -1:
     if not hold.closed:
         hold.closed = True
         account.held_nano = account.held_nano - hold.amount_nano
         if type(hold.admission) is not tuple:
-            finish(hold.admission, _clock(CLOCK_MONOTONIC), hold.amount_nano, receipt.prompt_tokens + receipt.completion_tokens)
+            finish(hold.admission, _clock(CLOCK_MONOTONIC), hold.amount_nano, used_tokens)
+    return 0
+
+
+def release_hold(Account account, Hold hold, used_tokens):
+    """Close a hold, once (see ``records_py.release_hold``)."""
+    _release(account, hold, used_tokens)
+
+
+def settle_hold(Account account, Hold hold, Receipt receipt):
+    """Settle a call in memory; the store writer's change (see ``records_py.settle_hold``)."""
+    global _day_start, _day_end, _month, _day
+    _release(account, hold, receipt.prompt_tokens + receipt.completion_tokens)
     available = account.balance_nano - account.held_nano
     if receipt.total_nano > available:
         receipt.total_nano = max(available, 0)

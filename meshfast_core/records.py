@@ -1,5 +1,5 @@
 """The hot path's records, an ``Account``, a call's ``Hold`` and its ``Receipt``, and the
-balance moves on them (``take_hold``, ``settle_hold``): the compiled ``_records`` unless
+balance moves on them (``take_hold``, ``release_hold``, ``settle_hold``): the compiled ``_records`` unless
 ``MESHFAST_NO_EXTENSIONS`` is set.
 
 ``records_py`` holds the pure-Python twins (dataclasses with the same fields, methods and
@@ -17,7 +17,7 @@ from .records_py import RECEIPT_FIELDS, day_of, month_of, spend_buckets
 
 __all__ = (
     "COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Account", "Hold", "Receipt", "day_of", "month_of", "new_id",
-    "priced_receipt", "settle_hold", "spend_buckets", "take_hold",
+    "priced_receipt", "release_hold", "settle_hold", "spend_buckets", "take_hold",
 )  # fmt: skip
 
 RECORDS_C: ModuleType | None = compiled("_records")
@@ -28,4 +28,5 @@ Receipt = records_py.Receipt if RECORDS_C is None else RECORDS_C.Receipt
 new_id = records_py.new_id if RECORDS_C is None else RECORDS_C.new_id
 priced_receipt = records_py.priced_receipt if RECORDS_C is None else RECORDS_C.priced_receipt
 take_hold = records_py.take_hold if RECORDS_C is None else RECORDS_C.take_hold
+release_hold = records_py.release_hold if RECORDS_C is None else RECORDS_C.release_hold
 settle_hold = records_py.settle_hold if RECORDS_C is None else RECORDS_C.settle_hold

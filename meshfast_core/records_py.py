@@ -21,8 +21,8 @@ from .usd import usd_bytes
 
 __all__ = (
     "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Hold", "Receipt", "account_public", "day_of", "id_seed",
-    "month_of", "new_id", "priced_receipt", "receipt_as_dict", "receipt_public", "reseed_ids", "settle_hold",
-    "spend_buckets", "take_hold",
+    "month_of", "new_id", "priced_receipt", "receipt_as_dict", "receipt_public", "release_hold", "reseed_ids",
+    "settle_hold", "spend_buckets", "take_hold",
 )  # fmt: skip
 
 # the receipt's fields in order: its row, the receipts table's columns
@@ -218,19 +218,26 @@ def take_hold(account: Account, key_id: str, amount_nano: int, admission: Any) -
     return Hold("", account.id, key_id, amount_nano, admission)
 
 
+def release_hold(account: Account, hold: Hold, used_tokens: int | None) -> None:
+    """Close a hold, once: give its amount back to the account's available balance and the
+    limits it took back to them (``limits.finish`` for an ``Admission``; ``used_tokens``:
+    the call's, to correct tokens per minute; ``None``: nothing was used)."""
+    if not hold.closed:
+        hold.closed = True
+        account.held_nano -= hold.amount_nano
+        if type(hold.admission) is not tuple:
+            finish(hold.admission, time.monotonic(), hold.amount_nano, used_tokens)
+
+
 def settle_hold(account: Account, hold: Hold, receipt: Receipt) -> tuple:
-    """Settle a call in memory: close its hold (once; the limits it took get the call's
-    tokens back through ``limits.finish``), debit the receipt's total from the balance
+    """Settle a call in memory: close its hold (``release_hold``, with the call's tokens),
+    debit the receipt's total from the balance
     (capped at what the balance can cover: the receipt then says ``capped``) and count it
     in the spend of the account (by month: nothing reads an account's day) and of the key
     and the project (by month and day; ``hold.admission``: their limit states on the plain
     path, else an ``Admission``). Returns the store writer's change,
     ``("settle", receipt.row(), account id, total)``."""
-    if not hold.closed:
-        hold.closed = True
-        account.held_nano -= hold.amount_nano
-        if type(hold.admission) is not tuple:
-            finish(hold.admission, time.monotonic(), hold.amount_nano, receipt.prompt_tokens + receipt.completion_tokens)
+    release_hold(account, hold, receipt.prompt_tokens + receipt.completion_tokens)
     # The hold is the worst case; should usage exceed it, never take the balance below zero.
     available = account.balance_nano - account.held_nano
     if receipt.total_nano > available:

@@ -198,3 +198,21 @@ def test_settle_hold_finishes_an_admission(mod) -> None:
     mod.settle_hold(a, h, r)
     assert key_state.held_nano == 0 and key_state.spend == {month: 87_975, day: 87_975}
     assert project_state.spend == {month: 87_975, day: 87_975}
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_release_hold_gives_back_once(mod) -> None:
+    from meshfast_core import limits
+
+    a = mod.Account("acct_1", "team", 10**9)
+    key_state, project_state = limits.Limiter(), limits.Limiter()
+    key_state.configure(None, None, None, None, 10**9, 60.0)  # a monthly ceiling: admission counts holds
+    month, day = records.spend_buckets(time.time())
+    h = mod.take_hold(a, "key_1", 400_000, limits.admit((key_state, project_state), time.monotonic(), 150, 400_000, month, day))
+    plain = mod.take_hold(a, "key_1", 100_000, (_State(), _State()))
+    assert a.held_nano == 500_000 and key_state.held_nano == 400_000
+    mod.release_hold(a, h, None)
+    mod.release_hold(a, h, None)  # once only
+    mod.release_hold(a, plain, None)
+    assert h.closed and plain.closed and a.held_nano == 0 and key_state.held_nano == 0
+    assert a.balance_nano == 10**9 and key_state.spend == {}  # nothing debited or spent

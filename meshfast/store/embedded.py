@@ -28,7 +28,7 @@ from collections import deque
 from typing import Any
 
 from meshfast import errors
-from meshfast.limits import LimitState, admit, finish, insufficient_balance, rate_headers
+from meshfast.limits import LimitState, admit, insufficient_balance, rate_headers
 from meshfast.money import nano_to_usd, usd_bytes
 from meshfast.store.base import (
     RECEIPT_FIELDS,
@@ -51,7 +51,7 @@ from meshfast.store.base import (
     spend_buckets,
     usable_key,
 )
-from meshfast_core.records import settle_hold, take_hold
+from meshfast_core.records import release_hold, settle_hold, take_hold
 
 log = logging.getLogger("meshfast.store")
 
@@ -336,7 +336,7 @@ class EmbeddedStore(Store):
         return self.hold_now(key, amount_nano, tokens)
 
     async def release(self, hold: Hold) -> None:
-        self._close_hold(hold, None)
+        release_hold(self._accounts[hold.account_id], hold, None)
 
     async def settle(self, hold: Hold, receipt: Receipt) -> None:
         self.settle_now(hold, receipt)
@@ -372,14 +372,6 @@ class EmbeddedStore(Store):
             left = budget.monthly_left(spend_buckets(time.time())[0])
             out.append((b"x-mesh-monthly-remaining-usd", usd_bytes(left)))
         return out
-
-    def _close_hold(self, hold: Hold, used_tokens: int | None) -> None:
-        """Give the held amount and the limits back, once (``None``: nothing was used)."""
-        if not hold.closed:
-            hold.closed = True
-            self._accounts[hold.account_id].held_nano -= hold.amount_nano
-            if type(hold.admission) is not tuple:
-                finish(hold.admission, time.monotonic(), hold.amount_nano, used_tokens)
 
     def settle_now(self, hold: Hold, receipt: Receipt) -> None:
         # balance, hold and spend in memory by one compiled call, then the writer's queue
