@@ -28,7 +28,6 @@ from meshfast import config
 from meshfast.pipeline import DONE, SSE_HEADERS, Call, Pipeline, Send
 from meshfast.providers.base import Reply
 from meshfast.providers.openai import map_upstream_error
-from meshfast.router import Needs
 from meshfast.server import App
 from meshfast_core.exceptions import UpstreamError
 from meshfast_core.sse import SSEScanner
@@ -39,7 +38,7 @@ class DataPlanePipeline(Pipeline):
 
     async def begin(self, kind: str, model: str, stream: bool, scope: dict[str, Any], max_output: int | None, req: dict[str, Any]) -> Call:
         call = Call(kind, model, stream)
-        call.mode, call.candidates = self.router.plan(model, _NEEDS_STREAM if stream else _NEEDS)
+        call.mode, call.candidates = self.router.plan_chat(model, 8 if stream else 0, 0, 0, "standard")
         call.endpoint = call.candidates[0]
         return call
 
@@ -85,10 +84,6 @@ class DataPlanePipeline(Pipeline):
 
     async def release(self, call: Call) -> None:
         pass
-
-
-_NEEDS = Needs("chat", streaming=False)
-_NEEDS_STREAM = Needs("chat", streaming=True)
 
 
 def build(cfg: config.Config) -> App:

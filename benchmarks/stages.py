@@ -37,8 +37,8 @@ STAGES = {
     "key_check": "the request's headers, the key's digest and record (store.key_now)",
     "context": "store.context_now: the key's account and project",
     "prompt_estimate": "the compiled prompt-token estimate and the request's needs (scan_chat)",
-    "route": "Pipeline.route: privacy class, the needs record and the router's plan",
-    "plan": "  of which router.plan alone (what the data plane runs)",
+    "route": "Pipeline.route: privacy class and the router's plan (router.plan_chat)",
+    "plan": "  of which router.plan_chat alone, as the data plane calls it",
     "hold_amount": "Billing.hold_amount: the worst case over the candidates",
     "hold_release": "store.hold_now then store.release",
     "hold_settle": "store.hold_now then store.settle_now (balance, spend, the writer's row)",
@@ -79,7 +79,6 @@ def _drive(coro: Any) -> Any:
 def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
     """Each stage as a no-argument callable, on objects prepared once, and whether it
     returns a coroutine (to be awaited)."""
-    from benchmarks.dataplane_app import _NEEDS
     from benchmarks.static_upstream import w1_body
     from meshfast import config
     from meshfast.pipeline import Call, decode_json, digest_of
@@ -135,7 +134,7 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
         "context": (lambda: store.context_now(key), False),
         "prompt_estimate": (lambda: scan_chat(req), False),
         "route": (lambda: p.route(call, req, project, "", 0), False),
-        "plan": (lambda: p.router.plan(call.requested_model, _NEEDS), False),
+        "plan": (lambda: p.router.plan_chat(call.requested_model, 0, 0, 0, "standard"), False),
         "hold_amount": (lambda: p.billing.hold_amount(account, call.candidates, call.prompt_estimate, req, None), False),
         "hold_release": (hold_release, True),
         "hold_settle": (hold_settle, False),

@@ -33,7 +33,7 @@ from meshfast.catalogue import privacy_rank
 from meshfast.config import PRIVACY_CLASSES, BillingConfig
 from meshfast.providers.base import Endpoint, Reply
 from meshfast.providers.openai import map_upstream_error
-from meshfast.router import Needs, Router, needs_of_mask
+from meshfast.router import Needs, Router
 from meshfast.store.base import (
     Account,
     Hold,
@@ -318,10 +318,10 @@ class Pipeline:
     def route(self, call: Call, req: dict[str, Any], project: Project, asked: str, max_output: int) -> Endpoint:
         privacy = self.privacy_for(call, project, asked)
         if call.kind == "chat":
-            needs = needs_of_mask(call.needs, call.prompt_estimate, max_output, privacy)
+            planned = self.router.plan_chat(call.requested_model, call.needs, call.prompt_estimate, max_output, privacy)
         else:
-            needs = Needs("embedding", prompt_tokens=call.prompt_estimate, privacy=privacy)
-        call.mode, call.candidates = self.router.plan(call.requested_model, needs)
+            planned = self.router.plan(call.requested_model, Needs("embedding", prompt_tokens=call.prompt_estimate, privacy=privacy))
+        call.mode, call.candidates = planned
         call.endpoint = call.candidates[0]
         call.privacy = privacy
         return call.endpoint

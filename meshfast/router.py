@@ -132,6 +132,14 @@ def needs_of_chat(req: dict[str, Any], prompt_tokens: int, max_output: int, priv
     return needs_of_mask(needs_mask(req), prompt_tokens, max_output, privacy)
 
 
+def _unknown_privacy(privacy: str) -> errors.InvalidRequest:
+    return errors.InvalidRequest(
+        f"Unknown privacy class `{privacy}`; expected one of {', '.join(PRIVACY_CLASSES)}.",
+        param="mesh.privacy",
+        code="invalid_privacy_class",
+    )
+
+
 def counts_as_failure(status: int | None) -> bool:
     """Whether a failed attempt counts against the endpoint (and is worth a failover):
     no answer at all (``None``: connect error, timeout, broken stream), 429 or 5xx."""
@@ -579,34 +587,53 @@ class Router:
         """
         rank = PRIVACY_RANK.get(needs.privacy)
         if rank is None:
-            raise errors.InvalidRequest(
-                f"Unknown privacy class `{needs.privacy}`; expected one of {', '.join(PRIVACY_CLASSES)}.",
-                param="mesh.privacy",
-                code="invalid_privacy_class",
-            )
+            raise _unknown_privacy(needs.privacy)
         if model in MODES:
             table = self._tables.get(needs.kind)
             if table is not None:
                 return self._plan_mode(model, needs, rank, table)
         caps = needs.capabilities()
-        total = needs.prompt_tokens + needs.max_output
-        kind = needs.kind
-        demote = self.settings.breaker_cooldown_s
-        now = self._clock()
+        planned = self._plan_pool(model, needs.kind, caps, needs.prompt_tokens + needs.max_output, rank, needs)
+        if planned is None:
+            mode, pool = self._pool_of(model, needs.kind)
+            raise self._explain(model, mode, pool, needs, caps)
+        return planned
+
+    def plan_chat(self, model: str, mask: int, prompt_tokens: int, max_output: int, privacy: str) -> tuple[str, list[Endpoint]]:
+        """:meth:`plan` of a chat request given as its ``meshfast_core.tokens.needs_mask``
+        bits: a model or provider/model is planned without a :class:`Needs` record (the
+        pipeline's common case; building one costs more than the pool's loop), a mode
+        or an error gets one."""
+        rank = PRIVACY_RANK.get(privacy)
+        if rank is not None and model not in MODES:
+            planned = self._plan_pool(model, "chat", _CAPS_BY_MASK[mask], prompt_tokens + max_output, rank, None)
+            if planned is not None:
+                return planned
+        return self.plan(model, needs_of_mask(mask, prompt_tokens, max_output, privacy))
+
+    def _pool_of(self, model: str, kind: str) -> tuple[str, tuple[Endpoint, ...]]:
+        """``(mode, endpoints)`` a model name plans from: a mode's pool, one provider/model
+        endpoint (``pinned``) or a model's endpoints (404 for an unknown name)."""
         if model in MODES:
-            pool = self._pool.get(kind, ())
-            mode = model
-        elif "/" in model:
+            return model, self._pool.get(kind, ())
+        if "/" in model:
             ep = self._by_key.get(model)
             if ep is None:
                 raise self._not_found(model)
-            pool = (ep,)
-            mode = "pinned"
-        else:
-            pool = self._by_id.get(model)  # type: ignore[assignment]
-            if pool is None:
-                raise self._not_found(model)
-            mode = "model"
+            return "pinned", (ep,)
+        pool = self._by_id.get(model)
+        if pool is None:
+            raise self._not_found(model)
+        return "model", pool
+
+    def _plan_pool(
+        self, model: str, kind: str, caps: tuple[str, ...], total: int, rank: int, needs: Needs | None
+    ) -> tuple[str, list[Endpoint]] | None:
+        """:meth:`plan` by a loop over the pool: its fits, healthy ones first (a mode's by
+        its key, which needs ``needs``); None when nothing fits (the caller explains why)."""
+        mode, pool = self._pool_of(model, kind)
+        demote = self.settings.breaker_cooldown_s
+        now = self._clock()
         fits = 0
         picked: list[tuple[int, Endpoint]] = []
         for ep in pool:
@@ -622,10 +649,11 @@ class Router:
             if g >= 0:
                 picked.append((g, ep))
         if not fits:
-            raise self._explain(model, mode, pool, needs, caps)
+            return None
         if not picked:
             raise self._all_open(model, pool, now)
         if mode in MODES and len(picked) > 1:
+            assert needs is not None
             picked.sort(key=self._key_fn(mode, needs))  # stable: pool order breaks ties
         if any(g for g, _ in picked):
             picked.sort(key=_unhealthy_last)  # stable

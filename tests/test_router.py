@@ -24,6 +24,7 @@ from meshfast.router import (
     build_router,
     counts_as_failure,
     needs_of_chat,
+    needs_of_mask,
 )
 
 NOWHERE = "http://127.0.0.1:9/v1"
@@ -194,6 +195,36 @@ def test_routing_table(router, model, needs, expected):
     )
     for ep in cands:  # never below the class asked for
         assert ep.privacy_rank >= PRIVACY_RANK[needs.privacy]
+
+
+def _mask(needs: Needs) -> int:
+    return needs.tools | needs.vision << 1 | needs.json_schema << 2 | needs.streaming << 3
+
+
+def _outcome(fn, *args):
+    try:
+        mode, cands = fn(*args)
+    except errors.MeshError as exc:
+        return type(exc), exc.code, exc.message
+    return mode, keys(cands)
+
+
+PLAN_CHAT_MODELS = ["auto", "fast", "cheapest", "best", "big", "mid", "small", "tiny-vision", "emb", "gamma/mid",
+                    "beta/big", "alpha/small", "no-such-model", "nosuch/mid"]  # fmt: skip
+
+
+@pytest.mark.parametrize("model", PLAN_CHAT_MODELS)
+def test_plan_chat_is_plan_of_the_needs_the_mask_describes(router, model):
+    """The pipeline's entry (mask bits, no Needs record) plans exactly as plan(needs):
+    every capability mask, privacy class (and an unknown one), prompt within and beyond
+    the context windows, with and without max_output."""
+    for mask in range(16):
+        for privacy in (*PRIVACY_RANK, "secret"):
+            for prompt, max_output in ((1000, 0), (20000, 100), (40000, 0), (10, 250000)):
+                needs = needs_of_mask(mask, prompt, max_output, privacy)
+                want = _outcome(router.plan, model, needs)
+                got = _outcome(router.plan_chat, model, mask, prompt, max_output, privacy)
+                assert got == want, (model, mask, privacy, prompt, max_output)
 
 
 def auto_reference(ep, needs: Needs, ttft: float | None = None) -> float:
