@@ -381,7 +381,7 @@ cdef long long _ascii_units(const unsigned char* s, Py_ssize_t n) noexcept nogil
     return units + humps * P_HUMP + edges * P_ALNUM_EDGE
 
 
-cdef inline long long _text_units(str text) noexcept:
+cdef inline long long _text_units(object text) noexcept:
     cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
     cdef void* data = PyUnicode_DATA(text)
     # The GIL is kept: releasing it per call would let another thread take it and leave
@@ -396,7 +396,8 @@ cdef inline long long _text_units(str text) noexcept:
     return _units(<const unsigned int*>data, n)
 
 
-cdef Py_ssize_t _count_text(str text) noexcept:
+cdef Py_ssize_t _count_text(object text) noexcept:
+    # text: any str, subclasses included (every caller has checked isinstance(text, str))
     return <Py_ssize_t>((_text_units(text) + 999) // 1000)
 
 

@@ -475,3 +475,15 @@ def test_scan_twins_agree_on_random_messages(messages: list, stream: bool) -> No
     req = {"model": "m", "messages": messages, "stream": stream}
     assert tokens._c is not None
     assert tokens._c.scan_chat(req) == tokens.scan_chat_py(req)
+
+
+def test_twins_agree_on_str_subclasses() -> None:
+    """A str subclass counts as its text (the twin's isinstance(value, str) accepts it)."""
+    if count_text_c is None:
+        pytest.skip("meshfast_core._tokens is not compiled (or disabled)")
+    for text in ["", "hello world", "camelCase 123abc", "café 东京 👍", "x" * 100]:
+        assert count_text_c(Key(text)) == count_text_py(text)
+        messages = [{"role": Key("user"), "content": Key(text), "name": Key("n")}]
+        assert count_chat_c(messages) == count_chat_py(messages)
+        req = {"messages": messages}
+        assert tokens._c.scan_chat(req) == tokens.scan_chat_py(req)
