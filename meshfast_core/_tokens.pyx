@@ -6,7 +6,7 @@ prices are read from ``tokens_py`` once, at import, into C arrays.
 """
 
 cimport cython
-from libc.string cimport memset
+from libc.string cimport memcmp, memset
 
 import json as _json
 
@@ -30,6 +30,8 @@ cdef extern from "Python.h":
     bint Py_UNICODE_ISSPACE(Py_UCS4 ch) nogil
     bint Py_UNICODE_ISALNUM(Py_UCS4 ch) nogil
     bint Py_UNICODE_ISDECIMAL(Py_UCS4 ch) nogil
+    bint PyUnicode_IS_ASCII(object o)
+    bint PyUnicode_CheckExact(object o)
 
 
 # Character classes, as Python's re sees them (see tokens_py).
@@ -47,6 +49,18 @@ cdef enum:
     HAN_BYTES = (0x9FFF - 0x4E00 + 1) / 8
 
 cdef unsigned char ASCII_CLASS[128]
+
+# The same classes as bits, for the pure-ASCII scan (letters split by case for humps).
+cdef enum:
+    F_LOWER = 1
+    F_UPPER = 2
+    F_LETTER = 3
+    F_DIGIT = 4
+    F_PUNCT = 8
+    F_SPACE = 16
+    F_NEWLINE = 32
+
+cdef unsigned char ASCII_FLAGS[128]
 # Price tables: entries 0..last, then the price per unit beyond last.
 cdef long long WORD_SP[TABLE_MAX]
 cdef long long WORD_NS[TABLE_MAX]
@@ -77,14 +91,19 @@ cdef int _init() except -1:
         ch = chr(i)
         if ch in "\r\n":
             ASCII_CLASS[i] = NEWLINE
+            ASCII_FLAGS[i] = F_NEWLINE
         elif ch.isspace():
             ASCII_CLASS[i] = SPACE
+            ASCII_FLAGS[i] = F_SPACE
         elif ch.isdecimal():
             ASCII_CLASS[i] = DIGIT
+            ASCII_FLAGS[i] = F_DIGIT
         elif ch.isalnum():
             ASCII_CLASS[i] = LETTER
+            ASCII_FLAGS[i] = F_LOWER if ch.islower() else F_UPPER
         else:
             ASCII_CLASS[i] = PUNCT
+            ASCII_FLAGS[i] = F_PUNCT
     WORD_SP_LAST = _load_table(WORD_SP, _py._WORD_SP)
     WORD_NS_LAST = _load_table(WORD_NS, _py._WORD_NS)
     PUNCT_LAST = _load_table(PUNCT_PRICE, _py._PUNCT)
@@ -270,21 +289,116 @@ cdef long long _units(const ucs_t* data, Py_ssize_t n) noexcept nogil:
             i = end
     return units
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef long long _ascii_units(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """``_units`` of a pure-ASCII text in one pass. No character is non-ASCII (no
+    weights); a letter run's prefix is ASCII and followed by at least one ASCII letter
+    (no ``P_PREFIX_NO_WORD``); camel humps only occur inside letter runs and letter/digit
+    edges only at the ends of digit groups, so each is counted where its piece is scanned.
 
-cdef Py_ssize_t _count_text(str text):
+    ``s[n]`` is read: CPython ends every string's data with a NUL (``PyUnicode_AsUTF8``
+    hands out this very buffer of an ASCII string as a C string), which is punctuation,
+    so the letter, digit and whitespace loops stop there without testing ``j < n``."""
+    cdef long long units = 0
+    cdef Py_ssize_t i = 0, j, start, last_nl, end, humps = 0, edges = 0
+    cdef unsigned int c, f, nf
+    cdef bint space_prefix
+    while i < n:
+        c = s[i]
+        f = ASCII_FLAGS[c]
+        if f & F_LETTER:
+            start = i
+            space_prefix = False
+        elif f & F_DIGIT:
+            # A group of 1 to 3 digits; an ASCII letter before or after it is an edge.
+            j = i + 1
+            if ASCII_FLAGS[s[j]] & F_DIGIT:
+                j += 1
+                if ASCII_FLAGS[s[j]] & F_DIGIT:
+                    j += 1
+            units += P_DIGITS
+            if i > 0 and ASCII_FLAGS[s[i - 1]] & F_LETTER:
+                edges += 1
+            if ASCII_FLAGS[s[j]] & F_LETTER:
+                edges += 1
+            i = j
+            continue
+        else:
+            nf = ASCII_FLAGS[s[i + 1]]
+            if f & (F_PUNCT | F_SPACE) and nf & F_LETTER:
+                start = i + 1
+                space_prefix = c == 32
+            elif f & F_PUNCT or (c == 32 and i + 1 < n and nf & F_PUNCT):
+                # Punctuation (after one optional space, not counted), then newlines.
+                start = i + 1 if c == 32 else i
+                j = i + 1
+                while j < n and ASCII_FLAGS[s[j]] & F_PUNCT:
+                    j += 1
+                units += _price(PUNCT_PRICE, PUNCT_LAST, j - start)
+                while ASCII_FLAGS[s[j]] & F_NEWLINE:
+                    j += 1
+                i = j
+                continue
+            else:
+                # Whitespace: as in ``_units``.
+                j = i
+                last_nl = -1
+                while True:
+                    f = ASCII_FLAGS[s[j]]
+                    if f & F_NEWLINE:
+                        last_nl = j
+                    elif not f & F_SPACE:
+                        break
+                    j += 1
+                if j == n:
+                    end = n
+                elif last_nl >= 0:
+                    end = last_nl + 1
+                elif j - i >= 2:
+                    end = j - 1
+                else:
+                    end = i + 1
+                units += P_SPACE + P_SPACE_PER_CHAR * (end - i - 1)
+                i = end
+                continue
+        # The letter run from start, as alternating streaks of capitals and lower-case
+        # letters: a lower-case streak that ends on a capital is a hump.
+        j = start
+        while True:
+            while ASCII_FLAGS[s[j]] == F_UPPER:
+                j += 1
+            while ASCII_FLAGS[s[j]] == F_LOWER:
+                j += 1
+            if ASCII_FLAGS[s[j]] != F_UPPER:
+                break
+            humps += 1
+        if space_prefix:
+            units += _price(WORD_SP, WORD_SP_LAST, j - start)
+        else:
+            units += _price(WORD_NS, WORD_NS_LAST, j - start)
+        i = j
+    return units + humps * P_HUMP + edges * P_ALNUM_EDGE
+
+
+cdef inline long long _text_units(object text) noexcept:
     cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
-    cdef int kind = PyUnicode_KIND(text)
     cdef void* data = PyUnicode_DATA(text)
     # The GIL is kept: releasing it per call would let another thread take it and leave
     # the event loop waiting for it back (a prompt scans in microseconds).
-    cdef long long units
+    if PyUnicode_IS_ASCII(text):
+        return _ascii_units(<const unsigned char*>data, n)
+    cdef int kind = PyUnicode_KIND(text)
     if kind == 1:
-        units = _units(<const unsigned char*>data, n)
-    elif kind == 2:
-        units = _units(<const unsigned short*>data, n)
-    else:
-        units = _units(<const unsigned int*>data, n)
-    return <Py_ssize_t>((units + 999) // 1000)
+        return _units(<const unsigned char*>data, n)
+    if kind == 2:
+        return _units(<const unsigned short*>data, n)
+    return _units(<const unsigned int*>data, n)
+
+
+cdef Py_ssize_t _count_text(object text) noexcept:
+    # text: any str, subclasses included (every caller has checked isinstance(text, str))
+    return <Py_ssize_t>((_text_units(text) + 999) // 1000)
 
 
 def count_text(text):
@@ -434,21 +548,85 @@ cdef Py_ssize_t _tool_calls(object calls) except -1:
     return total
 
 
-cdef Py_ssize_t _message(object message) except -1:
+# The keys of a message that are counted their own way.
+cdef enum:
+    K_OTHER = 0
+    K_CONTENT = 1
+    K_TOOL_CALLS = 2
+    K_FUNCTION_CALL = 3
+    K_NAME = 4
+
+
+cdef inline int _message_key(object key) noexcept:
+    """Which special key a plain ``str`` is: compared by length and bytes, which is what
+    ``==`` does for two ``str`` (``PyUnicode_Compare`` costs far more)."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
+    cdef const char* d
+    if PyUnicode_KIND(key) != 1:
+        return K_OTHER
+    d = <const char*>PyUnicode_DATA(key)
+    if n == 7:
+        return K_CONTENT if memcmp(d, b"content", 7) == 0 else K_OTHER
+    if n == 4:
+        return K_NAME if memcmp(d, b"name", 4) == 0 else K_OTHER
+    if n == 10:
+        return K_TOOL_CALLS if memcmp(d, b"tool_calls", 10) == 0 else K_OTHER
+    if n == 13:
+        return K_FUNCTION_CALL if memcmp(d, b"function_call", 13) == 0 else K_OTHER
+    return K_OTHER
+
+
+cdef bint _has_image_part(list content) except -1:
+    for part in content:
+        if isinstance(part, dict):
+            kind = (<dict>part).get("type")
+            if kind == "image_url" or kind == "input_image":
+                return True
+    return False
+
+
+cdef Py_ssize_t _message(object message, bint* vision) except -1:
+    """Tokens of one message. With ``vision`` (scan_chat), also sets ``vision[0]`` when
+    the message's content is a list with an image part, as ``_needs_mask`` finds it."""
     cdef Py_ssize_t total = PER_MESSAGE
+    cdef int k
+    cdef bint content_seen = False, other_keys = False
     if not isinstance(message, dict):
         return total + _strings(message)
     for key, value in (<dict>message).items():
-        if key == "content":
-            total += _content(value)
-        elif key == "tool_calls":
-            total += _tool_calls(value)
-        elif key == "function_call":
-            total += _function_call(value)
-        elif isinstance(value, str):
-            total += _count_text(value)
-            if key == "name":
-                total += PER_NAME
+        if PyUnicode_CheckExact(key):
+            k = _message_key(key)
+            if k == K_CONTENT:
+                content_seen = True
+                if vision != NULL and not vision[0] and isinstance(value, list):
+                    vision[0] = _has_image_part(<list>value)
+                total += _content(value)
+            elif k == K_TOOL_CALLS:
+                total += _tool_calls(value)
+            elif k == K_FUNCTION_CALL:
+                total += _function_call(value)
+            elif isinstance(value, str):
+                total += _count_text(value)
+                if k == K_NAME:
+                    total += PER_NAME
+        else:
+            # Not a plain str: compared by ==, as the twin does.
+            other_keys = True
+            if key == "content":
+                total += _content(value)
+            elif key == "tool_calls":
+                total += _tool_calls(value)
+            elif key == "function_call":
+                total += _function_call(value)
+            elif isinstance(value, str):
+                total += _count_text(value)
+                if key == "name":
+                    total += PER_NAME
+    if vision != NULL and not vision[0] and not content_seen and other_keys:
+        # No plain "content" key, but another may equal it: look it up as needs_mask does.
+        content = (<dict>message).get("content")
+        if isinstance(content, list):
+            vision[0] = _has_image_part(<list>content)
     return total
 
 
@@ -469,10 +647,14 @@ cdef Py_ssize_t _tool(object tool) except -1:
 
 def count_chat(messages, tools=None):
     """Estimated prompt tokens of a chat-completions ``messages`` list and its ``tools``."""
+    return _count_chat(messages, tools, NULL)
+
+
+cdef Py_ssize_t _count_chat(object messages, object tools, bint* vision) except -1:
     cdef Py_ssize_t total = REPLY_PRIMING
     if isinstance(messages, (list, tuple)):
         for message in messages:
-            total += _message(message)
+            total += _message(message, vision)
     if isinstance(tools, (list, tuple)) and tools:
         total += TOOLS_BLOCK
         for tool in tools:
@@ -482,21 +664,11 @@ def count_chat(messages, tools=None):
 
 # -- what a chat request needs (see tokens_py.needs_mask) -------------------------------
 
-cdef int _needs_mask(dict req) except -1:
-    cdef int mask = 1 if (req.get("tools") or req.get("functions")) else 0
-    messages = req.get("messages")
-    if isinstance(messages, (list, tuple)):
-        for m in messages:
-            content = (<dict>m).get("content") if isinstance(m, dict) else None
-            if isinstance(content, list):
-                for part in <list>content:
-                    if isinstance(part, dict):
-                        kind = (<dict>part).get("type")
-                        if kind == "image_url" or kind == "input_image":
-                            mask |= 2
-                            break
-                if mask & 2:
-                    break
+cdef int _needs_mask(dict req, object tools, bint vision) except -1:
+    # tools: req.get("tools"); vision: whether a message's content list has an image part
+    cdef int mask = 1 if (tools or req.get("functions")) else 0
+    if vision:
+        mask |= 2
     fmt = req.get("response_format")
     if isinstance(fmt, dict) and (<dict>fmt).get("type") == "json_schema":
         mask |= 4
@@ -505,12 +677,26 @@ cdef int _needs_mask(dict req) except -1:
     return mask
 
 
+cdef bint _vision(object messages) except -1:
+    if isinstance(messages, (list, tuple)):
+        for m in messages:
+            content = (<dict>m).get("content") if isinstance(m, dict) else None
+            if isinstance(content, list) and _has_image_part(<list>content):
+                return True
+    return False
+
+
 def needs_mask(dict req):
     """What a (validated) chat request needs, as bits (see ``tokens_py.needs_mask``)."""
-    return _needs_mask(req)
+    tools = req.get("tools")
+    return _needs_mask(req, tools, _vision(req.get("messages")))
 
 
 def scan_chat(dict req):
-    """``(prompt tokens, needs_mask)`` of a chat request, in one call."""
+    """``(prompt tokens, needs_mask)`` of a chat request, in one call: the messages are
+    walked once, for their tokens and for image parts."""
+    cdef bint vision = False
     messages = req.get("messages")
-    return count_chat(messages if messages else [], req.get("tools")), _needs_mask(req)
+    tools = req.get("tools")
+    cdef Py_ssize_t total = _count_chat(messages if messages else [], tools, &vision)
+    return total, _needs_mask(req, tools, vision)

@@ -367,3 +367,123 @@ def test_needs_twins_agree_on_random_bodies(messages: list, tools: list | None, 
     req = {"messages": messages, "tools": tools, **extra}
     assert tokens._c is not None
     assert tokens._c.scan_chat(req) == tokens.scan_chat_py(req)
+
+
+# -- twins on mixed text and on keys that are not plain str --------------------------
+
+# ASCII pieces that exercise each branch of the compiled pure-ASCII scan (letter runs
+# with and without a prefix, camel humps, letter/digit edges, digit groups, punctuation
+# runs, whitespace runs ending or not in newlines, NUL), and non-ASCII ones for the
+# general scan: CJK, kana, Hangul, accented letters, emoji, non-ASCII digits and spaces.
+MIX_PIECES = st.sampled_from(
+    ["a", "Z", "the", " word", "camelCase", "HTTPServer", "getHTTPResponseCode", "iPhone", "x" * 40]
+    + ["supercalifragilisticexpialidocious", " " + "Abc" * 9, "a1", "1a", "A1b2C3", "v2", "12", "12345"]
+    + ["0x1F", "_", "__init__", "!", "?!", " (", "{\"", "\",", "." * 20, " " * 30, "-" * 15, "'s"]
+    + [" ", "  ", "\t", "\n", "\r\n", " \n ", "\n\n\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x00", "\x7f"]
+    + ["é", "café", "Ærø", "ß", "ñandú", "一", "东京", "的是", "あいう", "カタカナ", "한국어", "。", "，"]
+    + ["👍", "🎉x", "\U00020001", "١٢٣", "９", "²", "\xa0", "\u3000", "\u2028", "\ud800", "\x85"]
+)
+
+
+@NOT_COMPILED
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(MIX_PIECES, max_size=40).map("".join))
+def test_twins_agree_on_mixed_pieces(text: str) -> None:
+    assert count_text_c is not None
+    assert count_text_c(text) == count_text_py(text)
+
+
+@NOT_COMPILED
+@settings(max_examples=1000, deadline=None)
+@given(st.text(st.characters(max_codepoint=127), max_size=200))
+def test_twins_agree_on_random_ascii(text: str) -> None:
+    assert count_text_c is not None
+    assert count_text_c(text) == count_text_py(text)
+
+
+def test_twins_agree_on_seeded_mixes() -> None:
+    import random
+
+    if count_text_c is None:
+        pytest.skip("meshfast_core._tokens is not compiled (or disabled)")
+    pieces = list(MIX_PIECES.elements)
+    rng = random.Random(20240601)
+    for _ in range(5000):
+        parts = [rng.choice(pieces) for _ in range(rng.randrange(60))]
+        text = "".join(parts)
+        assert count_text_c(text) == count_text_py(text), repr(text)
+
+
+class Key(str):
+    """A str subclass key: equal to its text, but not a plain str."""
+
+
+class Eq:
+    """A key that equals every string (and hashes apart from them)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str)
+
+    def __hash__(self) -> int:
+        return 1
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:,"}}
+ODD_MESSAGES: list[list[Any]] = [
+    [{Key("content"): 5, "role": "user"}],
+    [{Key("name"): "alice", Key("role"): "user", "content": "hi"}],
+    [{Key("content"): [IMAGE], "role": "user"}],
+    [{"role": "user", 1: "x", "content": [{"type": "text", "text": "a"}, IMAGE]}],
+    [{"role": "user", 1: "x", Key("content"): [IMAGE]}],
+    [{"role": "user", Eq(): [IMAGE]}],
+    [{"role": "user", Eq(): "text"}, {"role": "user", "content": [{"type": "input_image"}]}],
+    [{"role": "user", "content": (IMAGE,)}],  # a tuple: counted, but not a vision list
+    [{"rôle": "user", "contenu": [IMAGE], "content": "x"}],
+    [{"role": "tool", "tool_call_id": "c1", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}],
+]
+
+
+@NOT_COMPILED
+@pytest.mark.parametrize("messages", ODD_MESSAGES)
+def test_chat_twins_agree_on_odd_keys(messages: list[Any]) -> None:
+    assert count_chat_c is not None and tokens._c is not None
+    assert count_chat_c(messages) == count_chat_py(messages)
+    for extra in ({}, {"tools": [{"type": "function"}]}, {"stream": True}):
+        req = {"messages": messages, **extra}
+        assert tokens._c.scan_chat(req) == tokens.scan_chat_py(req)
+        assert tokens._c.needs_mask(req) == tokens.needs_mask_py(req)
+
+
+PART_TYPES = st.sampled_from(["text", "image_url", "input_image", "input_audio", "file", None, 3])
+PARTS = st.fixed_dictionaries(
+    {"type": PART_TYPES}, optional={"text": st.text(max_size=30), "image_url": st.just({"url": "x"})}
+)
+MESSAGES = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant", "tool"])},
+    optional={
+        "content": st.text(max_size=60) | st.lists(PARTS, max_size=3) | st.none(),
+        "name": st.text(max_size=10),
+        "tool_call_id": st.text(max_size=10),
+    },
+)
+
+
+@NOT_COMPILED
+@settings(max_examples=300, deadline=None)
+@given(st.lists(MESSAGES, max_size=4), st.booleans())
+def test_scan_twins_agree_on_random_messages(messages: list, stream: bool) -> None:
+    req = {"model": "m", "messages": messages, "stream": stream}
+    assert tokens._c is not None
+    assert tokens._c.scan_chat(req) == tokens.scan_chat_py(req)
+
+
+def test_twins_agree_on_str_subclasses() -> None:
+    """A str subclass counts as its text (the twin's isinstance(value, str) accepts it)."""
+    if count_text_c is None:
+        pytest.skip("meshfast_core._tokens is not compiled (or disabled)")
+    for text in ["", "hello world", "camelCase 123abc", "café 东京 👍", "x" * 100]:
+        assert count_text_c(Key(text)) == count_text_py(text)
+        messages = [{"role": Key("user"), "content": Key(text), "name": Key("n")}]
+        assert count_chat_c(messages) == count_chat_py(messages)
+        req = {"messages": messages}
+        assert tokens._c.scan_chat(req) == tokens.scan_chat_py(req)
