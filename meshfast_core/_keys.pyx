@@ -10,7 +10,7 @@ costs several times the hash of a key.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
 from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
 from .keys_py import KEY_MIN_LEN, KEY_PREFIX
 from .keys_py import call_headers as _call_headers_py
@@ -32,6 +32,10 @@ cdef extern from "Python.h":
     object PyUnicode_DecodeASCII(const char* s, Py_ssize_t size, const char* errors)
 
 cdef const char* _HEX = b"0123456789abcdef"
+cdef char _HEX_PAIRS[512]  # byte b -> its two hex digits at 2 * b
+for _b in range(256):
+    _HEX_PAIRS[2 * _b] = _HEX[_b >> 4]
+    _HEX_PAIRS[2 * _b + 1] = _HEX[_b & 15]
 cdef Py_ssize_t _MIN_LEN = KEY_MIN_LEN
 
 
@@ -43,8 +47,7 @@ cdef str _hex_sha256(const char* data, Py_ssize_t n):
     if not (SHA256_Init(&ctx) and SHA256_Update(&ctx, data, <size_t>n) and SHA256_Final(md, &ctx)):
         raise MemoryError("SHA-256 failed")
     for i in range(32):
-        out[2 * i] = _HEX[md[i] >> 4]
-        out[2 * i + 1] = _HEX[md[i] & 15]
+        memcpy(out + 2 * i, _HEX_PAIRS + 2 * md[i], 2)
     return PyUnicode_DecodeASCII(out, 64, NULL)
 
 

@@ -494,6 +494,41 @@ def test_plain_holds_and_limits_set_or_removed_meanwhile(tmp_path):
     asyncio.run(run())
 
 
+def test_key_check_revoked_expired_and_unknown(tmp_path):
+    """The embedded store's key check (``key_now``, with its inline common case) against
+    ``authenticate``: a usable key passes, one expiring later too; an expired or revoked
+    key is 401 ``key_revoked`` saying which; an unknown secret is 401 without a hint."""
+    import asyncio
+
+    from meshfast.store.base import key_digest
+
+    store = open_store(StoreConfig(path=str(tmp_path / "m.db")))
+
+    async def run():
+        account = await store.create_account("keys")
+        project = await store.create_project(account.id, "p")
+        live, live_secret = await store.create_key(project)
+        later, later_secret = await store.create_key(project, expires_at=time.time() + 3600)
+        gone, gone_secret = await store.create_key(project)
+        assert store.key_now(key_digest(live_secret)) is live
+        assert store.key_now(key_digest(later_secret)) is later
+        assert (await store.authenticate(later_secret)) is later
+        await store.update_key(later.id, expires_at=time.time() - 1)
+        await store.revoke_key(gone.id)
+        for secret, word in ((later_secret, "expired"), (gone_secret, "revoked")):
+            with pytest.raises(errors.KeyRevoked, match=word):
+                store.key_now(key_digest(secret))
+            with pytest.raises(errors.KeyRevoked, match=word):
+                await store.authenticate(secret)
+        with pytest.raises(errors.AuthenticationFailed) as info:
+            store.key_now(key_digest(live_secret + "x"))
+        assert "revoked" not in info.value.message and "expired" not in info.value.message
+        assert store.key_now(key_digest(live_secret)) is live
+        await store.close()
+
+    asyncio.run(run())
+
+
 def test_usd_compiled_loaded() -> None:
     from meshfast_core import usd
 

@@ -321,7 +321,12 @@ class EmbeddedStore(Store):
     immediate = True
 
     def key_now(self, digest: str) -> KeyRecord:
-        return usable_key(self._key_hashes.get(digest), digest)
+        key = self._key_hashes.get(digest)
+        if key is not None and key.revoked_at is None and key.expires_at is None:
+            # the common case, checked inline: the table's hit already compared the
+            # digest (usable_key's compare_digest would compare two equal digests)
+            return key
+        return usable_key(key, digest)
 
     def context_now(self, key: KeyRecord) -> tuple[Account, Project]:
         return self._accounts[key.account_id], self._projects[key.project_id]
