@@ -60,3 +60,11 @@ def test_plan_observed(benchmark, tmp_path, model):
     needs = needs_of_chat(REQUEST, 20, 200, "standard")
     mode, candidates = benchmark(router.plan, model, needs)
     assert candidates and mode == model
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "openai/gpt-4o-mini"])
+def test_plan_chat(benchmark, tmp_path, model):
+    """The pipeline's entry for a chat naming a model or provider/model (no Needs record)."""
+    router = _router(tmp_path)
+    mode, candidates = benchmark(router.plan_chat, model, 0, 20, 200, "standard")
+    assert candidates and mode in ("model", "pinned")

@@ -859,15 +859,3 @@ def test_config_errors_name_the_key(tmp_path, text, key, problem):
     assert (
         info.value.source == str(path) and key in info.value.key and problem in info.value.problem
     )
-
-
-def test_pinned_plan_is_cheap(router):
-    needs = N()
-    router.plan("mid", needs)
-    import time
-
-    t = time.perf_counter()
-    for _ in range(2000):
-        router.plan("mid", needs)
-    per_call = (time.perf_counter() - t) / 2000
-    assert per_call < 50e-6, per_call  # a few microseconds normally; generous for slow CI
