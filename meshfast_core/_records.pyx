@@ -11,7 +11,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_GET_LENGTH
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 import marshal
 import os
@@ -355,10 +355,8 @@ def settle_hold(Account account, Hold hold, Receipt receipt, Frame frame):
 DEF HEAD = 9  # the frame's length (4 bytes, big-endian), then marshal's list: "[", count (4, little-endian)
 DEF KEEP = 1 << 20  # a buffer grown beyond this by a backlog is given back after it is sent
 
-# a settle change's start: a tuple of 4 ("settle", row, account id, total), its "settle",
-# and the row's tuple of 24
-cdef const char* _SETTLE_HEAD = b")\x04z\x06settle)\x18"
-DEF SETTLE_HEAD_SIZE = 12
+# a settle change is a tuple of 4 ("settle", row, account id, total), its row a tuple of 24
+cdef str _SETTLE = "settle"
 if len(RECEIPT_FIELDS) != 24:
     raise ImportError("meshfast_core._records was built for 24 receipt fields: rebuild it")
 
@@ -368,19 +366,31 @@ if len(RECEIPT_FIELDS) != 24:
 cdef class Frame:
     """The store writer's changes not yet sent, each already in ``marshal`` format (see
     ``records_py.Frame``): ``settle_hold`` writes a settle change here field by field in C,
-    without building its row or change tuple; ``put`` appends any other change by
-    ``marshal.dumps(change, 2)``. ``take()`` is the frame of all of them, ready for the
-    writer's pipe."""
+    without building its row or change tuple, and writes a shared string once per frame
+    (flagged), then a back-reference to it; ``put`` appends any other change by
+    ``marshal.dumps(change, 2)``, which has no back-references (version 3 and up number
+    the objects of each dump, which would clash with the frame's). ``take()`` is the frame
+    of all of them, ready for the writer's pipe."""
 
     cdef char* buf
     cdef Py_ssize_t size, cap
     cdef readonly Py_ssize_t count
+    # the strings this frame's settles share (an account's, key's, model's...): the first
+    # time one is written it is flagged (marshal's FLAG_REF), then referred back to by its
+    # number ("r"), as marshal.dumps does; open addressing by identity, held until taken
+    cdef PyObject** rkeys
+    cdef Py_ssize_t* rvals
+    cdef Py_ssize_t rmask
+    cdef list held
 
     def __cinit__(self):
         self.size = HEAD
+        self.held = []
 
     def __dealloc__(self):
         PyMem_Free(self.buf)
+        PyMem_Free(self.rkeys)
+        PyMem_Free(self.rvals)
 
     def __len__(self):
         return self.count
@@ -446,8 +456,10 @@ cdef class Frame:
             at[6 + 2 * k] = <char>(digit >> 8)
         return 0
 
-    cdef int _str(self, s) except -1:
-        # an exact str: "z" (short ASCII), "a" (ASCII) or "u" (UTF-8), as marshal reads them
+    cdef int _str(self, s, char flag, char short=122) except -1:
+        # an exact str: "z" (short ASCII; ``short``: "Z" for one marshal.loads interns), "a"
+        # (ASCII) or "u" (UTF-8), as marshal reads them, with ``flag`` (0 or FLAG_REF) on its
+        # type; 1 if so written, 0 if by marshal (unflagged)
         cdef Py_ssize_t n
         cdef const char* p = _utf8_or_null(s, &n)
         cdef char* at
@@ -455,23 +467,72 @@ cdef class Frame:
             if not PyErr_ExceptionMatches(UnicodeEncodeError):
                 return -1
             PyErr_Clear()
-            return self._marshal(s)  # a lone surrogate: marshal passes it through
+            self._marshal(s)  # a lone surrogate: marshal passes it through
+            return 0
         if n > 0x7FFFFFFF:
             raise ValueError("a str too long for a frame")
         if n != PyUnicode_GET_LENGTH(s):
             at = self._room(5 + n)
-            at[0] = b"u"
+            at[0] = <char>(117 | flag)  # "u"
         elif n < 256:
             at = self._room(2 + n)
-            at[0] = b"z"
+            at[0] = <char>(short | flag)
             at[1] = <char>n
             memcpy(at + 2, p, n)
-            return 0
+            return 1
         else:
             at = self._room(5 + n)
-            at[0] = b"a"
+            at[0] = <char>(97 | flag)  # "a"
         self._int32(at + 1, <long>n)
         memcpy(at + 5, p, n)
+        return 1
+
+    cdef int _rehash(self, Py_ssize_t slots) except -1:
+        # a table of ``slots`` (a power of 2) for the strings held
+        cdef void* k = PyMem_Realloc(self.rkeys, slots * sizeof(PyObject*))
+        if k == NULL:
+            raise MemoryError()
+        self.rkeys = <PyObject**>k
+        k = PyMem_Realloc(self.rvals, slots * sizeof(Py_ssize_t))
+        if k == NULL:
+            raise MemoryError()
+        self.rvals = <Py_ssize_t*>k
+        memset(self.rkeys, 0, slots * sizeof(PyObject*))
+        self.rmask = slots - 1
+        cdef Py_ssize_t n, at
+        for n in range(len(self.held)):
+            at = self._slot(<PyObject*>self.held[n])
+            self.rkeys[at] = <PyObject*>self.held[n]
+            self.rvals[at] = n
+        return 0
+
+    cdef inline Py_ssize_t _slot(self, PyObject* o) noexcept:
+        # o's slot: where it is, else the empty one it goes in
+        cdef size_t h = (<size_t>o >> 4) * <size_t>0x9E3779B97F4A7C15ULL
+        cdef Py_ssize_t at = <Py_ssize_t>((h >> 32) & <size_t>self.rmask)
+        while self.rkeys[at] != NULL and self.rkeys[at] != o:
+            at = (at + 1) & self.rmask
+        return at
+
+    cdef int _shared(self, s, char short=122) except -1:
+        # a str that other changes of the frame may carry too: a reference to it once written
+        cdef Py_ssize_t at, n
+        cdef char* w
+        if type(s) is not str:
+            return self._value(s)
+        if 2 * (len(self.held) + 1) > self.rmask:
+            self._rehash(64 if self.rkeys == NULL else 2 * (self.rmask + 1))
+        at = self._slot(<PyObject*>s)
+        if self.rkeys[at] != NULL:
+            w = self._room(5)
+            w[0] = b"r"
+            self._int32(w + 1, <long>self.rvals[at])
+            return 0
+        if self._str(s, <char>0x80, short):
+            n = len(self.held)
+            self.held.append(s)
+            self.rkeys[at] = <PyObject*>s
+            self.rvals[at] = n
         return 0
 
     cdef int _float(self, double d) except -1:
@@ -483,7 +544,8 @@ cdef class Frame:
     cdef inline int _value(self, v) except -1:
         t = type(v)
         if t is str:
-            return self._str(v)
+            self._str(v, 0)
+            return 0
         if t is int:
             return self._int(v)
         if t is float:
@@ -501,37 +563,42 @@ cdef class Frame:
 
     cdef int _settle(self, Receipt r, account_id, total) except -1:
         # ("settle", r.row(), account_id, total), without building either tuple; all or nothing
-        cdef Py_ssize_t start = self.size
+        cdef Py_ssize_t start = self.size, refs = len(self.held)
         try:
-            self._bytes(_SETTLE_HEAD, SETTLE_HEAD_SIZE)
+            self._bytes(b")\x04", 2)
+            self._shared(_SETTLE, 90)  # "Z": interned, so the twin writer's == "settle" is one identity check
+            self._bytes(b")\x18", 2)
             self._value(r.id)
             self._value(r.created)
-            self._value(r.account_id)
-            self._value(r.project_id)
-            self._value(r.key_id)
-            self._value(r.kind)
-            self._value(r.model)
-            self._value(r.route_mode)
-            self._value(r.provider)
-            self._value(r.upstream_model)
-            self._value(r.privacy)
+            self._shared(r.account_id)
+            self._shared(r.project_id)
+            self._shared(r.key_id)
+            self._shared(r.kind)
+            self._shared(r.model)
+            self._shared(r.route_mode)
+            self._shared(r.provider)
+            self._shared(r.upstream_model)
+            self._shared(r.privacy)
             self._value(r.prompt_tokens)
             self._value(r.completion_tokens)
             self._value(r.cached_tokens)
-            self._value(r.tokens_source)
+            self._shared(r.tokens_source)
             self._value(r.upstream_cost_nano)
             self._value(r.margin_nano)
             self._value(r.total_nano)
             self._value(r.latency_ms)
             self._value(r.ttft_ms)
             self._flag(r.stream)
-            self._value(r.status)
+            self._shared(r.status)
             self._flag(r.capped)
-            self._value(r.attempts)
-            self._value(account_id)
+            self._shared(r.attempts)
+            self._shared(account_id)
             self._value(total)
         except BaseException:
             self.size = start
+            if len(self.held) > refs:  # the strings this change flagged are not in the frame
+                del self.held[refs:]
+                self._rehash(self.rmask + 1)
             raise
         self.count += 1
         return 0
@@ -567,6 +634,9 @@ cdef class Frame:
         """Drop every change not yet taken."""
         self.size = HEAD
         self.count = 0
+        if self.held:
+            self.held = []
+            memset(self.rkeys, 0, (self.rmask + 1) * sizeof(PyObject*))
         if self.cap > KEEP:
             PyMem_Free(self.buf)
             self.buf, self.cap = NULL, 0

@@ -259,44 +259,45 @@ def settle_hold(account: Account, hold: Hold, receipt: Receipt, frame: Frame) ->
 
 
 class Frame:
-    """The store writer's changes not yet sent, each already in ``marshal`` format, and how
-    many. ``take()`` is the frame the writer process reads (meshfast/store/sqlite_writer.py):
-    its length (4 bytes, big-endian), then what ``marshal.dumps`` of the list of changes
-    would read back as: ``[``, the count (4 bytes, little-endian) and the changes one after
-    another. Each is encoded on its own, so none may refer back to another: marshal's
-    version 2 writes no back-references (versions 3 and up number the objects of one dump).
-    The compiled twin writes a settle change field by field in C (short ASCII strings as
-    version 4's ``z``, which has no reference either); both frames read back as the same
-    changes."""
+    """The store writer's changes not yet sent, and how many. ``take()`` is the frame the
+    writer process reads (meshfast/store/sqlite_writer.py): its length (4 bytes,
+    big-endian), then ``marshal.dumps`` of the list of changes (``[``, the count in 4
+    bytes, little-endian, the changes). This twin keeps the changes' tuples and marshals
+    them at ``take``, with marshal's back-references to strings met before. The compiled
+    twin encodes each change as it is put (a settle field by field in C, writing each
+    shared string once and referring back to it; anything else by ``marshal.dumps(change,
+    2)``, which writes no back-references, so it can stand beside the others); both
+    frames read back as the same changes."""
 
-    __slots__ = ("count", "parts")
+    __slots__ = ("changes",)
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.count = 0
+        self.changes: list[tuple] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.changes)
 
     def __len__(self) -> int:
-        return self.count
+        return len(self.changes)
 
     def settle(self, receipt: Receipt, account_id: str, total: int) -> None:
         """Append ``("settle", receipt.row(), account_id, total)`` (what ``settle_hold`` does)."""
-        self.put(("settle", receipt.row(), account_id, total))
+        self.changes.append(("settle", receipt.row(), account_id, total))
 
     def put(self, change: tuple) -> None:
         """Append one change (a ``(sql, params)`` statement, or any change) in order."""
-        self.parts.append(marshal.dumps(change, 2))
-        self.count += 1
+        self.changes.append(change)
 
     def take(self) -> bytes:
         """The frame of every change so far, and an empty frame from here on."""
-        body = b"[" + struct.pack("<i", self.count) + b"".join(self.parts)
-        self.clear()
-        return struct.pack(">I", len(body)) + body
+        payload = marshal.dumps(self.changes)
+        self.changes = []
+        return struct.pack(">I", len(payload)) + payload
 
     def clear(self) -> None:
         """Drop every change not yet taken."""
-        self.parts = []
-        self.count = 0
+        self.changes = []
 
 
 # shared by both twins' methods: none is on the hot path

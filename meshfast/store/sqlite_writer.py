@@ -10,9 +10,10 @@ Wire format on stdin: frames of a 4-byte big-endian length and a list of changes
 ``marshal`` format, each either ``("settle", row, account_id, total_nano)`` (``row``:
 ``Receipt.row()``) or ``(sql, params)``. The server builds a frame with
 ``meshfast_core.records.Frame``: the list's header (``[`` and a little-endian count) and the
-changes, each encoded on its own as it was made (a settle by the compiled ``settle_hold``
-in C, anything else by ``marshal.dumps(change, 2)``), so a frame has no back-references;
-this process reads any marshal list, with or without them. marshal, not JSON: reading a frame back costs a
+changes, encoded as they were made (the compiled one writes a settle in C, with
+back-references to the strings it has written in the frame, and anything else by
+``marshal.dumps(change, 2)``, which writes none; the Python twin marshals the list at
+once); this process reads any marshal list. marshal, not JSON: reading a frame back costs a
 quarter of what orjson.loads does, and marshal.loads builds plain data only, running
 nothing (the pipe is private to the server and this, its child). Answer on stdout per
 frame: ``k`` committed, ``f`` failed (the error is on stderr). At end of input it exits:
