@@ -118,15 +118,15 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
         )  # fmt: skip
 
     r = receipt()
-    pending = store._writer.pending
+    frame = store._writer.frame
 
     async def hold_release() -> None:
         await store.release(store.hold_now(key, amount, tokens))
 
     def hold_settle() -> None:
         store.settle_now(store.hold_now(key, amount, tokens), r)
-        if len(pending) > 1000:  # no event loop: nothing sends them, so drop them
-            pending.clear()
+        if frame.count > 1000:  # no event loop: nothing sends them, so drop them
+            frame.clear()
 
     return {
         "noop": (lambda: None, False),

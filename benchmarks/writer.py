@@ -5,9 +5,9 @@
 
 The writer (meshfast/store/sqlite_writer.py) runs beside the server on the same cores, so
 its CPU per receipt counts against the money core as much as the worker's own. This runs
-its code alone, in a child process under callgrind: frames of W1 receipts (``Receipt.row()``
-of a receipt from ``priced_receipt``, each with its own id) are made and marshalled as the
-server sends them, then decoded and committed one transaction per frame, as the writer
+its code alone, in a child process under callgrind: frames of W1 receipts (a receipt from
+``priced_receipt``, each with its own id) are made as the server makes them (``settle_hold``
+into a ``records.Frame``), then decoded and committed one transaction per frame, as the writer
 does, into a fresh store in WAL mode with ``synchronous=FULL``. Each writer (the compiled
 ``meshfast_core._sqlite_writer`` when it is built, and the Python twin) runs twice, once
 committing no frame and once all of them (both make the same frames first); the
@@ -40,7 +40,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _child(kind: str, commit_frames: int, store_dir: Path, frames: int, per_frame: int) -> None:
-    import marshal
     import sqlite3
 
     from meshfast.billing import Billing
@@ -49,7 +48,7 @@ def _child(kind: str, commit_frames: int, store_dir: Path, frames: int, per_fram
     from meshfast.store import sqlite_writer
     from meshfast.store.base import Account, KeyRecord, new_id
     from meshfast.store.embedded import SCHEMA
-    from meshfast_core.records import priced_receipt
+    from meshfast_core.records import Frame, priced_receipt, settle_hold, take_hold
 
     class _Provider:
         name = "local"
@@ -62,9 +61,15 @@ def _child(kind: str, commit_frames: int, store_dir: Path, frames: int, per_fram
     account = Account(new_id("acct_"), "bench", 10**15)
     key = KeyRecord(new_id("key_"), new_id("proj_"), account.id, "h", "mesh_live_abcd")
     billing = Billing(BillingConfig())
+
+    class _State:  # what settle_hold counts spend in
+        def __init__(self) -> None:
+            self.spend: dict[str, int] = {}
+
+    states = (_State(), _State())
     made = []
+    frame = Frame()
     for _ in range(frames):  # the same in both runs: only the commits below differ
-        work = []
         for _ in range(per_frame):
             r = priced_receipt(
                 receipt_id=new_id("rcpt_"), account=account, key=key, endpoint=endpoint, kind="chat",
@@ -72,8 +77,8 @@ def _child(kind: str, commit_frames: int, store_dir: Path, frames: int, per_fram
                 started=1.0, first_byte=1.0005, stream=False, status="ok", route_mode="model", attempts="local/bench-model",
                 margin_ppm=billing.margin_ppm, fee_nano=billing.fee_nano,
             )  # fmt: skip
-            work.append(("settle", r.row(), account.id, r.total_nano))
-        made.append(marshal.dumps(work))
+            settle_hold(account, take_hold(account, key.id, 0, states), r, frame)
+        made.append(frame.take()[4:])  # the payload, without its length
     path = str(store_dir / "writer.db")
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")

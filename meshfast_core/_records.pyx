@@ -4,12 +4,16 @@ and the balance moves on them (compiled twin of ``records_py.py``, which says wh
 and behaviour are the same)."""
 
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem
-from cpython.exc cimport PyErr_Occurred
+from cpython.exc cimport PyErr_Clear, PyErr_ExceptionMatches, PyErr_Occurred
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
-from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.string cimport memcpy
+from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_GET_LENGTH
+from libc.string cimport memcpy, memset
 
+import marshal
 import os
 
 from meshfast_core._pricing cimport call_cost_c
@@ -21,7 +25,7 @@ from .records_py import (
 )
 
 __all__ = (
-    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Hold", "Receipt", "day_of", "month_of", "new_id",
+    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Frame", "Hold", "Receipt", "day_of", "month_of", "new_id",
     "priced_receipt", "release_hold", "reseed_ids", "settle_hold", "spend_buckets", "take_hold",
 )
 
@@ -43,6 +47,8 @@ cdef inline double _clock(int clock) noexcept:
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
+    const char* _utf8_or_null "PyUnicode_AsUTF8AndSize"(object o, Py_ssize_t* size)
+    int PyFloat_Pack8(double x, char* p, int le) except -1
 
 
 # -- ids (see records_py) ---------------------------------------------------------------
@@ -319,8 +325,9 @@ def release_hold(Account account, Hold hold, used_tokens):
     _release(account, hold, used_tokens)
 
 
-def settle_hold(Account account, Hold hold, Receipt receipt):
-    """Settle a call in memory; the store writer's change (see ``records_py.settle_hold``)."""
+def settle_hold(Account account, Hold hold, Receipt receipt, Frame frame):
+    """Settle a call in memory and append the store writer's change to ``frame`` (see
+    ``records_py.settle_hold``)."""
     global _day_start, _day_end, _month, _day
     _release(account, hold, receipt.prompt_tokens + receipt.completion_tokens)
     available = account.balance_nano - account.held_nano
@@ -341,4 +348,295 @@ def settle_hold(Account account, Hold hold, Receipt receipt):
     for spend in (key_state.spend, project_state.spend):
         _add(<dict?>spend, _month, total)
         _add(<dict?>spend, _day, total)
-    return ("settle", receipt.row(), account.id, total)
+    frame._settle(receipt, account.id, total)
+
+
+# -- the store writer's frame ------------------------------------------------------------
+DEF HEAD = 9  # the frame's length (4 bytes, big-endian), then marshal's list: "[", count (4, little-endian)
+DEF KEEP = 1 << 20  # a buffer grown beyond this by a backlog is given back after it is sent
+
+# a settle change is a tuple of 4 ("settle", row, account id, total), its row a tuple of 24
+cdef str _SETTLE = "settle"
+if len(RECEIPT_FIELDS) != 24:
+    raise ImportError("meshfast_core._records was built for 24 receipt fields: rebuild it")
+
+
+@cython.auto_pickle(False)
+@cython.final
+cdef class Frame:
+    """The store writer's changes not yet sent, each already in ``marshal`` format (see
+    ``records_py.Frame``): ``settle_hold`` writes a settle change here field by field in C,
+    without building its row or change tuple, and writes a shared string once per frame
+    (flagged), then a back-reference to it; ``put`` appends any other change by
+    ``marshal.dumps(change, 2)``, which has no back-references (version 3 and up number
+    the objects of each dump, which would clash with the frame's). ``take()`` is the frame
+    of all of them, ready for the writer's pipe."""
+
+    cdef char* buf
+    cdef Py_ssize_t size, cap
+    cdef readonly Py_ssize_t count
+    # the strings this frame's settles share (an account's, key's, model's...): the first
+    # time one is written it is flagged (marshal's FLAG_REF), then referred back to by its
+    # number ("r"), as marshal.dumps does; open addressing by identity, held until taken
+    cdef PyObject** rkeys
+    cdef Py_ssize_t* rvals
+    cdef Py_ssize_t rmask
+    cdef list held
+
+    def __cinit__(self):
+        self.size = HEAD
+        self.held = []
+
+    def __dealloc__(self):
+        PyMem_Free(self.buf)
+        PyMem_Free(self.rkeys)
+        PyMem_Free(self.rvals)
+
+    def __len__(self):
+        return self.count
+
+    cdef inline char* _room(self, Py_ssize_t n) except NULL:
+        # n bytes at the end of the frame, which the caller fills
+        cdef Py_ssize_t need = self.size + n, cap
+        cdef void* p
+        if need > self.cap:
+            cap = self.cap * 2 if self.cap else 4096
+            while cap < need:
+                cap *= 2
+            p = PyMem_Realloc(self.buf, cap)
+            if p == NULL:
+                raise MemoryError()
+            self.buf, self.cap = <char*>p, cap
+        cdef char* at = self.buf + self.size
+        self.size = need
+        return at
+
+    cdef inline int _bytes(self, const char* p, Py_ssize_t n) except -1:
+        memcpy(self._room(n), p, n)
+        return 0
+
+    cdef int _marshal(self, value) except -1:
+        # anything the fast paths below do not write, as marshal writes it (version 2: no
+        # back-references, so it can stand next to the others)
+        cdef bytes b = marshal.dumps(value, 2)
+        return self._bytes(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+
+    cdef inline int _int32(self, char* at, long v) noexcept:
+        cdef unsigned long u = <unsigned long>v
+        at[0] = <char>(u & 0xFF)
+        at[1] = <char>((u >> 8) & 0xFF)
+        at[2] = <char>((u >> 16) & 0xFF)
+        at[3] = <char>((u >> 24) & 0xFF)
+        return 0
+
+    cdef int _int(self, v) except -1:
+        # an exact int: "i" when it fits in 32 bits, else "l" (15-bit digits), as marshal does
+        cdef int overflow = 0
+        cdef long long x = PyLong_AsLongLongAndOverflow(v, &overflow)
+        cdef unsigned long long a
+        cdef int ndigits = 0, k
+        cdef unsigned int digit
+        cdef char* at
+        if overflow:
+            return self._marshal(v)
+        if -2147483648 <= x <= 2147483647:
+            at = self._room(5)
+            at[0] = b"i"
+            self._int32(at + 1, <long>x)
+            return 0
+        a = (0ULL - <unsigned long long>x) if x < 0 else <unsigned long long>x
+        while ndigits < 5 and (a >> (15 * ndigits)):
+            ndigits += 1
+        at = self._room(5 + 2 * ndigits)
+        at[0] = b"l"
+        self._int32(at + 1, -ndigits if x < 0 else ndigits)
+        for k in range(ndigits):
+            digit = <unsigned int>((a >> (15 * k)) & 0x7FFF)
+            at[5 + 2 * k] = <char>(digit & 0xFF)
+            at[6 + 2 * k] = <char>(digit >> 8)
+        return 0
+
+    cdef int _str(self, s, char flag, char short=122) except -1:
+        # an exact str: "z" (short ASCII; ``short``: "Z" for one marshal.loads interns), "a"
+        # (ASCII) or "u" (UTF-8), as marshal reads them, with ``flag`` (0 or FLAG_REF) on its
+        # type; 1 if so written, 0 if by marshal (unflagged)
+        cdef Py_ssize_t n
+        cdef const char* p = _utf8_or_null(s, &n)
+        cdef char* at
+        if p == NULL:
+            if not PyErr_ExceptionMatches(UnicodeEncodeError):
+                return -1
+            PyErr_Clear()
+            self._marshal(s)  # a lone surrogate: marshal passes it through
+            return 0
+        if n > 0x7FFFFFFF:
+            raise ValueError("a str too long for a frame")
+        if n != PyUnicode_GET_LENGTH(s):
+            at = self._room(5 + n)
+            at[0] = <char>(117 | flag)  # "u"
+        elif n < 256:
+            at = self._room(2 + n)
+            at[0] = <char>(short | flag)
+            at[1] = <char>n
+            memcpy(at + 2, p, n)
+            return 1
+        else:
+            at = self._room(5 + n)
+            at[0] = <char>(97 | flag)  # "a"
+        self._int32(at + 1, <long>n)
+        memcpy(at + 5, p, n)
+        return 1
+
+    cdef int _rehash(self, Py_ssize_t slots) except -1:
+        # a table of ``slots`` (a power of 2) for the strings held
+        cdef void* k = PyMem_Realloc(self.rkeys, slots * sizeof(PyObject*))
+        if k == NULL:
+            raise MemoryError()
+        self.rkeys = <PyObject**>k
+        k = PyMem_Realloc(self.rvals, slots * sizeof(Py_ssize_t))
+        if k == NULL:
+            raise MemoryError()
+        self.rvals = <Py_ssize_t*>k
+        memset(self.rkeys, 0, slots * sizeof(PyObject*))
+        self.rmask = slots - 1
+        cdef Py_ssize_t n, at
+        for n in range(len(self.held)):
+            at = self._slot(<PyObject*>self.held[n])
+            self.rkeys[at] = <PyObject*>self.held[n]
+            self.rvals[at] = n
+        return 0
+
+    cdef inline Py_ssize_t _slot(self, PyObject* o) noexcept:
+        # o's slot: where it is, else the empty one it goes in
+        cdef size_t h = (<size_t>o >> 4) * <size_t>0x9E3779B97F4A7C15ULL
+        cdef Py_ssize_t at = <Py_ssize_t>((h >> 32) & <size_t>self.rmask)
+        while self.rkeys[at] != NULL and self.rkeys[at] != o:
+            at = (at + 1) & self.rmask
+        return at
+
+    cdef int _shared(self, s, char short=122) except -1:
+        # a str that other changes of the frame may carry too: a reference to it once written
+        cdef Py_ssize_t at, n
+        cdef char* w
+        if type(s) is not str:
+            return self._value(s)
+        if 2 * (len(self.held) + 1) > self.rmask:
+            self._rehash(64 if self.rkeys == NULL else 2 * (self.rmask + 1))
+        at = self._slot(<PyObject*>s)
+        if self.rkeys[at] != NULL:
+            w = self._room(5)
+            w[0] = b"r"
+            self._int32(w + 1, <long>self.rvals[at])
+            return 0
+        if self._str(s, <char>0x80, short):
+            n = len(self.held)
+            self.held.append(s)
+            self.rkeys[at] = <PyObject*>s
+            self.rvals[at] = n
+        return 0
+
+    cdef int _float(self, double d) except -1:
+        cdef char* at = self._room(9)
+        at[0] = b"g"
+        PyFloat_Pack8(d, at + 1, 1)
+        return 0
+
+    cdef inline int _value(self, v) except -1:
+        t = type(v)
+        if t is str:
+            self._str(v, 0)
+            return 0
+        if t is int:
+            return self._int(v)
+        if t is float:
+            return self._float(<double>v)
+        if v is None:
+            self._room(1)[0] = b"N"
+            return 0
+        return self._marshal(v)  # True, False and anything else
+
+    cdef inline int _flag(self, bint v) except -1:
+        cdef char* at = self._room(5)
+        at[0] = b"i"
+        self._int32(at + 1, 1 if v else 0)
+        return 0
+
+    cdef int _settle(self, Receipt r, account_id, total) except -1:
+        # ("settle", r.row(), account_id, total), without building either tuple; all or nothing
+        cdef Py_ssize_t start = self.size, refs = len(self.held)
+        try:
+            self._bytes(b")\x04", 2)
+            self._shared(_SETTLE, 90)  # "Z": interned, so the twin writer's == "settle" is one identity check
+            self._bytes(b")\x18", 2)
+            self._value(r.id)
+            self._value(r.created)
+            self._shared(r.account_id)
+            self._shared(r.project_id)
+            self._shared(r.key_id)
+            self._shared(r.kind)
+            self._shared(r.model)
+            self._shared(r.route_mode)
+            self._shared(r.provider)
+            self._shared(r.upstream_model)
+            self._shared(r.privacy)
+            self._value(r.prompt_tokens)
+            self._value(r.completion_tokens)
+            self._value(r.cached_tokens)
+            self._shared(r.tokens_source)
+            self._value(r.upstream_cost_nano)
+            self._value(r.margin_nano)
+            self._value(r.total_nano)
+            self._value(r.latency_ms)
+            self._value(r.ttft_ms)
+            self._flag(r.stream)
+            self._shared(r.status)
+            self._flag(r.capped)
+            self._shared(r.attempts)
+            self._shared(account_id)
+            self._value(total)
+        except BaseException:
+            self.size = start
+            if len(self.held) > refs:  # the strings this change flagged are not in the frame
+                del self.held[refs:]
+                self._rehash(self.rmask + 1)
+            raise
+        self.count += 1
+        return 0
+
+    def settle(self, Receipt receipt, account_id, total):
+        """Append ``("settle", receipt.row(), account_id, total)`` (what ``settle_hold`` does)."""
+        self._settle(receipt, account_id, total)
+
+    def put(self, change):
+        """Append one change (a ``(sql, params)`` statement, or any change) in order."""
+        self._marshal(change)
+        self.count += 1
+
+    def take(self):
+        """The frame of every change so far, as the writer's pipe takes it (the length,
+        then marshal's list of the changes), and an empty frame from here on."""
+        if self.buf == NULL:
+            self._room(0)
+        cdef Py_ssize_t n = self.size - 4
+        if n > 0xFFFFFFFF:
+            raise ValueError("a frame beyond 4 GiB")
+        self.buf[0] = <char>((n >> 24) & 0xFF)
+        self.buf[1] = <char>((n >> 16) & 0xFF)
+        self.buf[2] = <char>((n >> 8) & 0xFF)
+        self.buf[3] = <char>(n & 0xFF)
+        self.buf[4] = b"["
+        self._int32(self.buf + 5, <long>self.count)
+        out = PyBytes_FromStringAndSize(self.buf, self.size)
+        self.clear()
+        return out
+
+    def clear(self):
+        """Drop every change not yet taken."""
+        self.size = HEAD
+        self.count = 0
+        if self.held:
+            self.held = []
+            memset(self.rkeys, 0, (self.rmask + 1) * sizeof(PyObject*))
+        if self.cap > KEEP:
+            PyMem_Free(self.buf)
+            self.buf, self.cap = NULL, 0

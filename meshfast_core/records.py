@@ -1,5 +1,6 @@
 """The hot path's records, an ``Account``, a call's ``Hold`` and its ``Receipt``, and the
-balance moves on them (``take_hold``, ``release_hold``, ``settle_hold``): the compiled ``_records`` unless
+balance moves on them (``take_hold``, ``release_hold``, ``settle_hold``), and the store
+writer's ``Frame`` that ``settle_hold`` writes its change to: the compiled ``_records`` unless
 ``MESHFAST_NO_EXTENSIONS`` is set.
 
 ``records_py`` holds the pure-Python twins (dataclasses with the same fields, methods and
@@ -16,13 +17,14 @@ from ._ext import compiled
 from .records_py import RECEIPT_FIELDS, day_of, month_of, spend_buckets
 
 __all__ = (
-    "COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Account", "Hold", "Receipt", "day_of", "month_of", "new_id",
+    "COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Account", "Frame", "Hold", "Receipt", "day_of", "month_of", "new_id",
     "priced_receipt", "release_hold", "settle_hold", "spend_buckets", "take_hold",
 )  # fmt: skip
 
 RECORDS_C: ModuleType | None = compiled("_records")
 COMPILED = RECORDS_C is not None
 Account = records_py.Account if RECORDS_C is None else RECORDS_C.Account
+Frame = records_py.Frame if RECORDS_C is None else RECORDS_C.Frame
 Hold = records_py.Hold if RECORDS_C is None else RECORDS_C.Hold
 Receipt = records_py.Receipt if RECORDS_C is None else RECORDS_C.Receipt
 new_id = records_py.new_id if RECORDS_C is None else RECORDS_C.new_id

@@ -10,7 +10,9 @@ row a store writes by another. Fields and behaviour are the same in both twins.
 from __future__ import annotations
 
 import itertools
+import marshal
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +22,7 @@ from .pricing import call_cost
 from .usd import usd_bytes
 
 __all__ = (
-    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Hold", "Receipt", "account_public", "day_of", "id_seed",
+    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Frame", "Hold", "Receipt", "account_public", "day_of", "id_seed",
     "month_of", "new_id", "priced_receipt", "receipt_as_dict", "receipt_public", "release_hold", "reseed_ids",
     "settle_hold", "spend_buckets", "take_hold",
 )  # fmt: skip
@@ -229,14 +231,14 @@ def release_hold(account: Account, hold: Hold, used_tokens: int | None) -> None:
             finish(hold.admission, time.monotonic(), hold.amount_nano, used_tokens)
 
 
-def settle_hold(account: Account, hold: Hold, receipt: Receipt) -> tuple:
+def settle_hold(account: Account, hold: Hold, receipt: Receipt, frame: Frame) -> None:
     """Settle a call in memory: close its hold (``release_hold``, with the call's tokens),
     debit the receipt's total from the balance
     (capped at what the balance can cover: the receipt then says ``capped``) and count it
     in the spend of the account (by month: nothing reads an account's day) and of the key
     and the project (by month and day; ``hold.admission``: their limit states on the plain
-    path, else an ``Admission``). Returns the store writer's change,
-    ``("settle", receipt.row(), account id, total)``."""
+    path, else an ``Admission``). Appends the store writer's change,
+    ``("settle", receipt.row(), account id, total)``, to ``frame``."""
     release_hold(account, hold, receipt.prompt_tokens + receipt.completion_tokens)
     # The hold is the worst case; should usage exceed it, never take the balance below zero.
     available = account.balance_nano - account.held_nano
@@ -253,7 +255,49 @@ def settle_hold(account: Account, hold: Hold, receipt: Receipt) -> tuple:
     for spend in (key_state.spend, project_state.spend):
         spend[month] = spend.get(month, 0) + total
         spend[day] = spend.get(day, 0) + total
-    return ("settle", receipt.row(), account.id, total)
+    frame.settle(receipt, account.id, total)
+
+
+class Frame:
+    """The store writer's changes not yet sent, and how many. ``take()`` is the frame the
+    writer process reads (meshfast/store/sqlite_writer.py): its length (4 bytes,
+    big-endian), then ``marshal.dumps`` of the list of changes (``[``, the count in 4
+    bytes, little-endian, the changes). This twin keeps the changes' tuples and marshals
+    them at ``take``, with marshal's back-references to strings met before. The compiled
+    twin encodes each change as it is put (a settle field by field in C, writing each
+    shared string once and referring back to it; anything else by ``marshal.dumps(change,
+    2)``, which writes no back-references, so it can stand beside the others); both
+    frames read back as the same changes."""
+
+    __slots__ = ("changes",)
+
+    def __init__(self) -> None:
+        self.changes: list[tuple] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.changes)
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def settle(self, receipt: Receipt, account_id: str, total: int) -> None:
+        """Append ``("settle", receipt.row(), account_id, total)`` (what ``settle_hold`` does)."""
+        self.changes.append(("settle", receipt.row(), account_id, total))
+
+    def put(self, change: tuple) -> None:
+        """Append one change (a ``(sql, params)`` statement, or any change) in order."""
+        self.changes.append(change)
+
+    def take(self) -> bytes:
+        """The frame of every change so far, and an empty frame from here on."""
+        payload = marshal.dumps(self.changes)
+        self.changes = []
+        return struct.pack(">I", len(payload)) + payload
+
+    def clear(self) -> None:
+        """Drop every change not yet taken."""
+        self.changes = []
 
 
 # shared by both twins' methods: none is on the hot path

@@ -4,10 +4,14 @@ their pure-Python twins (dataclasses)."""
 from __future__ import annotations
 
 import dataclasses
+import marshal
 import os
+import struct
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshfast_core import records, records_py
 
@@ -116,6 +120,23 @@ def test_priced_receipt(mod) -> None:
     assert (o.tokens_source, o.cached_tokens, o.upstream_cost_nano, o.margin_nano, o.ttft_ms) == ("upstream", 40, 55_000, 7, None)
 
 
+def _changes(frame) -> list:
+    """The changes a frame holds, read back as the writer process reads them (``take``
+    empties it)."""
+    data = frame.take()
+    (size,) = struct.unpack(">I", data[:4])
+    assert size == len(data) - 4 and data[4] & 0x7F == ord("[")  # flagged (FLAG_REF) by marshal.dumps
+    assert struct.unpack("<i", data[5:9])[0] == len(marshal.loads(data[4:]))
+    return marshal.loads(data[4:])
+
+
+def _typed(value):
+    """A value with the type of everything in it, and floats by repr (-0.0 is not 0.0)."""
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_typed(v) for v in value))
+    return (type(value).__name__, repr(value) if type(value) is float else value)
+
+
 class _State:
     """What settle_hold reads of a key's or project's limit state: its spend by bucket."""
 
@@ -158,14 +179,15 @@ def test_settle_hold_debits_releases_and_counts_spend(mod) -> None:
     key_state, project_state = _State(), _State()
     h = mod.take_hold(a, "key_1", 500_000, (key_state, project_state))
     r = mod.Receipt(*VALUES)  # total 87,975
-    change = mod.settle_hold(a, h, r)
-    assert change == ("settle", r.row(), "acct_1", 87_975)
+    frame = mod.Frame()
+    assert mod.settle_hold(a, h, r, frame) is None
+    assert _changes(frame) == [("settle", r.row(), "acct_1", 87_975)]
     assert h.closed and (a.balance_nano, a.held_nano) == (1_000_000 - 87_975, 0)
     month, day = records.spend_buckets(r.created)
     assert a.spend == {month: 87_975}  # an account's spend is by month only
     assert key_state.spend == project_state.spend == {month: 87_975, day: 87_975}
     # a second settlement of the same hold debits again but releases nothing twice
-    mod.settle_hold(a, h, mod.Receipt(*VALUES))
+    mod.settle_hold(a, h, mod.Receipt(*VALUES), frame)
     assert (a.balance_nano, a.held_nano) == (1_000_000 - 2 * 87_975, 0)
     assert key_state.spend[day] == a.spend[month] == 2 * 87_975
 
@@ -176,7 +198,9 @@ def test_settle_hold_caps_at_the_balance(mod) -> None:
     states = (_State(), _State())
     h = mod.take_hold(a, "key_1", 50_000, states)
     r = mod.Receipt(*VALUES)  # upstream 76,500 + margin 11,475: more than the balance
-    assert mod.settle_hold(a, h, r)[3] == 50_000
+    frame = mod.Frame()
+    mod.settle_hold(a, h, r, frame)
+    assert _changes(frame)[0][3] == 50_000 and _changes(frame) == []  # taken
     assert (r.total_nano, r.margin_nano, r.capped) == (50_000, 50_000 - 76_500, True)
     assert (a.balance_nano, a.held_nano) == (0, 0)
 
@@ -195,7 +219,7 @@ def test_settle_hold_finishes_an_admission(mod) -> None:
     h = mod.take_hold(a, "key_1", 400_000, admission)
     r = mod.Receipt(*VALUES)
     r.created = time.time()
-    mod.settle_hold(a, h, r)
+    mod.settle_hold(a, h, r, mod.Frame())
     assert key_state.held_nano == 0 and key_state.spend == {month: 87_975, day: 87_975}
     assert project_state.spend == {month: 87_975, day: 87_975}
 
@@ -216,3 +240,82 @@ def test_release_hold_gives_back_once(mod) -> None:
     mod.release_hold(a, plain, None)
     assert h.closed and plain.closed and a.held_nano == 0 and key_state.held_nano == 0
     assert a.balance_nano == 10**9 and key_state.spend == {}  # nothing debited or spent
+
+
+def test_empty_frames_alike() -> None:
+    frames = [records_py.Frame(), *([C.Frame()] if C is not None else [])]
+    for f in frames:
+        assert (f.count, len(f), _changes(f)) == (0, 0, [])
+
+
+_STR = st.text(max_size=300) | st.text(st.characters(max_codepoint=127), min_size=250, max_size=260) | st.just("a\ud800")
+_INT = st.integers(-(2**70), 2**70) | st.sampled_from([2**31 - 1, 2**31, -(2**31), -(2**31) - 1, 2**63 - 1, -(2**63), 2**63, 0])
+_ANY = st.none() | st.booleans() | _INT | st.floats() | _STR | st.binary(max_size=6) | st.tuples(_INT, _STR)
+
+
+@NOT_COMPILED
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.lists(_ANY, min_size=24, max_size=24), flags=st.tuples(st.booleans(), st.booleans()), account_id=_ANY,
+    total=_ANY, statements=st.lists(st.tuples(_STR, st.lists(_ANY, max_size=3).map(tuple)), max_size=3),
+)  # fmt: skip
+def test_settle_changes_in_frames_read_back_alike(fields, flags, account_id, total, statements) -> None:
+    """The compiled frame writes each settle change field by field; the twin marshals the
+    change's tuple. Both read back (marshal.loads, what the writer process's twin runs) as
+    the same changes, of the same types, in the order they were put."""
+    fields[20], fields[22] = flags
+    got = []
+    for mod in (records_py, C):
+        frame = mod.Frame()
+        r = mod.Receipt(*fields)
+        for sql, params in statements:
+            frame.put((sql, params))
+        frame.settle(r, account_id, total)
+        frame.put(("UPDATE t SET a = ?", (1,)))
+        frame.settle(r, account_id, total)
+        assert frame.count == len(statements) + 3
+        got.append(_changes(frame))
+    change = ("settle", records_py.Receipt(*fields).row(), account_id, total)
+    expected = [*statements, change, ("UPDATE t SET a = ?", (1,)), change]
+    assert _typed(got[0]) == _typed(got[1]) == _typed(expected)
+
+
+@NOT_COMPILED
+def test_a_change_that_cannot_be_marshalled_leaves_the_frame_as_it_was() -> None:
+    """The compiled frame refuses it when it is put (the twin's marshal.dumps at ``take``
+    refuses the whole frame, as the store's list of changes did)."""
+    for mod in (C,):
+        frame = mod.Frame()
+        frame.put(("UPDATE t SET a = ?", ("é",)))
+        first = mod.Receipt(*VALUES)
+        frame.settle(first, "acct_1", 7)
+        r = mod.Receipt(*VALUES)
+        r.project_id, r.model = "proj_" + "2", "m" + "2"  # new strings, flagged before it fails
+        r.attempts = object()  # marshal refuses it
+        with pytest.raises(ValueError):
+            frame.settle(r, "acct_1", 5)
+        with pytest.raises(ValueError):
+            frame.put(("UPDATE t SET a = ?", (object(),)))
+        r.attempts = "x" * 5000  # the buffer grows past its first size
+        frame.settle(r, "acct_1", 5)
+        frame.settle(first, "acct_1", 7)
+        expected = [("UPDATE t SET a = ?", ("é",)), ("settle", first.row(), "acct_1", 7), ("settle", r.row(), "acct_1", 5)]
+        assert _changes(frame) == [*expected, expected[1]]
+        frame.settle(r, "acct_1", 5)  # a taken frame refers back to nothing before it
+        assert _changes(frame) == [expected[2]]
+
+
+@NOT_COMPILED
+def test_the_compiled_frame_refers_back_to_strings_it_has_written() -> None:
+    """Shared strings (ids, model, provider...) are written once per frame and referred back
+    to, as marshal.dumps does: a smaller frame, and fewer strings for the writer to read."""
+    frame, twin = C.Frame(), records_py.Frame()
+    receipts = [C.Receipt(*VALUES) for _ in range(50)]
+    for n, r in enumerate(receipts):
+        r.id = f"rcpt_{n}"
+        frame.settle(r, r.account_id, 1)
+        twin.settle(records_py.Receipt(*r.row()), r.account_id, 1)
+    data, twin_data = frame.take(), twin.take()
+    assert marshal.loads(data[4:]) == marshal.loads(twin_data[4:])
+    assert len(data) < len(marshal.dumps(marshal.loads(twin_data[4:]), 2)) * 0.7
+    assert data.count(b"protected") == 1

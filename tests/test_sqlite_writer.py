@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from meshfast.store import sqlite_writer
 from meshfast.store.embedded import SCHEMA, EmbeddedStore
-from meshfast_core import _ext
+from meshfast_core import _ext, records, records_py
 from meshfast_core.records import RECEIPT_FIELDS
 
 C = sqlite_writer.WRITER_C
@@ -154,6 +154,44 @@ def test_writes_what_the_twin_writes(tmp_path, twin) -> None:
     assert {r[3] for r in tables["spend"]} == {-4, -1, 20418, 20419, 20420}  # UTC days, before 1970 too
 
 
+def server_frame(mod, changes: list) -> bytes:
+    """``changes`` as the embedded store frames them (``records.Frame``: settles written by
+    the compiled twin field by field), without the length."""
+    frame = mod.Frame()
+    for change in changes:
+        if change[0] == "settle":
+            frame.settle(mod.Receipt(*change[1]), change[2], change[3])
+        else:
+            frame.put(change)
+    data = frame.take()
+    assert struct.unpack(">I", data[:4])[0] == len(data) - 4
+    return data[4:]
+
+
+RECORDS = [
+    pytest.param(records_py, id="py"),
+    pytest.param(records.RECORDS_C, id="c", marks=pytest.mark.skipif(not records.COMPILED, reason="meshfast_core._records is not compiled")),
+]
+
+
+@pytest.mark.parametrize("mod", RECORDS)
+@pytest.mark.parametrize("twin", TWINS)
+def test_frames_the_server_makes_write_what_marshal_dumps_writes(tmp_path, twin, mod) -> None:
+    """Frames from either records twin's ``Frame`` (concatenated changes, no back-references)
+    are read by each writer (the compiled one refuses none) into the same rows as the
+    ``marshal.dumps`` frame of the same changes."""
+    expected, got = _store(tmp_path / "ref.db"), _store(tmp_path / "got.db")
+    writer, ref = twin(got, "OFF"), sqlite_writer.Writer(expected, "OFF")
+    for changes in mixed_frames():
+        payload = server_frame(mod, changes)
+        assert marshal.loads(payload) == changes
+        writer.commit_frame(payload)
+        ref.commit_frame(marshal.dumps(changes))
+    writer.close()
+    ref.close()
+    assert dump(got) == dump(expected)
+
+
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 _VALUE = st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), _TEXT, st.binary(max_size=8), st.booleans())
 
@@ -182,9 +220,15 @@ def _frames(draw) -> list[list]:
 @given(frames=_frames())
 def test_twins_agree_on_any_frames(tmp_path_factory, frames) -> None:
     d = tmp_path_factory.mktemp("w")
-    expected, got = _store(d / "py.db"), _store(d / "c.db")
+    expected, got, framed = _store(d / "py.db"), _store(d / "c.db"), _store(d / "framed.db")
     _commit_both(_Core(got, "OFF"), sqlite_writer.Writer(expected, "OFF"), [accounts("acct_1"), *frames])
     assert dump(got) == dump(expected)
+    if records.COMPILED:  # the same changes as the server's compiled Frame writes them
+        writer = _Core(framed, "OFF")
+        for changes in [accounts("acct_1"), *frames]:
+            writer.commit_frame(server_frame(records.RECORDS_C, changes))
+        writer.close()
+        assert dump(framed) == dump(expected)
 
 
 @NOT_COMPILED

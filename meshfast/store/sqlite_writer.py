@@ -8,7 +8,12 @@ the event loop waited for it.
 
 Wire format on stdin: frames of a 4-byte big-endian length and a list of changes in
 ``marshal`` format, each either ``("settle", row, account_id, total_nano)`` (``row``:
-``Receipt.row()``) or ``(sql, params)``. marshal, not JSON: reading a frame back costs a
+``Receipt.row()``) or ``(sql, params)``. The server builds a frame with
+``meshfast_core.records.Frame``: the list's header (``[`` and a little-endian count) and the
+changes, encoded as they were made (the compiled one writes a settle in C, with
+back-references to the strings it has written in the frame, and anything else by
+``marshal.dumps(change, 2)``, which writes none; the Python twin marshals the list at
+once); this process reads any marshal list. marshal, not JSON: reading a frame back costs a
 quarter of what orjson.loads does, and marshal.loads builds plain data only, running
 nothing (the pipe is private to the server and this, its child). Answer on stdout per
 frame: ``k`` committed, ``f`` failed (the error is on stderr). At end of input it exits:
