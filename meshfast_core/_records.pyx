@@ -233,7 +233,7 @@ cdef class Receipt:
 
 
 def priced_receipt(
-    receipt_id, Account account, key, endpoint, kind, requested_model, counts, estimated_prompt,
+    receipt_id, Account account not None, key, endpoint, kind, requested_model, counts, estimated_prompt,
     estimated_completion, double started, double first_byte, bint stream, status, route_mode,
     attempts, margin_ppm, fee_nano,
 ):
@@ -282,7 +282,7 @@ def priced_receipt(
     return r
 
 
-def take_hold(Account account, key_id, amount_nano, admission):
+def take_hold(Account account not None, key_id, amount_nano, admission):
     """Reserve ``amount_nano`` of the account's available balance (see ``records_py.take_hold``)."""
     if amount_nano > account.balance_nano - account.held_nano:
         return None
@@ -320,12 +320,12 @@ cdef inline int _release(Account account, Hold hold, used_tokens) except -1:
     return 0
 
 
-def release_hold(Account account, Hold hold, used_tokens):
+def release_hold(Account account not None, Hold hold not None, used_tokens):
     """Close a hold, once (see ``records_py.release_hold``)."""
     _release(account, hold, used_tokens)
 
 
-def settle_hold(Account account, Hold hold, Receipt receipt, Frame frame):
+def settle_hold(Account account not None, Hold hold not None, Receipt receipt not None, Frame frame not None):
     """Settle a call in memory and append the store writer's change to ``frame`` (see
     ``records_py.settle_hold``)."""
     global _day_start, _day_end, _month, _day
@@ -603,7 +603,7 @@ cdef class Frame:
         self.count += 1
         return 0
 
-    def settle(self, Receipt receipt, account_id, total):
+    def settle(self, Receipt receipt not None, account_id, total):
         """Append ``("settle", receipt.row(), account_id, total)`` (what ``settle_hold`` does)."""
         self._settle(receipt, account_id, total)
 

@@ -242,6 +242,25 @@ def test_release_hold_gives_back_once(mod) -> None:
     assert a.balance_nano == 10**9 and key_state.spend == {}  # nothing debited or spent
 
 
+@pytest.mark.parametrize("mod", TWINS)
+def test_a_missing_record_is_an_error_not_a_crash(mod) -> None:
+    """None where a record belongs (a refused take_hold's result passed on) raises; the
+    compiled functions would otherwise read the fields of None."""
+    a = mod.Account("acct_1", "team", 10**9)
+    r = mod.Receipt(*VALUES)
+    h = mod.take_hold(a, "key_1", 1, (_State(), _State()))
+    for call in (
+        lambda: mod.release_hold(a, None, None),
+        lambda: mod.release_hold(None, h, None),
+        lambda: mod.settle_hold(a, None, r, mod.Frame()),
+        lambda: mod.settle_hold(a, h, None, mod.Frame()),
+        lambda: mod.take_hold(None, "key_1", 1, None),
+    ):
+        with pytest.raises((TypeError, AttributeError)):
+            call()
+    assert a.held_nano == 1 and a.balance_nano == 10**9
+
+
 def test_empty_frames_alike() -> None:
     frames = [records_py.Frame(), *([C.Frame()] if C is not None else [])]
     for f in frames:
