@@ -114,11 +114,66 @@ cdef extern from *:
         *cnt = k;
         return i;
     }
+
+    /* Index of the last '"usage"' in d[:n], or -1. */
+    static CYTHON_INLINE Py_ssize_t mf_rfind_usage(const unsigned char* d, Py_ssize_t n) {
+        Py_ssize_t at = n - 7;  /* the last possible start */
+    #ifdef MF_SSE2
+        const __m128i q = _mm_set1_epi8('"');
+        const __m128i u = _mm_set1_epi8('u');
+        while (at >= 15) {
+            /* the starts at-15 .. at: a quote followed by a 'u' */
+            const unsigned char* b = d + at - 15;
+            unsigned m = (unsigned)_mm_movemask_epi8(_mm_and_si128(
+                _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i*)b), q),
+                _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i*)(b + 1)), u)));
+            while (m) {
+                unsigned j = 31u - (unsigned)__builtin_clz(m);
+                if (memcmp(b + j + 2, "sage\\"", 5) == 0)
+                    return at - 15 + (Py_ssize_t)j;
+                m &= ~(1u << j);
+            }
+            at -= 16;
+        }
+    #endif
+        for (; at >= 0; at--) {
+            if (d[at] == '"' && memcmp(d + at + 1, "usage\\"", 6) == 0)
+                return at;
+        }
+        return -1;
+    }
+
+    /* Index of the first byte of d[i:n] that is not in [A-Za-z0-9_], or n. */
+    static CYTHON_INLINE Py_ssize_t mf_word_end(const unsigned char* d, Py_ssize_t i, Py_ssize_t n) {
+    #ifdef MF_SSE2
+        /* signed compares after a shift: '0'..'9' -> -128..-119; 'a'..'z' and 'A'..'Z'
+           (bit 5 set) -> -128..-103; nothing else lands in those ranges */
+        while (i + 16 <= n) {
+            __m128i a = _mm_loadu_si128((const __m128i*)(d + i));
+            __m128i digit = _mm_cmplt_epi8(_mm_add_epi8(a, _mm_set1_epi8(0x50)), _mm_set1_epi8(-118));
+            __m128i letter = _mm_cmplt_epi8(
+                _mm_add_epi8(_mm_or_si128(a, _mm_set1_epi8(0x20)), _mm_set1_epi8(0x1F)), _mm_set1_epi8(-102));
+            __m128i under = _mm_cmpeq_epi8(a, _mm_set1_epi8('_'));
+            unsigned m = ~(unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(digit, letter), under)) & 0xFFFFu;
+            if (m)
+                return i + __builtin_ctz(m);
+            i += 16;
+        }
+    #endif
+        for (; i < n; i++) {
+            unsigned char c = d[i];
+            if (!((c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || c == '_'))
+                break;
+        }
+        return i;
+    }
     """
     Py_ssize_t mf_key_candidate(const unsigned char* d, Py_ssize_t pos, Py_ssize_t n) noexcept nogil
     Py_ssize_t mf_plain_span(
         const unsigned char* d, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* cnt
     ) noexcept nogil
+    Py_ssize_t mf_rfind_usage(const unsigned char* d, Py_ssize_t n) noexcept nogil
+    Py_ssize_t mf_word_end(const unsigned char* d, Py_ssize_t i, Py_ssize_t n) noexcept nogil
 
 cdef enum:
     LF = 0x0A
@@ -595,47 +650,61 @@ cdef struct _Usage:
     long long cached
 
 
-cdef inline bint _is_key_char(unsigned char c) noexcept nogil:
-    return (0x30 <= c <= 0x39) or (0x41 <= c <= 0x5A) or (0x61 <= c <= 0x7A) or c == 0x5F
-
-
 cdef inline Py_ssize_t _skip_ws(const unsigned char* d, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
     while i < n and _is_ws(d[i]):
         i += 1
     return i
 
 
-cdef inline bint _key_is(const unsigned char* d, Py_ssize_t k0, Py_ssize_t k1, const char* name, Py_ssize_t size) noexcept nogil:
-    return k1 - k0 == size and memcmp(d + k0, name, <size_t>size) == 0
+cdef inline Py_ssize_t _ws(const unsigned char* d, Py_ssize_t i) noexcept nogil:
+    # past the whitespace at d[i]; no bound check: the text ends with a byte that is not
+    # whitespace (see _fast_usage)
+    while d[i] <= 0x20 and _is_ws(d[i]):
+        i += 1
+    return i
 
 
 cdef Py_ssize_t _fast_usage(const unsigned char* d, Py_ssize_t i, Py_ssize_t n, int role, _Usage* u) noexcept nogil:
-    # d[i] is '{': the index past its '}', or -1 (not the fast kind)
-    cdef Py_ssize_t k0, k1, digits
-    cdef long long v = 0
+    # d[i] is '{': the index past its '}', or -1 (not the fast kind). d[n] must be
+    # readable and none of whitespace, a digit, a letter or JSON punctuation (a bytes
+    # object's trailing NUL): every scan below stops at it, so i never passes n.
+    cdef Py_ssize_t k0, klen, j
+    cdef unsigned long long v = 0
     cdef int kind
-    i = _skip_ws(d, i + 1, n)
-    if i < n and d[i] == CLOSE_BRACE:
+    cdef unsigned char c
+    i = _ws(d, i + 1)
+    if d[i] == CLOSE_BRACE:
         return i + 1
     while True:
-        if i >= n or d[i] != QUOTE:
+        if d[i] != QUOTE:
             return -1
         k0 = i + 1
-        k1 = k0
-        while k1 < n and _is_key_char(d[k1]):
-            k1 += 1
-        if k1 >= n or d[k1] != QUOTE:
+        i = mf_word_end(d, k0, n)
+        if d[i] != QUOTE:
             return -1
-        i = _skip_ws(d, k1 + 1, n)
-        if i >= n or d[i] != COLON:
+        klen = i - k0
+        i = _ws(d, i + 1)
+        if d[i] != COLON:
             return -1
-        i = _skip_ws(d, i + 1, n)
-        if i >= n:
-            return -1
-        if d[i] == BRACE:
+        i = _ws(d, i + 1)
+        c = d[i]
+        if <unsigned char>(c - 0x30) < 10:
+            j = i
+            v = c - 0x30
+            i += 1
+            while <unsigned char>(d[i] - 0x30) < 10:
+                v = v * 10 + (d[i] - 0x30)  # wraps past 20 digits: rejected below
+                i += 1
+            if i - j > 18 or (c == 0x30 and i - j > 1):
+                return -1  # too long for certain, or a leading zero
+            c = d[i]
+            if c == 0x2E or c == 0x65 or c == 0x45:
+                return -1  # not an integer: a fraction or an exponent
+            kind = V_INT
+        elif c == BRACE:
             if role != ROLE_USAGE:
                 return -1
-            if _key_is(d, k0, k1, b"prompt_tokens_details", 21):
+            if klen == 21 and memcmp(d + k0, b"prompt_tokens_details", 21) == 0:
                 u.cached_kind = V_ABSENT  # this object replaces any earlier one
                 i = _fast_usage(d, i, n, ROLE_PROMPT_DETAILS, u)
             else:
@@ -643,43 +712,35 @@ cdef Py_ssize_t _fast_usage(const unsigned char* d, Py_ssize_t i, Py_ssize_t n, 
             if i < 0:
                 return -1
             kind = V_OBJECT
-        elif d[i] == 0x6E:  # null
+        elif c == 0x6E:  # null
             if i + 4 > n or memcmp(d + i, b"null", 4) != 0:
                 return -1
             i += 4
             kind = V_NULL
         else:
-            v = 0
-            digits = 0
-            while i < n and 0x30 <= d[i] <= 0x39:
-                if digits == 18 or (digits == 1 and v == 0):
-                    return -1  # too long for certain, or a leading zero
-                v = v * 10 + (d[i] - 0x30)
-                digits += 1
-                i += 1
-            if digits == 0 or (i < n and (d[i] == 0x2E or d[i] == 0x65 or d[i] == 0x45)):
-                return -1  # not an unsigned integer (a sign, a fraction, an exponent)
-            kind = V_INT
+            return -1  # a sign, a string, true/false, an array or not JSON
         if role == ROLE_USAGE:
-            if _key_is(d, k0, k1, b"prompt_tokens", 13):
-                u.prompt_kind = kind
-                u.prompt = v
-            elif _key_is(d, k0, k1, b"completion_tokens", 17):
-                u.completion_kind = kind
-                u.completion = v
-            elif _key_is(d, k0, k1, b"prompt_tokens_details", 21):
-                u.details_kind = kind
-        elif role == ROLE_PROMPT_DETAILS and _key_is(d, k0, k1, b"cached_tokens", 13):
-            u.cached_kind = kind
-            u.cached = v
-        i = _skip_ws(d, i, n)
-        if i >= n:
-            return -1
+            if klen == 13:
+                if memcmp(d + k0, b"prompt_tokens", 13) == 0:
+                    u.prompt_kind = kind
+                    u.prompt = <long long>v
+            elif klen == 17:
+                if memcmp(d + k0, b"completion_tokens", 17) == 0:
+                    u.completion_kind = kind
+                    u.completion = <long long>v
+            elif klen == 21:
+                if memcmp(d + k0, b"prompt_tokens_details", 21) == 0:
+                    u.details_kind = kind
+        elif role == ROLE_PROMPT_DETAILS:
+            if klen == 13 and memcmp(d + k0, b"cached_tokens", 13) == 0:
+                u.cached_kind = kind
+                u.cached = <long long>v
+        i = _ws(d, i)
         if d[i] == CLOSE_BRACE:
             return i + 1
         if d[i] != 0x2C:  # ','
             return -1
-        i = _skip_ws(d, i + 1, n)
+        i = _ws(d, i + 1)
 
 
 def body_usage(bytes body):
@@ -687,34 +748,28 @@ def body_usage(bytes body):
     answer, found without parsing the (maybe large) rest of it; ``None`` without one."""
     cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(body)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
-    cdef Py_ssize_t at = n - 7
     cdef Py_ssize_t i, end
+    cdef long long cached
+    cdef _Usage u
     # the last '"usage"': a raw quote never occurs inside a JSON string, so it is a key
     # (or a string value, which the colon check below rejects)
-    while at >= 0:
-        if d[at] == QUOTE and d[at + 6] == QUOTE and memcmp(d + at + 1, b"usage", 5) == 0:
-            break
-        at -= 1
+    cdef Py_ssize_t at = mf_rfind_usage(d, n)
     if at < 0:
         return None
-    i = at + 7
-    while i < n and _is_ws(d[i]):
-        i += 1
-    if i >= n or d[i] != COLON:
+    i = _ws(d, at + 7)  # d[n] is the bytes object's NUL
+    if d[i] != COLON:
         return None
-    i += 1
-    while i < n and _is_ws(d[i]):
-        i += 1
-    if i >= n or d[i] != BRACE:
+    i = _ws(d, i + 1)
+    if d[i] != BRACE:
         return None
-    cdef _Usage u
-    memset(&u, 0, sizeof(u))
+    u.prompt_kind = u.completion_kind = u.details_kind = u.cached_kind = V_ABSENT
+    u.prompt = u.completion = u.cached = 0
     if _fast_usage(d, i, n, ROLE_USAGE, &u) >= 0:  # a whole object of the fast kind
         if u.prompt_kind != V_INT:
             return None
         # usage_counts' rules; these integers are never negative
         cached = u.cached if u.details_kind == V_OBJECT and u.cached_kind == V_INT else 0
-        return (u.prompt, u.completion if u.completion_kind == V_INT else 0, min(cached, u.prompt))
+        return (u.prompt, u.completion if u.completion_kind == V_INT else 0, cached if cached < u.prompt else u.prompt)
     end = _value_end(d, i, n)
     if end < 0:
         return None

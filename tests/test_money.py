@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import openai
@@ -572,6 +573,63 @@ def test_cost_headers_twins_agree() -> None:
         ]
         for fn in twins:
             assert fn("rcpt_abc1", up, margin, up + margin) == expected
+
+
+_HEADER_AMOUNTS = [
+    0, 1, 9, 10, 99, 100, 10**9 - 1, 10**9, 10**9 + 1, 1_500_000_000, 10**18, 10**18 + 1, 2**63 - 1, 2**63, 2**64,
+    10**30, -1, -(10**9), -(2**63), -(2**63) - 1, True, False,
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    receipt_id=st.sampled_from(["rcpt_abc1", "", "rcpt_\u00e9\u20ac", "r" * 100]) | st.text(max_size=20),
+    amounts=st.lists(
+        st.sampled_from(_HEADER_AMOUNTS) | st.integers(-(2**70), 2**70) | st.integers(0, 10**12) | st.integers(-(10**12), 10**12),
+        min_size=3,
+        max_size=3,
+    ),
+)
+def test_cost_headers_compiled_matches_the_twin(receipt_id: str, amounts: list[int]) -> None:
+    """Zero, digit and int64 edges, negative and beyond-int64 amounts, bools (not exact
+    ints: the twin's path), any str id (UTF-8, surrogates refused alike)."""
+    from meshfast_core import usd
+
+    if usd.usd_bytes_c is None:
+        pytest.skip("meshfast_core._usd is not compiled (or disabled)")
+    try:
+        expected = usd.cost_headers_py(receipt_id, *amounts)
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            usd.cost_headers(receipt_id, *amounts)
+        return
+    assert usd.cost_headers(receipt_id, *amounts) == expected
+    for nano in amounts:
+        assert usd.usd_bytes_c(nano) == usd.usd_bytes_py(nano)
+
+
+def test_cost_headers_odd_arguments_like_the_twin() -> None:
+    from meshfast_core import usd
+
+    if usd.usd_bytes_c is None:
+        pytest.skip("meshfast_core._usd is not compiled (or disabled)")
+
+    class Nano(int):
+        pass
+
+    assert usd.cost_headers("r", Nano(-1_500_000_001), 2, 3) == usd.cost_headers_py("r", Nano(-1_500_000_001), 2, 3)
+    assert usd.cost_headers("r", 1, 2, 3) == usd.cost_headers_py("r", 1, 2, 3)
+
+    def outcome(fn: Any, nano: Any) -> Any:
+        try:
+            return fn("r", 1, nano, 3)
+        except Exception as exc:  # noqa: BLE001 - the twin's error, whatever it is
+            return type(exc)
+
+    for odd in (1.5, -2.5, 1e30, "7", None, Decimal(3)):  # not an int: whatever the twin does
+        assert outcome(usd.cost_headers, odd) == outcome(usd.cost_headers_py, odd)
+    with pytest.raises(AttributeError):
+        usd.cost_headers(None, 1, 2, 3)  # type: ignore[arg-type]
 
 
 _PRICE = st.integers(0, 10**12)  # nano-USD per million tokens: up to $1,000 per token

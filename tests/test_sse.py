@@ -761,6 +761,105 @@ def test_body_usage_usual_and_edge_shapes(usage_mod: Any, usage: str, expected: 
     assert usage_mod.body_usage(b'{"id":"c","usage":' + usage.encode() + b"}") == expected
 
 
+_DETAIL_KEYS = st.sampled_from(["cached_tokens", "audio_tokens", "reasoning_tokens", "accepted_prediction_tokens", "x_1"])
+_ANY_COUNT = st.one_of(
+    st.integers(0, 10**6),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([2**63 - 1, 2**63, 2**64, -(2**63), 10**18 - 1, 10**18]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=4),
+)
+
+
+@st.composite
+def _usage_objects(draw: Any) -> dict[str, Any]:
+    """Usage objects of the usual shape, members in any order, some missing or odd."""
+    usage: dict[str, Any] = {}
+    keys = ["prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details", "completion_tokens_details"]
+    for key in draw(st.permutations(keys)):
+        if draw(st.integers(0, 5)) == 0:
+            continue  # missing
+        if key.endswith("_details"):
+            if draw(st.booleans()):
+                usage[key] = {k: draw(_ANY_COUNT) for k in draw(st.lists(_DETAIL_KEYS, max_size=3))}
+            else:
+                usage[key] = draw(st.none() | st.integers(0, 9) | st.lists(st.integers(0, 9), max_size=2))
+        else:
+            usage[key] = draw(_ANY_COUNT)
+    return usage
+
+
+def _dump(obj: Any, ws: str) -> str:
+    """JSON text with ``ws`` after every separator (json.dumps keeps big ints exact)."""
+    return json.dumps(obj, separators=("," + ws, ":" + ws), ensure_ascii=False)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    usage=_usage_objects(),
+    ws=st.sampled_from(["", " ", "\n  ", "\t", "\r\n    "]),
+    lead=st.sampled_from(["", "x" * 40, 'a \\"usage\\": {\\"prompt_tokens\\": 9}', '"usage":{"prompt_tokens":5}', "}]"]),
+    tail=st.sampled_from(["", ',"system_fingerprint":"fp_usage"', ',"x":"\\"usage\\":{}"', ',"service_tier":null']),
+)
+def test_body_usage_usual_objects_match_the_twin(usage: dict[str, Any], ws: str, lead: str, tail: str) -> None:
+    """Both twins give usage_counts of the parsed usage, whatever the whitespace, member
+    order, missing, huge, negative, float or odd counts, and "usage" inside strings."""
+    text = '{"id":"chatcmpl-1","choices":[{"message":{"content":' + json.dumps(lead) + "}}]," + '"usage":' + _dump(usage, ws)
+    body = (text + tail + "}").encode()
+    try:  # orjson refuses integers beyond 64 bits: no usage then
+        expected = sse_py.usage_counts(orjson.loads(body)["usage"])
+    except orjson.JSONDecodeError:
+        expected = None
+    assert sse_py.body_usage(body) == expected
+    if sse_c is not None:
+        assert sse_c.body_usage(body) == expected
+        for cut in range(len(body) - len(tail) - 40, len(body)):  # truncated answers
+            assert sse_c.body_usage(body[:cut]) == sse_py.body_usage(body[:cut])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"usage":{"prompt_tokens":1}}'[:cut] for cut in range(30)
+    ] + [
+        b'{"x":"usage","y":1}',
+        b'{"x":"\\"usage\\": {\\"prompt_tokens\\": 3}"}',
+        b'{"usage":{"prompt_tokens":3},"choices":[{"message":{"content":"\\"usage\\": {\\"prompt_tokens\\": 4}"}}]}',
+        b'{"usage":{"prompt_tokens":3}} "usage" : {"prompt_tokens":5}',
+        b'{"usage" : \t\r\n{ \n"prompt_tokens"\n:\n2\n,\n"prompt_tokens_details"\n:\n{\n"cached_tokens" : 1\n}\n}\n}',
+        b'{"usage":{"prompt_tokens":7,"completion_tokens":-0,"prompt_tokens_details":{"cached_tokens":-3}}}',
+        b'{"usage":{"prompt_tokens":-7}}',
+        b'{"usage":{"prompt_tokens":9223372036854775807,"completion_tokens":9223372036854775808}}',
+        b'{"usage":{"prompt_tokens":123456789012345678,"prompt_tokens_details":{"cached_tokens":123456789012345679}}}',
+        b'{"usage":{"prompt_tokens":1234567890123456789}}',
+        b'{"usage":{"prompt_tokens":' + b"1" * 40 + b"}}",
+        b'{"usage":{"prompt_tokens":2.0}}',
+        b'{"usage":{"prompt_tokens":2,"completion_tokens":2.5e1}}',
+        b'{"usage":{"prompt_tokens":0,"completion_tokens":00}}',
+        b'{"usage":{"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":{"x":1}}}}',
+        b'{"usage":{"prompt_tokens":5,"completion_tokens_details":{"reasoning_tokens":{"x":1}},"completion_tokens":2}}',
+        b'{"usage":{"prompt_tokens_details":{"cached_tokens":1},"prompt_tokens":5}}',
+        b'{"usage":{"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":3},"prompt_tokens_details":{}}}',
+        b'{"usage":{"prompt_tokens":5,"caf\xc3\xa9":1,"completion_tokens":2}}',
+        b'{"usage":{"prompt_tokens":5,"prompt_tokens_details_x":{"cached_tokens":3}}}',
+        b'{"usage":{"prompt_tokens_":5,"prompt_token":6}}',
+        b'{"usage":{"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa":1,"prompt_tokens":5}}',
+        b'{"usage":{"prompt_tokens":5}\x00}',
+        b'{"usage":{"prompt_tokens":5\x00}}',
+        b'{"usage":{"prompt_tokens":nul}}',
+        b'{"usage":{"prompt_tokens":n',
+        b'"usage"' * 5,
+        b'x"usage"',
+    ],
+)
+def test_body_usage_edges_match_the_twin(body: bytes) -> None:
+    expected = sse_py.body_usage(body)
+    if sse_c is not None:
+        assert sse_c.body_usage(body) == expected
+
+
 # -- the usage chunk with the call's costs ------------------------------------------------
 
 USAGE_TWINS = [
