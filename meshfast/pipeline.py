@@ -288,12 +288,12 @@ class Pipeline:
         self.store = store
         self.billing = Billing(billing)
         self.immediate = store.immediate  # the store's plain *_now methods may be called
-        self.streams: dict[str, set[Call]] = {}  # key id -> its streams in flight
-        store.add_revoke_listener(self.end_streams_of, lambda: list(self.streams))
+        self.streams: set[Call] = set()  # the streams in flight (revocation ends a key's)
+        store.add_revoke_listener(self.end_streams_of, lambda: {call.key.id for call in self.streams})
 
     def end_streams_of(self, key_id: str) -> None:
         """A key was revoked: its streams in flight end now with an error event."""
-        for call in self.streams.get(key_id, ()):
+        for call in [c for c in self.streams if c.key.id == key_id]:  # rare: a scan is enough
             call.revoked = True
             if call.task is not None:
                 call.task.cancel()
@@ -527,8 +527,7 @@ class Pipeline:
 
     async def call_stream(self, call: Call, req: dict[str, Any], scope: dict[str, Any], send: Send) -> None:
         call.task = asyncio.current_task()
-        streams = self.streams.setdefault(call.key.id, set())
-        streams.add(call)
+        self.streams.add(call)
         try:
             reply = await self.open_reply(call, req, scope)
             try:
@@ -541,9 +540,7 @@ class Pipeline:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             raise errors.KeyRevoked("This API key has been revoked.") from None
         finally:
-            streams.discard(call)
-            if not streams:
-                self.streams.pop(call.key.id, None)
+            self.streams.discard(call)
 
     async def relay_stream(self, call: Call, reply: Reply, send: Send) -> None:
         """Forward upstream SSE bytes as they come; end with usage (if asked) and [DONE],

@@ -198,6 +198,23 @@ def test_revoke_ends_a_running_stream_within_100ms(lim):
     assert receipt["status"] == "cancelled" and receipt["completion_tokens"] > 0
 
 
+def test_revoke_ends_every_stream_of_that_key_and_no_other(lim):
+    key, meta = new_key(lim)
+    other_key, other_meta = new_key(lim)
+    mine = [SlowStream(lim.base_url, key), SlowStream(lim.base_url, key)]
+    other = SlowStream(lim.base_url, other_key)
+    assert all(s.first.wait(10) for s in (*mine, other))
+    admin(lim, "POST", f"/keys/{meta['id']}/revoke")
+    for s in mine:
+        s.join(5)
+        assert b'"code":"key_revoked"' in s.body
+    time.sleep(0.3)
+    assert not other.ended.is_set() and b"key_revoked" not in other.body  # still running
+    admin(lim, "POST", f"/keys/{other_meta['id']}/revoke")  # and ends the same way
+    other.join(5)
+    assert b'"code":"key_revoked"' in other.body
+
+
 def test_expired_key_behaves_as_revoked(lim):
     key, meta = new_key(lim)
     admin(lim, "PATCH", f"/keys/{meta['id']}", {"expires_at": int(time.time()) + 1})
