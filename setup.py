@@ -8,6 +8,7 @@ Each compiled module has a pure-Python twin of the same behaviour:
   pure-Python mode, typed by ``_http_c.pxd``, so the two cannot drift)
 * ``meshfast_core/_tokens.pyx``   twin ``tokens_py.py``  selector ``tokens.py``
 * ``meshfast_core/_limits.pyx``   twin ``limits_py.py``  selector ``limits.py``
+  (``_limits.pxd`` declares its classes' C fields, which ``_records`` cimports)
 * ``meshfast_core/_usd.pyx``      twin ``usd_py.py``     selector ``usd.py``
 * ``meshfast_core/_pricing.pyx``  twin ``pricing_py.py`` selector ``pricing.py``
 * ``meshfast_core/_records.pyx``  twin ``records_py.py`` selector ``records.py``

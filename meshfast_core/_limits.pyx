@@ -10,7 +10,8 @@ from cpython.long cimport PyLong_CheckExact
 from libc.math cimport ceil, floor
 
 from cpython.bytes cimport PyBytes_FromFormat
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_GetItem, PyDict_GetItemWithError, PyDict_SetItem
+from cpython.exc cimport PyErr_Occurred
 from cpython.object cimport PyObject
 
 import math
@@ -21,13 +22,9 @@ from .exceptions import LimitExceeded
 __all__ = ("Admission", "Concurrency", "Limiter", "Window", "admit", "finish", "rate_headers", "reset_value")
 
 # tat is kept in units of 1/limit ns: now_ns * limit overflows int64 for ordinary
-# limits, so state and intermediates are 128-bit. Cython sees a long long; every
-# division below has non-negative operands, so C truncation equals Python's floor.
-cdef extern from *:
-    """
-    typedef __int128 mf_i128;
-    """
-    ctypedef long long i128 "mf_i128"
+# limits, so state and intermediates are 128-bit (``i128``, declared in _limits.pxd with
+# the classes' C fields). Cython sees a long long; every division below has non-negative
+# operands, so C truncation equals Python's floor.
 
 cdef long long MAX_LIMIT = 1 << 40
 cdef long long MAX_UNITS = 1 << 40
@@ -81,11 +78,7 @@ cdef inline long long _ns(double now) noexcept:
 cdef class Window:
     """``limit`` units per ``period`` seconds, as a GCRA (a continuously refilled bucket)."""
 
-    cdef long long _limit
-    cdef double _period
-    cdef long long _p  # period in ns == the emission interval in 1/limit ns
-    cdef i128 _tat  # theoretical arrival time in 1/limit ns; >= 0
-    cdef i128 _edge  # (_p + 1) * _limit: grant iff the new tat < now + _edge
+    # C fields: see _limits.pxd
 
     def __init__(self, limit, double period=60.0):
         self._limit = _check_limit(limit)
@@ -120,7 +113,7 @@ cdef class Window:
         self._edge = <i128>(self._p + 1) * n
 
     # -- C-level cores (``now_ns``: a checked ``now`` in ns; costs checked by the caller)
-    cdef inline bint _take(self, long long now_ns, long long c) noexcept:
+    cdef bint _take(self, long long now_ns, long long c) noexcept:
         if c > self._limit:
             return False
         cdef i128 now_s = <i128>now_ns * self._limit
@@ -133,19 +126,19 @@ cdef class Window:
             return True
         return False
 
-    cdef inline void _give(self, long long now_ns, long long u) noexcept:
+    cdef void _give(self, long long now_ns, long long u) noexcept:
         cdef i128 now_s = <i128>now_ns * self._limit
         cdef i128 tat = self._tat - <i128>u * self._p
         self._tat = tat if tat > now_s else now_s
 
-    cdef inline void _more(self, long long now_ns, long long u) noexcept:
+    cdef void _more(self, long long now_ns, long long u) noexcept:
         cdef i128 now_s = <i128>now_ns * self._limit
         cdef i128 tat = self._tat
         if tat < now_s:
             tat = now_s
         self._tat = tat + <i128>u * self._p
 
-    cdef inline long long _remaining(self, long long now_ns) noexcept:
+    cdef long long _remaining(self, long long now_ns) noexcept:
         cdef i128 now_s = <i128>now_ns * self._limit
         cdef i128 tat = self._tat
         if tat < now_s:
@@ -156,11 +149,11 @@ cdef class Window:
         cdef i128 n = (room - 1) / self._p
         return <long long>n if n < self._limit else self._limit
 
-    cdef inline double _reset(self, long long now_ns) noexcept:
+    cdef double _reset(self, long long now_ns) noexcept:
         cdef i128 ns = self._tat / self._limit - now_ns  # 128-bit: an overdrawn window can be far ahead
         return <double>ns / 1e9 if ns > 0 else 0.0
 
-    cdef inline double _retry(self, long long now_ns, long long c) noexcept:
+    cdef double _retry(self, long long now_ns, long long c) noexcept:
         if c > self._limit:
             return _INF
         cdef i128 ns = (self._tat + <i128>c * self._p) / self._limit - self._p - now_ns
@@ -203,8 +196,7 @@ cdef class Window:
 cdef class Concurrency:
     """At most ``limit`` holders at a time."""
 
-    cdef long long _limit
-    cdef long long _active
+    # C fields: see _limits.pxd
 
     def __init__(self, limit):
         self._limit = _check_limit(limit)
@@ -270,15 +262,8 @@ cdef Window _resize(Window window, object limit, double period):
 cdef class Limiter:
     """The live limits of one key or project (see ``limits_py.Limiter``)."""
 
-    cdef public Window rpm
-    cdef public Window tpm
-    cdef public Concurrency concurrency
-    cdef public object daily_nano
-    cdef public object monthly_nano
-    cdef public dict spend
-    cdef public object held_nano
-    cdef public object rpm_header
-    cdef public object tpm_header
+    # C fields: see _limits.pxd. ``spend`` is ``_spend`` with the running totals of the
+    # current month and day, which ``_records.settle_hold`` adds to in C, folded in.
 
     def __init__(self):
         self.rpm = None
@@ -286,10 +271,25 @@ cdef class Limiter:
         self.concurrency = None
         self.daily_nano = None
         self.monthly_nano = None
-        self.spend = {}
+        self._spend = {}
+        self._cur_month = self._cur_day = None
+        self._month_total = self._day_total = 0
         self.held_nano = 0
         self.rpm_header = None
         self.tpm_header = None
+
+    @property
+    def spend(self):
+        """Settled spend by bucket (``"YYYY-MM"`` / ``"YYYY-MM-DD"`` -> nano-USD): the
+        dict itself, with the running totals folded in first (so it may be changed)."""
+        fold_limiter(self)
+        return self._spend
+
+    @spend.setter
+    def spend(self, dict spend not None):
+        self._spend = spend
+        self._cur_month = self._cur_day = None
+        self._month_total = self._day_total = 0
 
     def configure(self, rpm, tpm, concurrency, daily_nano, monthly_nano, double period):
         """Set the limits, live: windows keep their used fraction, the cap its holders."""
@@ -311,13 +311,44 @@ cdef class Limiter:
         """nano-USD left under the monthly ceiling (at least 0); ``None`` without one."""
         if self.monthly_nano is None:
             return None
-        left = self.monthly_nano - _spent(self.spend, month) - self.held_nano
+        left = self.monthly_nano - _spent(self, month) - self.held_nano
         return left if left > 0 else 0
 
 
-cdef inline object _spent(dict spend, str bucket):
-    cdef PyObject* v = PyDict_GetItem(spend, bucket)
-    return 0 if v is NULL else <object>v
+cdef int fold_limiter(Limiter st) except -1:
+    # the running totals into ``_spend`` (their buckets made even for a total of 0, as the
+    # dict path would have); none pending after
+    cdef str bucket = st._cur_month
+    if bucket is not None:
+        _fold(st._spend, bucket, st._month_total)
+        st._cur_month = None
+        st._month_total = 0
+    bucket = st._cur_day
+    if bucket is not None:
+        _fold(st._spend, bucket, st._day_total)
+        st._cur_day = None
+        st._day_total = 0
+    return 0
+
+
+cdef inline int _fold(dict spend, str bucket, long long total) except -1:
+    cdef PyObject* v = PyDict_GetItemWithError(spend, bucket)
+    if v is NULL:
+        if PyErr_Occurred():
+            return -1
+        return PyDict_SetItem(spend, bucket, total)
+    return PyDict_SetItem(spend, bucket, <object>v + total)
+
+
+cdef object _spent(Limiter st, str bucket):
+    # the settled spend of a bucket: the dict's, plus the running total of that bucket
+    cdef PyObject* v = PyDict_GetItem(st._spend, bucket)
+    spent = 0 if v is NULL else <object>v
+    if st._cur_day is not None and (st._cur_day is bucket or st._cur_day == bucket):
+        spent = spent + st._day_total
+    if st._cur_month is not None and (st._cur_month is bucket or st._cur_month == bucket):
+        spent = spent + st._month_total  # both: only for a month named like a day
+    return spent
 
 
 @cython.auto_pickle(False)
@@ -364,11 +395,11 @@ def admit(tuple states, double now, object tokens, object amount_nano, str month
             if wait > 0:
                 raise LimitExceeded("tpm", i, 0, wait)
         if st.daily_nano is not None:
-            used = _spent(st.spend, day) + st.held_nano
+            used = _spent(st, day) + st.held_nano
             if used + amount_nano > st.daily_nano:
                 raise LimitExceeded("daily", i, used, 0.0)
         if st.monthly_nano is not None:
-            used = _spent(st.spend, month) + st.held_nano
+            used = _spent(st, month) + st.held_nano
             if used + amount_nano > st.monthly_nano:
                 raise LimitExceeded("monthly", i, used, 0.0)
     took = [] if acquired else None

@@ -7,7 +7,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem
 from cpython.exc cimport PyErr_Clear, PyErr_ExceptionMatches, PyErr_Occurred
-from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_GET_LENGTH
@@ -16,6 +16,7 @@ from libc.string cimport memcpy, memset
 import marshal
 import os
 
+from meshfast_core._limits cimport Limiter
 from meshfast_core._pricing cimport call_cost_c
 
 from .limits import finish
@@ -44,6 +45,9 @@ cdef inline double _clock(int clock) noexcept:
     cdef timespec ts
     clock_gettime(clock, &ts)
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+cdef extern from *:
+    bint __builtin_saddll_overflow(long long a, long long b, long long* res) nogil
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
@@ -101,7 +105,12 @@ os.register_at_fork(after_in_child=_new_process_ids)
 @cython.final
 cdef class Account:
     cdef public object id, name, balance_nano, held_nano, margin_ppm, fee_nano, created
-    cdef public dict spend
+    # spend by month: ``_spend`` holds the months before the current one, ``_month_total``
+    # the running total of ``_cur_month`` (``None``: none pending), which settle_hold adds
+    # to in C while it fits in int64; the ``spend`` property folds it in
+    cdef dict _spend
+    cdef str _cur_month
+    cdef long long _month_total
 
     def __init__(self, id, name, balance_nano=0, held_nano=0, margin_ppm=None, fee_nano=None, created=0.0, spend=None):
         self.id = id
@@ -112,6 +121,22 @@ cdef class Account:
         self.fee_nano = fee_nano
         self.created = created
         self.spend = {} if spend is None else spend
+
+    @property
+    def spend(self):
+        """Settled spend by month (``"YYYY-MM"`` -> nano-USD): the dict itself, with the
+        running total folded in first (so it may be changed)."""
+        if self._cur_month is not None:
+            _fold(self._spend, self._cur_month, self._month_total)
+            self._cur_month = None
+            self._month_total = 0
+        return self._spend
+
+    @spend.setter
+    def spend(self, dict spend not None):
+        self._spend = spend
+        self._cur_month = None
+        self._month_total = 0
 
     def public(self):
         return account_public(self)
@@ -311,6 +336,54 @@ cdef inline int _add(dict spend, str bucket, total) except -1:
     return PyDict_SetItem(spend, bucket, <object>v + total)
 
 
+cdef inline int _fold(dict spend, str bucket, long long total) except -1:
+    # a running total into its bucket of the dict
+    return _add(spend, bucket, total)
+
+
+# Spend is counted in running totals, C fields of the records (the current month's of an
+# Account, the current month's and day's of a Limiter), and in the record's spend dict for
+# anything else: readers add the two (the records' ``spend`` property folds them first).
+cdef inline bint _run(long long* running, long long t) noexcept:
+    # t added to a running total; False (nothing added) if the sum leaves int64
+    cdef long long s
+    if __builtin_saddll_overflow(running[0], t, &s):
+        return False
+    running[0] = s
+    return True
+
+
+cdef str _start(dict spend, str cur, long long* running, str bucket, total, long long t, bint c_total):
+    # the slow path: a running total of another bucket (a new month or day), or one that
+    # would leave int64, or a total not in C. Returns the bucket now running (or None).
+    if cur is not None:
+        if c_total and cur == bucket and _run(running, t):
+            return bucket  # the same bucket, as another str object
+        _fold(spend, cur, running[0])
+        running[0] = 0
+    if c_total:
+        running[0] = t
+        return bucket
+    _add(spend, bucket, total)
+    return None
+
+
+cdef inline int _count(state, total, long long t, bint c_total) except -1:
+    # a settlement in a key's or project's month and day
+    cdef Limiter st
+    if isinstance(state, Limiter):
+        st = <Limiter>state
+        if not (c_total and st._cur_month is _month and _run(&st._month_total, t)):
+            st._cur_month = _start(st._spend, st._cur_month, &st._month_total, _month, total, t, c_total)
+        if not (c_total and st._cur_day is _day and _run(&st._day_total, t)):
+            st._cur_day = _start(st._spend, st._cur_day, &st._day_total, _day, total, t, c_total)
+        return 0
+    spend = state.spend  # any other record with a spend dict
+    _add(<dict?>spend, _month, total)
+    _add(<dict?>spend, _day, total)
+    return 0
+
+
 cdef inline int _release(Account account, Hold hold, used_tokens) except -1:
     if not hold.closed:
         hold.closed = True
@@ -344,10 +417,16 @@ def settle_hold(Account account not None, Hold hold not None, Receipt receipt no
         _day_end = _day_start + 86400
     adm = hold.admission
     key_state, project_state = adm if type(adm) is tuple else adm.states
-    _add(account.spend, _month, total)
-    for spend in (key_state.spend, project_state.spend):
-        _add(<dict?>spend, _month, total)
-        _add(<dict?>spend, _day, total)
+    # the total in C when it is an int that fits in int64 (else added as a Python object)
+    cdef int overflow = 1
+    cdef long long t = 0
+    if PyLong_CheckExact(total):
+        t = PyLong_AsLongLongAndOverflow(total, &overflow)
+    cdef bint c_total = not overflow
+    if not (c_total and account._cur_month is _month and _run(&account._month_total, t)):
+        account._cur_month = _start(account._spend, account._cur_month, &account._month_total, _month, total, t, c_total)
+    _count(key_state, total, t, c_total)
+    _count(project_state, total, t, c_total)
     frame._settle(receipt, account.id, total)
 
 

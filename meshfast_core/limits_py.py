@@ -253,7 +253,10 @@ class Limiter:
     (:class:`Window`), concurrent calls (:class:`Concurrency`), and daily and monthly
     ceilings in nano-USD that count the owner's settled ``spend`` per period
     (``"YYYY-MM"`` / ``"YYYY-MM-DD"`` -> nano-USD) plus its open holds (``held_nano``).
-    A limit that is ``None`` (or 0 for the counts) is not enforced."""
+    A limit that is ``None`` (or 0 for the counts) is not enforced. The compiled twin
+    keeps the current month's and day's spend as running C totals that ``_records``'
+    ``settle_hold`` adds to, and folds them into ``spend`` when it is read (a property);
+    both count the same."""
 
     __slots__ = (
         "concurrency",

@@ -238,7 +238,9 @@ def settle_hold(account: Account, hold: Hold, receipt: Receipt, frame: Frame) ->
     in the spend of the account (by month: nothing reads an account's day) and of the key
     and the project (by month and day; ``hold.admission``: their limit states on the plain
     path, else an ``Admission``). Appends the store writer's change,
-    ``("settle", receipt.row(), account id, total)``, to ``frame``."""
+    ``("settle", receipt.row(), account id, total)``, to ``frame``. (The compiled twin
+    counts the spend in running C totals of the Account and the Limiters, which readers
+    see added to the dicts; a state of another type by its ``spend`` dict, as here.)"""
     release_hold(account, hold, receipt.prompt_tokens + receipt.completion_tokens)
     # The hold is the worst case; should usage exceed it, never take the balance below zero.
     available = account.balance_nano - account.held_nano

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshfast_core import records, records_py
+from meshfast_core.exceptions import LimitExceeded
 
 C = records.RECORDS_C
 NOT_COMPILED = pytest.mark.skipif(C is None, reason="meshfast_core._records is not compiled (or disabled)")
@@ -338,3 +339,169 @@ def test_the_compiled_frame_refers_back_to_strings_it_has_written() -> None:
     assert marshal.loads(data[4:]) == marshal.loads(twin_data[4:])
     assert len(data) < len(marshal.dumps(marshal.loads(twin_data[4:]), 2)) * 0.7
     assert data.count(b"protected") == 1
+
+
+# -- spend: running totals in C fields, the spend dicts as their readers see them ----------
+# (the compiled records keep the current month's and day's totals as C fields of Account
+# and Limiter and fold them into ``spend`` when the bucket changes or it is read)
+def _limits_of(mod):
+    """The limits module whose Limiter goes with ``mod``'s records."""
+    import sys
+
+    from meshfast_core import limits, limits_py
+
+    return limits_py if mod is records_py else sys.modules[limits.LimiterC.__module__]
+
+
+JAN31 = 1738324800.5  # 2025-01-31 12:00:00.5 UTC
+DAY = 86400
+
+
+def _settle_at(mod, account, states, created: float, total) -> None:
+    h = mod.take_hold(account, "key_1", 0, states)
+    r = mod.Receipt(*VALUES)
+    r.created, r.upstream_cost_nano, r.margin_nano, r.total_nano = created, total, 0, total
+    mod.settle_hold(account, h, r, mod.Frame())
+
+
+def _used(lim, state, month: str, day: str) -> tuple:
+    """What admit and monthly_left count of ``state``'s spend (no read of ``.spend``)."""
+    out = []
+    for daily, monthly in ((-(10**40), None), (None, -(10**40))):
+        state.configure(None, None, None, daily, monthly, 60.0)
+        with pytest.raises(LimitExceeded) as exc:
+            lim.admit((state,), T_MONO, 0, 1, month, day)
+        out.append(exc.value.used)
+    state.configure(None, None, None, None, 10**40, 60.0)
+    out.append(10**40 - state.monthly_left(month))
+    state.configure(None, None, None, None, None, 60.0)
+    return tuple(out)
+
+
+T_MONO = 1_000.0
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_spend_rolls_over_a_day_and_a_month(mod) -> None:
+    lim = _limits_of(mod)
+    a = mod.Account("acct_1", "team", 10**12)
+    key, project = lim.Limiter(), lim.Limiter()
+    steps = [(JAN31, 100), (JAN31 + 60, 50), (JAN31 + DAY, 7), (JAN31 + DAY + 1, 3), (JAN31 + 2 * DAY, 1_000)]
+    expected = [
+        (("2025-01", "2025-01-31"), (100, 100, 100)),
+        (("2025-01", "2025-01-31"), (150, 150, 150)),
+        (("2025-02", "2025-02-01"), (7, 7, 7)),  # a new month and day
+        (("2025-02", "2025-02-01"), (10, 10, 10)),
+        (("2025-02", "2025-02-02"), (1_000, 1_010, 1_010)),  # a new day, same month
+    ]
+    for (created, total), ((month, day), used) in zip(steps, expected, strict=True):
+        _settle_at(mod, a, (key, project), created, total)
+        assert _used(lim, key, month, day) == _used(lim, project, month, day) == used
+    assert _used(lim, key, "2025-01", "2025-01-31") == (150, 150, 150)  # a finished month and day
+    assert a.spend == {"2025-01": 150, "2025-02": 1_010}
+    assert key.spend == project.spend == {
+        "2025-01": 150, "2025-01-31": 150, "2025-02": 1_010, "2025-02-01": 10, "2025-02-02": 1_000,
+    }  # fmt: skip
+    assert all(type(v) is int for v in [*a.spend.values(), *key.spend.values()])
+    # a settle back in a finished day (a receipt made before midnight, settled after)
+    _settle_at(mod, a, (key, project), JAN31 + DAY + 5, 2)
+    assert _used(lim, key, "2025-02", "2025-02-01") == (12, 1_012, 1_012)
+    assert key.spend["2025-02-02"] == 1_000 and key.spend["2025-02-01"] == 12 and a.spend["2025-02"] == 1_012
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_spend_beyond_int64(mod) -> None:
+    """Totals whose sum leaves int64 (and one beyond it) stay exact Python ints."""
+    lim = _limits_of(mod)
+    a = mod.Account("acct_1", "team", 10**30)
+    key, project = lim.Limiter(), lim.Limiter()
+    totals = [2**62, 2**62, 2**63 - 1, 5, 2**70, 1, -(2**63), 0]
+    for n, total in enumerate(totals):
+        _settle_at(mod, a, (key, project), JAN31, total)
+        spent = sum(totals[: n + 1])
+        assert _used(lim, key, "2025-01", "2025-01-31") == (spent, spent, spent)
+    assert a.spend == {"2025-01": sum(totals)} and a.balance_nano == 10**30 - sum(totals)
+    assert key.spend == {"2025-01": sum(totals), "2025-01-31": sum(totals)}
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_spend_readers_see_every_settle(mod) -> None:
+    """The account's public view, the spend dicts (read, changed, replaced) and the
+    ceilings all count the settles so far."""
+    lim = _limits_of(mod)
+    a = mod.Account("acct_1", "team", 10**12)
+    key, project = lim.Limiter(), lim.Limiter()
+    now = time.time()
+    month, day = records.spend_buckets(now)
+    _settle_at(mod, a, (key, project), now, 0)
+    assert a.spend == {month: 0} and key.spend == {month: 0, day: 0}  # a bucket even for 0
+    for _ in range(2):
+        _settle_at(mod, a, (key, project), now, 87_975)
+    assert a.public()["month_spend_usd"] == "0.00017595"
+    key.configure(None, None, None, None, 1_000_000, 60.0)
+    assert key.monthly_left(month) == 1_000_000 - 2 * 87_975
+    key.spend[day] = 5  # set by hand (tests, start-up): the settles after it add to it
+    _settle_at(mod, a, (key, project), now, 10)
+    assert key.spend == {month: 2 * 87_975 + 10, day: 15} and key.monthly_left(month) == 1_000_000 - 2 * 87_975 - 10
+    key.spend = {}  # replaced: nothing pending survives
+    a.spend = {month: 1}
+    assert key.spend == {} and key.monthly_left(month) == 1_000_000 and a.public()["month_spend_usd"] == "0.000000001"
+    _settle_at(mod, a, (key, project), now, 4)
+    assert key.spend == {month: 4, day: 4} and a.spend == {month: 5}
+    assert project.spend == {month: 2 * 87_975 + 14, day: 2 * 87_975 + 14}
+    assert "2025" in repr(a) or month in repr(a)
+    assert a == mod.Account("acct_1", "team", a.balance_nano, 0, None, None, 0.0, {month: 5})
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_spend_of_subclassed_and_other_states(mod) -> None:
+    """A Limiter subclass (the stores' LimitState) counts in C; any other state with a
+    ``spend`` dict by its dict."""
+    lim = _limits_of(mod)
+
+    class Sub(lim.Limiter):
+        __slots__ = ("owner",)
+
+    a = mod.Account("acct_1", "team", 10**12)
+    key, project = Sub(), _State()
+    for _ in range(3):
+        _settle_at(mod, a, (key, project), JAN31, 11)
+    assert _used(lim, key, "2025-01", "2025-01-31") == (33, 33, 33)
+    assert key.spend == project.spend == {"2025-01": 33, "2025-01-31": 33}
+
+
+SPEND_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["settle", "settle", "settle", "used", "read", "set"]),
+        st.integers(0, 70),  # days after JAN31
+        st.sampled_from([0, 1, 87_975, 2**31, 2**62, 2**63 - 1, 2**64, -(2**62)]),
+    ),
+    max_size=40,
+)
+
+
+def _spend_trace(mod, steps: list) -> list:
+    lim = _limits_of(mod)
+    a = mod.Account("acct_1", "team", 10**40)
+    key, project = lim.Limiter(), lim.Limiter()
+    out: list = []
+    for op, days, total in steps:
+        ts = JAN31 + days * DAY
+        month, day = records.month_of(ts), records.day_of(ts)
+        if op == "settle":
+            _settle_at(mod, a, (key, project), ts, total)
+        elif op == "used":
+            out.append((_used(lim, key, month, day), _used(lim, project, month, day)))
+        elif op == "read":
+            out.append((dict(a.spend), dict(key.spend), dict(project.spend)))
+        else:
+            key.spend[day] = total
+    out.append((a.spend, key.spend, project.spend, a.balance_nano))
+    return out
+
+
+@NOT_COMPILED
+@settings(max_examples=200, deadline=None)
+@given(steps=SPEND_STEPS)
+def test_spend_differential_py_c(steps: list) -> None:
+    assert _spend_trace(records_py, steps) == _spend_trace(C, steps)
