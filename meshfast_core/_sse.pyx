@@ -743,7 +743,7 @@ cdef Py_ssize_t _fast_usage(const unsigned char* d, Py_ssize_t i, Py_ssize_t n, 
         i = _ws(d, i + 1)
 
 
-def body_usage(bytes body):
+def body_usage(bytes body not None):
     """:func:`usage_counts` of the last top-level-looking ``"usage": {...}`` member of a JSON
     answer, found without parsing the (maybe large) rest of it; ``None`` without one."""
     cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(body)
@@ -833,7 +833,7 @@ cdef bint _usage_span(const unsigned char* d, Py_ssize_t n, Py_ssize_t* ustart, 
             return 0
 
 
-def usage_span(bytes chunk):
+def usage_span(bytes chunk not None):
     """Where the top-level ``usage`` object is (see ``sse_py.usage_span``)."""
     cdef Py_ssize_t start = 0, end = 0
     if _usage_span(<const unsigned char*>PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk), &start, &end):
@@ -841,7 +841,7 @@ def usage_span(bytes chunk):
     return None
 
 
-def usage_with_costs(bytes chunk, str receipt_id, upstream_nano, margin_nano, total_nano):
+def usage_with_costs(bytes chunk not None, str receipt_id, upstream_nano, margin_nano, total_nano):
     """The usage-only chunk with ``usage.cost`` and ``usage.mesh`` (see ``sse_py``)."""
     cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(chunk)
     cdef Py_ssize_t start = 0, end = 0, i

@@ -912,3 +912,17 @@ def test_usage_with_costs_twins_agree(top: dict, usage: dict | None, indent: boo
     if sse._c is not None:
         assert sse._c.usage_with_costs(chunk, *COSTS) == out
         assert sse._c.usage_span(chunk) == sse_py.usage_span(chunk)
+
+
+@pytest.mark.parametrize("mod", USAGE_TWINS)
+def test_none_for_a_body_or_chunk_is_an_error_not_a_read_of_none(mod) -> None:
+    """``bytes`` typed arguments let ``None`` through, and the compiled readers then read
+    None's object as bytes data (past its end, up to a "size" that is not one; body_usage
+    relies on the trailing NUL of a real bytes object): refused, as by the twin."""
+    for call in (
+        lambda: mod.body_usage(None),
+        lambda: mod.usage_span(None),
+        lambda: mod.usage_with_costs(None, *COSTS),
+    ):
+        with pytest.raises((TypeError, AttributeError)):
+            call()
