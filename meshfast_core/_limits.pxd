@@ -2,6 +2,9 @@
 # ``settle_hold`` counts a settlement in a ``Limiter``'s running totals directly).
 
 cimport cython
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem
+from cpython.exc cimport PyErr_Occurred
+from cpython.object cimport PyObject
 
 cdef extern from *:
     """
@@ -51,3 +54,13 @@ cdef class Limiter:
     cdef str _cur_day
     cdef long long _month_total
     cdef long long _day_total
+
+
+cdef inline int spend_add(dict spend, str bucket, total) except -1:
+    # spend[bucket] += total (a missing bucket counts 0), with one lookup
+    cdef PyObject* v = PyDict_GetItemWithError(spend, bucket)
+    if v is NULL:
+        if PyErr_Occurred():
+            return -1
+        return PyDict_SetItem(spend, bucket, total)
+    return PyDict_SetItem(spend, bucket, <object>v + total)

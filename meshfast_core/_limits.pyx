@@ -320,24 +320,15 @@ cdef int fold_limiter(Limiter st) except -1:
     # dict path would have); none pending after
     cdef str bucket = st._cur_month
     if bucket is not None:
-        _fold(st._spend, bucket, st._month_total)
+        spend_add(st._spend, bucket, st._month_total)
         st._cur_month = None
         st._month_total = 0
     bucket = st._cur_day
     if bucket is not None:
-        _fold(st._spend, bucket, st._day_total)
+        spend_add(st._spend, bucket, st._day_total)
         st._cur_day = None
         st._day_total = 0
     return 0
-
-
-cdef inline int _fold(dict spend, str bucket, long long total) except -1:
-    cdef PyObject* v = PyDict_GetItemWithError(spend, bucket)
-    if v is NULL:
-        if PyErr_Occurred():
-            return -1
-        return PyDict_SetItem(spend, bucket, total)
-    return PyDict_SetItem(spend, bucket, <object>v + total)
 
 
 cdef object _spent(Limiter st, str bucket):

@@ -16,7 +16,7 @@ from libc.string cimport memcpy, memset
 import marshal
 import os
 
-from meshfast_core._limits cimport Limiter
+from meshfast_core._limits cimport Limiter, spend_add
 from meshfast_core._pricing cimport call_cost_c
 
 from .limits import finish
@@ -127,7 +127,7 @@ cdef class Account:
         """Settled spend by month (``"YYYY-MM"`` -> nano-USD): the dict itself, with the
         running total folded in first (so it may be changed)."""
         if self._cur_month is not None:
-            _fold(self._spend, self._cur_month, self._month_total)
+            spend_add(self._spend, self._cur_month, self._month_total)
             self._cur_month = None
             self._month_total = 0
         return self._spend
@@ -327,20 +327,6 @@ cdef double _day_start = 0.0, _day_end = -1.0
 cdef str _month = "", _day = ""
 
 
-cdef inline int _add(dict spend, str bucket, total) except -1:
-    cdef PyObject* v = PyDict_GetItemWithError(spend, bucket)
-    if v is NULL:
-        if PyErr_Occurred():
-            return -1
-        return PyDict_SetItem(spend, bucket, total)
-    return PyDict_SetItem(spend, bucket, <object>v + total)
-
-
-cdef inline int _fold(dict spend, str bucket, long long total) except -1:
-    # a running total into its bucket of the dict
-    return _add(spend, bucket, total)
-
-
 # Spend is counted in running totals, C fields of the records (the current month's of an
 # Account, the current month's and day's of a Limiter), and in the record's spend dict for
 # anything else: readers add the two (the records' ``spend`` property folds them first).
@@ -359,12 +345,12 @@ cdef str _start(dict spend, str cur, long long* running, str bucket, total, long
     if cur is not None:
         if c_total and cur == bucket and _run(running, t):
             return bucket  # the same bucket, as another str object
-        _fold(spend, cur, running[0])
+        spend_add(spend, cur, running[0])
         running[0] = 0
     if c_total:
         running[0] = t
         return bucket
-    _add(spend, bucket, total)
+    spend_add(spend, bucket, total)
     return None
 
 
@@ -379,8 +365,8 @@ cdef inline int _count(state, total, long long t, bint c_total) except -1:
             st._cur_day = _start(st._spend, st._cur_day, &st._day_total, _day, total, t, c_total)
         return 0
     spend = state.spend  # any other record with a spend dict
-    _add(<dict?>spend, _month, total)
-    _add(<dict?>spend, _day, total)
+    spend_add(<dict?>spend, _month, total)
+    spend_add(<dict?>spend, _day, total)
     return 0
 
 

@@ -173,6 +173,19 @@ cdef inline long long _non_ascii_weight(unsigned int c) noexcept nogil:
     return W_UTF8_3
 
 
+cdef inline Py_ssize_t _space_end(Py_ssize_t i, Py_ssize_t j, Py_ssize_t n, Py_ssize_t last_nl) noexcept nogil:
+    # Where a whitespace piece that starts at i ends, given the end j of the whitespace
+    # run and its last newline: to the end of the text; else through its last newline;
+    # else all but the last space, which prefixes the next piece; else one space.
+    if j == n:
+        return n
+    if last_nl >= 0:
+        return last_nl + 1
+    if j - i >= 2:
+        return j - 1
+    return i + 1
+
+
 # One text's characters as stored (1, 2 or 4 bytes each): ``_units`` is compiled once per
 # width, so its reads index the array instead of switching on the kind at every character.
 ctypedef fused ucs_t:
@@ -277,14 +290,7 @@ cdef long long _units(const ucs_t* data, Py_ssize_t n) noexcept nogil:
                 elif k != SPACE:
                     break
                 j += 1
-            if j == n:
-                end = n
-            elif last_nl >= 0:
-                end = last_nl + 1
-            elif j - i >= 2:
-                end = j - 1
-            else:
-                end = i + 1
+            end = _space_end(i, j, n, last_nl)
             units += P_SPACE + P_SPACE_PER_CHAR * (end - i - 1)
             i = end
     return units
@@ -351,14 +357,7 @@ cdef long long _ascii_units(const unsigned char* s, Py_ssize_t n) noexcept nogil
                     elif not f & F_SPACE:
                         break
                     j += 1
-                if j == n:
-                    end = n
-                elif last_nl >= 0:
-                    end = last_nl + 1
-                elif j - i >= 2:
-                    end = j - 1
-                else:
-                    end = i + 1
+                end = _space_end(i, j, n, last_nl)
                 units += P_SPACE + P_SPACE_PER_CHAR * (end - i - 1)
                 i = end
                 continue
