@@ -17,7 +17,7 @@ import marshal
 import os
 
 from meshfast_core._limits cimport Limiter, spend_add
-from meshfast_core._pricing cimport call_cost_c
+from meshfast_core._pricing cimport Tariff, call_cost_c, call_cost_ll, get_ll
 
 from .limits import finish
 from .records_py import (
@@ -277,10 +277,35 @@ def priced_receipt(
     own = account.fee_nano
     if own is not None:
         fee_nano = own
-    upstream, margin = call_cost_c(
-        prompt, completion, cached, endpoint.input_nano_per_mtok, endpoint.cached_input_nano_per_mtok,
-        endpoint.output_nano_per_mtok, margin_ppm, fee_nano,
-    )
+    cdef Tariff t = None
+    cdef long long p, c, k, ppm, fee, up, mg, total
+    tariff = getattr(endpoint, "tariff", None)
+    if type(tariff) is Tariff:  # an Endpoint: prices and names from its tariff's fields
+        t = <Tariff>tariff
+        if (
+            t.prices_ok and t.cached_ok and get_ll(prompt, &p) and get_ll(completion, &c) and get_ll(cached, &k)
+            and get_ll(margin_ppm, &ppm) and get_ll(fee_nano, &fee) and k <= p
+            and not call_cost_ll(p, c, k, t.ip, t.kp, t.op, ppm, fee, &up, &mg)
+            and not __builtin_saddll_overflow(up, mg, &total)
+        ):
+            r.upstream_cost_nano = up
+            r.margin_nano = mg
+            r.total_nano = total
+        else:  # what the C path does not cover: call_cost's (the twin's) answer
+            upstream, margin = call_cost_c(
+                prompt, completion, cached, t.input_price, t.cached_price, t.output_price, margin_ppm, fee_nano,
+            )
+            r.upstream_cost_nano = upstream
+            r.margin_nano = margin
+            r.total_nano = upstream + margin
+    else:  # anything else with the endpoint's attributes
+        upstream, margin = call_cost_c(
+            prompt, completion, cached, endpoint.input_nano_per_mtok, endpoint.cached_input_nano_per_mtok,
+            endpoint.output_nano_per_mtok, margin_ppm, fee_nano,
+        )
+        r.upstream_cost_nano = upstream
+        r.margin_nano = margin
+        r.total_nano = upstream + margin
     r.id = receipt_id
     r.created = _clock(CLOCK_REALTIME)
     r.account_id = account.id
@@ -289,15 +314,17 @@ def priced_receipt(
     r.kind = kind
     r.model = requested_model
     r.route_mode = route_mode
-    r.provider = endpoint.provider.name
-    r.upstream_model = endpoint.model.upstream
-    r.privacy = endpoint.privacy
+    if t is not None:
+        r.provider = t.provider
+        r.upstream_model = t.upstream
+        r.privacy = t.privacy
+    else:
+        r.provider = endpoint.provider.name
+        r.upstream_model = endpoint.model.upstream
+        r.privacy = endpoint.privacy
     r.prompt_tokens = prompt
     r.completion_tokens = completion
     r.cached_tokens = cached
-    r.upstream_cost_nano = upstream
-    r.margin_nano = margin
-    r.total_nano = upstream + margin
     r.latency_ms = (now - started) * 1000
     r.ttft_ms = (first_byte - started) * 1000 if first_byte else None
     r.stream = stream

@@ -12,10 +12,32 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ("MTOK", "PPM", "call_cost", "hold_worst", "margin_of", "token_cost")
+__all__ = ("MTOK", "PPM", "Tariff", "call_cost", "hold_worst", "margin_of", "token_cost")
 
 MTOK = 1_000_000
 PPM = 1_000_000
+
+
+class Tariff:
+    """What ``hold_worst`` and ``priced_receipt`` read of an endpoint, as one record
+    (``Endpoint.tariff``): its input, cached input and output prices, its model's
+    ``max_output_tokens``, the provider's name, the upstream model and the privacy class.
+    The compiled twin keeps the numbers as C integers too; these functions here read the
+    endpoint's own fields, which the tariff copies."""
+
+    __slots__ = ("cached_price", "input_price", "max_output", "output_price", "privacy", "provider", "upstream")
+
+    def __init__(
+        self, input_price: Any, cached_price: Any, output_price: Any, max_output: Any, provider: Any, upstream: Any, privacy: Any
+    ) -> None:
+        self.input_price, self.cached_price, self.output_price, self.max_output = input_price, cached_price, output_price, max_output
+        self.provider, self.upstream, self.privacy = provider, upstream, privacy
+
+    def __repr__(self) -> str:
+        return (
+            f"Tariff({self.input_price!r}, {self.cached_price!r}, {self.output_price!r}, {self.max_output!r}, "
+            f"{self.provider!r}, {self.upstream!r}, {self.privacy!r})"
+        )
 
 
 def token_cost(tokens: int, nano_per_mtok: int) -> int:

@@ -93,3 +93,63 @@ def test_hold_worst_hands_odd_inputs_to_the_twin(impl) -> None:
     plain = [_endpoint(1_000_000, 2_000_000, 100)]
     assert impl.hold_worst(plain, 10, 0, 1, None, 50_000, -3) == pricing_py.hold_worst(plain, 10, 0, 1, None, 50_000, -3)
     assert impl.hold_worst([], 10, 0, 1, None, 50_000, 3) == (3, 10)  # no candidate: the margin's fee alone
+
+
+# -- the endpoint's tariff (Endpoint.tariff: what hold_worst reads of a real endpoint) --------
+EDGE_PRICES = [0, 1, 150_000_000, 2**63 - 1, 2**63, 2**70, -5, True, 1.5e6]
+EDGE_CAPS = [1, 4096, 2**63 - 1, 2**63, 0, -1, None, 2.0]
+
+
+def _real_endpoint(input_price, output_price, cached_price=0, cap=4096, name="p", privacy="standard"):
+    from meshfast.config import ModelConfig
+    from meshfast.providers.base import Endpoint, Provider
+
+    model = ModelConfig("m", "m-up", max_output_tokens=cap)
+    return Endpoint(Provider(name, "standard"), model, input_price, output_price, cached_price, privacy=privacy)
+
+
+def _outcome(fn, *args):
+    """What a call gives, or the type of what it raised (both twins must agree on either)."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - compared, not handled
+        return type(exc)
+
+
+def test_endpoint_tariff_is_the_selected_record() -> None:
+    ep = _real_endpoint(150_000_000, 600_000_000, 75_000_000, cap=8000, name="prov", privacy="protected")
+    t = ep.tariff
+    assert type(t) is pricing.Tariff
+    assert (t.input_price, t.cached_price, t.output_price, t.max_output) == (150_000_000, 75_000_000, 600_000_000, 8000)
+    assert (t.provider, t.upstream, t.privacy) == ("prov", "m-up", "protected")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("input_price", EDGE_PRICES)
+@pytest.mark.parametrize("output_price", EDGE_PRICES)
+@pytest.mark.parametrize("cap", EDGE_CAPS)
+def test_hold_worst_on_endpoints_agrees_with_the_twin(impl, input_price, output_price, cap) -> None:
+    """Int64 edges, beyond int64, negative and non-int prices and caps (None too): the
+    compiled hold over real endpoints (read through their tariffs) gives what the twin
+    gives, or raises what it raises."""
+    eps = [_real_endpoint(input_price, output_price, cap=cap), _real_endpoint(1_000_000, 2_000_000)]
+    for asked, n, max_output in ((0, 1, None), (100, 2, None), (0, 1, 500), (2**62, 4, None)):
+        for cands in (eps, eps[::-1], eps[:1]):
+            want = _outcome(pricing_py.hold_worst, cands, 1000, asked, n, max_output, 50_000, 3)
+            assert _outcome(impl.hold_worst, cands, 1000, asked, n, max_output, 50_000, 3) == want
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_changed_endpoint_is_held_at_its_new_values(impl) -> None:
+    from meshfast.config import ModelConfig
+
+    ep = _real_endpoint(1_000_000, 2_000_000, cap=100)
+    before = impl.hold_worst([ep], 1000, 0, 1, None, 0, 0)
+    assert before == (1000 + 200, 1100)
+    ep.input_nano_per_mtok = 10_000_000
+    ep.output_nano_per_mtok = 2**70  # beyond int64: the twin's path
+    assert impl.hold_worst([ep], 1000, 0, 1, None, 0, 0) == (10_000 + token_cost(100, 2**70), 1100)
+    ep.output_nano_per_mtok = 4_000_000
+    ep.model = ModelConfig("m", "m-up", max_output_tokens=1000)
+    assert impl.hold_worst([ep], 1000, 0, 1, None, 0, 0) == (10_000 + 4000, 2000)
+    assert ep.tariff.output_price == 4_000_000 and ep.tariff.max_output == 1000

@@ -505,3 +505,54 @@ def _spend_trace(mod, steps: list) -> list:
 @given(steps=SPEND_STEPS)
 def test_spend_differential_py_c(steps: list) -> None:
     assert _spend_trace(records_py, steps) == _spend_trace(C, steps)
+
+
+_EDGE = [0, 1, 500_000_000, 2**63 - 1, 2**63, 2**70, -5, True, 1.5e6]
+
+
+def _receipt_endpoint(input_price, cached_price, output_price):
+    from meshfast.config import ModelConfig
+    from meshfast.providers.base import Endpoint, Provider
+
+    model = ModelConfig("m", "m-up", max_output_tokens=None)  # no cap: the receipt does not read it
+    return Endpoint(Provider("prov", "standard"), model, input_price, output_price, cached_price, privacy="protected")
+
+
+def _receipt_outcome(mod, endpoint, counts, account):
+    key = dataclasses.make_dataclass("K", ["id", "project_id"])("key_1", "proj_1")
+    try:
+        r = mod.priced_receipt(
+            "rcpt_1", account, key, endpoint, "chat", "m", counts, 1000, 2000, 1.0, 2.0, False, "ok", "model", "", 50_000, 3,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - compared, not handled
+        return type(exc)
+    return tuple(v for f, v in zip(records.RECEIPT_FIELDS, r.row(), strict=True) if f not in ("created", "latency_ms"))
+
+
+@NOT_COMPILED
+@pytest.mark.parametrize("input_price", _EDGE)
+@pytest.mark.parametrize("cached_price", [0, 2**63 - 1, 2**70, -1, 1.5])
+@pytest.mark.parametrize("output_price", _EDGE)
+def test_priced_receipt_on_endpoints_agrees_with_the_twin(input_price, cached_price, output_price) -> None:
+    """A real endpoint (read through its tariff) with int64-edge, huge, negative and non-int
+    prices: the compiled receipt is the twin's field for field (or raises what it raises)."""
+    ep = _receipt_endpoint(input_price, cached_price, output_price)
+    accounts = [(C.Account("a", "n"), records_py.Account("a", "n"))]
+    accounts.append((C.Account("a", "n", margin_ppm=2**63 - 1, fee_nano=2**63 - 1), records_py.Account("a", "n", margin_ppm=2**63 - 1, fee_nano=2**63 - 1)))
+    for counts in (None, (100, 10, 40), (2**40, 2**40, 0), (10, 5, 20), (2**64, 1, 0)):
+        for c_acct, py_acct in accounts:
+            assert _receipt_outcome(C, ep, counts, c_acct) == _receipt_outcome(records_py, ep, counts, py_acct)
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_a_changed_endpoint_is_billed_at_its_new_values(mod) -> None:
+    from meshfast.config import ModelConfig
+    from meshfast.providers.base import Provider
+
+    ep = _receipt_endpoint(1_000_000, 1_000_000, 1_000_000)
+    acct = mod.Account("a", "n", margin_ppm=0, fee_nano=0)
+    ep.input_nano_per_mtok, ep.cached_input_nano_per_mtok, ep.output_nano_per_mtok = 2_000_000, 1_000_000, 3_000_000
+    ep.provider, ep.model, ep.privacy = Provider("other", "standard"), ModelConfig("m", "m-up-2"), "confidential"
+    r = _receipt_outcome(mod, ep, (100, 10, 40), acct)
+    f = dict(zip([f for f in records.RECEIPT_FIELDS if f not in ("created", "latency_ms")], r, strict=True))
+    assert (f["upstream_cost_nano"], f["provider"], f["upstream_model"], f["privacy"]) == (60 * 2 + 40 + 10 * 3, "other", "m-up-2", "confidential")

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from meshfast.config import PRIVACY_CLASSES, ModelConfig
 from meshfast.money import usd_to_nano
+from meshfast_core.pricing import Tariff
 
 
 class Reply(Protocol):
@@ -70,6 +71,13 @@ class Endpoint:
     endpoint and the configured provider's ``privacy``. ``key`` ("provider/model") names
     the endpoint in receipts, health and logs. ``health`` is the router's per-endpoint
     state (circuit breaker, statistics); it is not part of the endpoint's identity.
+
+    ``tariff`` is what the hold (``hold_worst``) and the receipt (``priced_receipt``) read
+    of the endpoint, as one compiled record (``meshfast_core.pricing.Tariff``): its prices,
+    ``model.max_output_tokens``, ``provider.name``, ``model.upstream`` and ``privacy``. It is
+    built after ``__init__`` and again whenever one of ``provider``, ``model``, ``privacy``
+    or the three prices is set, so it always holds the endpoint's values (a provider's
+    ``name`` is fixed once built, as ``key`` and ``headers`` already assume).
     """
 
     provider: Provider
@@ -86,6 +94,15 @@ class Endpoint:
     key: str = ""
     privacy_rank: int = 0
     health: Any = field(default=None, compare=False, repr=False)
+    tariff: Any = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tariff", _tariff_of(self))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _TARIFF_FIELDS and hasattr(self, "tariff"):  # not while __init__ runs
+            object.__setattr__(self, "tariff", _tariff_of(self))
 
     @classmethod
     def of(
@@ -126,3 +143,16 @@ class Endpoint:
     @property
     def upstream(self) -> str:
         return self.model.upstream
+
+
+# the fields an endpoint's tariff copies (setting one rebuilds it)
+_TARIFF_FIELDS = frozenset(
+    ("provider", "model", "privacy", "input_nano_per_mtok", "output_nano_per_mtok", "cached_input_nano_per_mtok")
+)
+
+
+def _tariff_of(ep: Endpoint) -> Any:
+    return Tariff(
+        ep.input_nano_per_mtok, ep.cached_input_nano_per_mtok, ep.output_nano_per_mtok, ep.model.max_output_tokens,
+        ep.provider.name, ep.model.upstream, ep.privacy,
+    )  # fmt: skip
