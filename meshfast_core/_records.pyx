@@ -11,7 +11,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_GET_LENGTH
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 
 import marshal
 import os
@@ -56,17 +56,34 @@ cdef extern from "Python.h":
 
 
 # -- ids (see records_py) ---------------------------------------------------------------
+cdef extern from "Python.h":
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void* PyUnicode_DATA(object o)
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+
 cdef char _process[16]
-cdef unsigned long long _next = 0
+# the next counter value's decimal digits, counted up in place (new_id never divides)
+cdef char _digits[40]
+cdef Py_ssize_t _ndigits = 0
 
 
 def reseed_ids(str process_hex, unsigned long long start):
     """Start a new id sequence: ``process_hex`` (16 hex digits) and the first counter value."""
-    global _next
+    global _ndigits
+    cdef char tmp[24]
+    cdef Py_ssize_t n = 0, i
     if len(process_hex) != 16 or not process_hex.isascii():
         raise ValueError("the process part of an id is 16 hex digits")
     memcpy(_process, PyUnicode_AsUTF8AndSize(process_hex, NULL), 16)
-    _next = start
+    while True:
+        tmp[n] = <char>(48 + start % 10)
+        n += 1
+        start //= 10
+        if start == 0:
+            break
+    for i in range(n):
+        _digits[i] = tmp[n - 1 - i]
+    _ndigits = n
 
 
 def _new_process_ids():
@@ -75,26 +92,30 @@ def _new_process_ids():
 
 def new_id(str prefix):
     """A unique id: ``prefix``, this process's part and the next counter value."""
-    global _next
-    cdef Py_ssize_t plen, n = 0, i
-    cdef const char* p = PyUnicode_AsUTF8AndSize(prefix, &plen)
-    cdef char digits[24]
-    cdef char buf[96]
-    cdef unsigned long long v = _next
-    _next += 1
-    if plen > 48:  # never on the hot path
-        return f"{prefix}{(<char*>_process)[:16].decode()}{v}"
-    while True:
-        digits[n] = <char>(48 + v % 10)
-        n += 1
-        v //= 10
-        if v == 0:
-            break
-    memcpy(buf, p, plen)
-    memcpy(buf + plen, _process, 16)
-    for i in range(n):
-        buf[plen + 16 + i] = digits[n - 1 - i]
-    return PyUnicode_DecodeUTF8(buf, plen + 16 + n, NULL)
+    global _ndigits
+    cdef Py_ssize_t plen = PyUnicode_GET_LENGTH(prefix), n = _ndigits, i
+    cdef char* d
+    if plen <= 48 and PyUnicode_IS_COMPACT_ASCII(prefix):
+        s = PyUnicode_New(plen + 16 + n, 127)  # an ASCII str, filled in place
+        d = <char*>PyUnicode_DATA(s)
+        memcpy(d, PyUnicode_DATA(prefix), plen)
+        memcpy(d + plen, _process, 16)
+        memcpy(d + plen + 16, _digits, n)
+    else:  # never on the hot path
+        s = prefix + (<char*>_process)[:16].decode() + _digits[:n].decode()
+    i = n - 1
+    while i >= 0 and _digits[i] == 57:  # '9': 0 and carry
+        _digits[i] = 48
+        i -= 1
+    if i >= 0:
+        _digits[i] += 1
+    elif n < 39:  # all nines: one digit more
+        memmove(_digits + 1, _digits, n)
+        _digits[0] = 49
+        _ndigits = n + 1
+    else:
+        raise OverflowError("id counter exhausted")
+    return s
 
 
 _new_process_ids()

@@ -507,6 +507,22 @@ def test_spend_differential_py_c(steps: list) -> None:
     assert _spend_trace(records_py, steps) == _spend_trace(C, steps)
 
 
+@NOT_COMPILED
+@pytest.mark.parametrize("start", [0, 8, 998, 10**12 - 3, 10**19 - 2, 2**64 - 3])
+def test_new_id_counts_up_as_the_twin_does(start) -> None:
+    """The compiled ids count their decimal digits up in place: across a carry and a new
+    digit they are the twin's, for any prefix (ASCII or not, short or long)."""
+    process = os.urandom(8).hex()
+    prefixes = ("rcpt_", "", "é_", "x" * 48, "x" * 49, "hold_") * 3
+    got = []
+    for mod in (records_py, C):
+        mod.reseed_ids(process, start)
+        got.append([mod.new_id(p) for p in prefixes])
+    assert got[0] == got[1]
+    for mod in (records_py, C):  # leave both on sequences of their own
+        mod.reseed_ids(os.urandom(8).hex(), 10**12)
+
+
 _EDGE = [0, 1, 500_000_000, 2**63 - 1, 2**63, 2**70, -5, True, 1.5e6]
 
 
