@@ -4,6 +4,7 @@ to the twin (beyond int64, negative, not an int)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from types import SimpleNamespace
 
@@ -125,18 +126,17 @@ def test_endpoint_tariff_is_the_selected_record() -> None:
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("input_price", EDGE_PRICES)
-@pytest.mark.parametrize("output_price", EDGE_PRICES)
-@pytest.mark.parametrize("cap", EDGE_CAPS)
-def test_hold_worst_on_endpoints_agrees_with_the_twin(impl, input_price, output_price, cap) -> None:
+def test_hold_worst_on_endpoints_agrees_with_the_twin(impl) -> None:
     """Int64 edges, beyond int64, negative and non-int prices and caps (None too): the
     compiled hold over real endpoints (read through their tariffs) gives what the twin
     gives, or raises what it raises."""
-    eps = [_real_endpoint(input_price, output_price, cap=cap), _real_endpoint(1_000_000, 2_000_000)]
-    for asked, n, max_output in ((0, 1, None), (100, 2, None), (0, 1, 500), (2**62, 4, None)):
-        for cands in (eps, eps[::-1], eps[:1]):
-            want = _outcome(pricing_py.hold_worst, cands, 1000, asked, n, max_output, 50_000, 3)
-            assert _outcome(impl.hold_worst, cands, 1000, asked, n, max_output, 50_000, 3) == want
+    for input_price, output_price, cap in itertools.product(EDGE_PRICES, EDGE_PRICES, EDGE_CAPS):
+        eps = [_real_endpoint(input_price, output_price, cap=cap), _real_endpoint(1_000_000, 2_000_000)]
+        for asked, n, max_output in ((0, 1, None), (100, 2, None), (0, 1, 500), (2**62, 4, None)):
+            for cands in (eps, eps[::-1], eps[:1]):
+                want = _outcome(pricing_py.hold_worst, cands, 1000, asked, n, max_output, 50_000, 3)
+                got = _outcome(impl.hold_worst, cands, 1000, asked, n, max_output, 50_000, 3)
+                assert got == want, (input_price, output_price, cap, asked, n, max_output)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
