@@ -10,8 +10,7 @@ from cpython.long cimport PyLong_CheckExact
 from libc.math cimport ceil, floor
 
 from cpython.bytes cimport PyBytes_FromFormat
-from cpython.dict cimport PyDict_GetItem, PyDict_GetItemWithError, PyDict_SetItem
-from cpython.exc cimport PyErr_Occurred
+from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 
 import math
