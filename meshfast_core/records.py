@@ -17,8 +17,9 @@ from ._ext import compiled
 from .records_py import RECEIPT_FIELDS, day_of, month_of, spend_buckets
 
 __all__ = (
-    "COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Account", "Frame", "Hold", "Receipt", "day_of", "month_of", "new_id",
-    "priced_receipt", "release_hold", "settle_hold", "spend_buckets", "take_hold",
+    "COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Account", "Frame", "Gate", "Hold", "KeyEntry", "Receipt", "asked_privacy",
+    "day_of", "hold_amount", "month_of", "new_id", "priced_receipt", "release_hold", "settle_hold", "spend_buckets",
+    "take_hold",
 )  # fmt: skip
 
 RECORDS_C: ModuleType | None = compiled("_records")
@@ -32,3 +33,8 @@ priced_receipt = records_py.priced_receipt if RECORDS_C is None else RECORDS_C.p
 take_hold = records_py.take_hold if RECORDS_C is None else RECORDS_C.take_hold
 release_hold = records_py.release_hold if RECORDS_C is None else RECORDS_C.release_hold
 settle_hold = records_py.settle_hold if RECORDS_C is None else RECORDS_C.settle_hold
+# a call's admission on the embedded store: the key check and the hold, one call each
+Gate = records_py.Gate if RECORDS_C is None else RECORDS_C.Gate
+KeyEntry = records_py.KeyEntry if RECORDS_C is None else RECORDS_C.KeyEntry
+hold_amount = records_py.hold_amount if RECORDS_C is None else RECORDS_C.hold_amount
+asked_privacy = records_py.asked_privacy if RECORDS_C is None else RECORDS_C.asked_privacy
