@@ -38,6 +38,7 @@ __all__ = (
     "rate_headers",
     "refusal",
     "reset_value",
+    "privacy_table",
     "served_privacy",
 )
 
@@ -83,6 +84,14 @@ def served_privacy(asked: Any, key_limits: Limits, project_limits: Limits) -> An
         if floor and privacy_rank(floor) > privacy_rank(privacy):
             privacy = floor
     return privacy
+
+
+def privacy_table(key_limits: Limits, project_limits: Limits) -> tuple[Any, dict[str, Any]]:
+    """:func:`served_privacy` for one key as a table (what the embedded store's gate keeps
+    of a key): the class served when none is asked, and each known class asked -> the
+    class served. Raises as :func:`served_privacy` does (an unknown minimum)."""
+    served = {c: served_privacy(c, key_limits, project_limits) for c in PRIVACY_CLASSES}
+    return served_privacy("", key_limits, project_limits), served
 
 
 def _refuse(cls: type[errors.MeshError], message: str, retry_after: float) -> errors.MeshError:

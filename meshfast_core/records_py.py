@@ -235,10 +235,17 @@ def hold_amount(
     )  # fmt: skip
 
 
+def _check(value: Any, cls: type, name: str) -> None:
+    # the compiled twin's typed arguments: exactly this type (None refused too)
+    if type(value) is not cls:
+        raise TypeError(f"Argument '{name}' has incorrect type (expected {cls.__name__}, got {type(value).__name__})")
+
+
 def asked_privacy(req: dict[str, Any], raw: bytes | None) -> Any:
     """The privacy class a call asks for (``""``: none): the ``X-Mesh-Privacy`` header's
     value ``raw``, else the body's ``mesh`` object's ``privacy``; the ``mesh`` object is
     taken out of the request (it is never forwarded)."""
+    _check(req, dict, "req")
     if raw is None and "mesh" not in req:
         return ""  # the common case: nothing asked
     privacy = (raw or b"").decode("latin-1")
@@ -261,6 +268,7 @@ class KeyEntry:
     def __init__(
         self, key: Any, account: Account, key_state: Any, project_state: Any, plain: bool, privacy: Any, served: dict[str, Any]
     ) -> None:
+        _check(served, dict, "served")
         self.key, self.key_id, self.account = key, key.id, account
         self.states = (key_state, project_state)
         self.plain, self.privacy, self.served = bool(plain), privacy, served
@@ -283,6 +291,7 @@ class Gate:
     __slots__ = ("_hold", "_rate_headers", "_refuse", "_unavailable", "entries", "failed")
 
     def __init__(self, entries: dict[str, KeyEntry], hold: Any, rate_headers: Any, refuse: Any, unavailable: Any) -> None:
+        _check(entries, dict, "entries")
         self.entries = entries
         self.failed: BaseException | None = None
         self._hold, self._rate_headers, self._refuse, self._unavailable = hold, rate_headers, refuse, unavailable
@@ -293,6 +302,7 @@ class Gate:
         ``X-Mesh-Privacy`` value (:func:`asked_privacy`, which takes ``mesh`` out of
         ``req``); the max output asked is ``max_completion_tokens`` / ``max_tokens`` (0 if
         none). ``None`` (``req`` untouched) for any other ``auth``."""
+        _check(req, dict, "req")
         if type(auth) is not bytes:
             return None
         digest = bearer_digest(auth)
@@ -301,6 +311,7 @@ class Gate:
         entry = self.entries.get(digest)
         if entry is None:
             return None
+        _check(entry, KeyEntry, "entry")
         asked = asked_privacy(req, privacy)
         if not asked:
             served = entry.privacy
@@ -318,6 +329,8 @@ class Gate:
         when neither the key nor its project has a limit, :func:`take_hold` of it with the
         two limit states (503 when the writer failed, 402 when the balance does not cover
         it); else the store's ``hold`` and ``call.rate_headers`` its ``rate_headers``."""
+        _check(entry, KeyEntry, "entry")
+        _check(req, dict, "req")
         account = entry.account
         amount, tokens = hold_amount(account, candidates, prompt_tokens, asked, req.get("n") or 1, max_output, margin_ppm, fee_nano)
         if not entry.plain:

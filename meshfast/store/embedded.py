@@ -28,8 +28,7 @@ from collections import deque
 from typing import Any
 
 from meshfast import errors
-from meshfast.config import PRIVACY_CLASSES
-from meshfast.limits import LimitState, admit, insufficient_balance, rate_headers, served_privacy
+from meshfast.limits import LimitState, admit, insufficient_balance, privacy_table, rate_headers
 from meshfast.money import nano_to_usd, usd_bytes
 from meshfast.store.base import (
     RECEIPT_FIELDS,
@@ -363,8 +362,7 @@ class EmbeddedStore(Store):
         if account is None or project is None or key_state is None or project_state is None:
             return
         try:
-            served = {c: served_privacy(c, key.limits, project.limits) for c in PRIVACY_CLASSES}
-            default = served_privacy("", key.limits, project.limits)
+            default, served = privacy_table(key.limits, project.limits)
             entry = KeyEntry(key, account, key_state, project_state, key_state.plain and project_state.plain, default, served)
         except (TypeError, ValueError):
             return
