@@ -1,5 +1,5 @@
-# Declarations other compiled modules cimport (``_records`` prices a receipt with them
-# without a Python-level call).
+# Declarations other compiled modules cimport (``_records`` prices a receipt and a hold
+# with them without a Python-level call).
 
 cdef class Tariff:
     # what hold_worst and priced_receipt read of an endpoint (see _pricing.pyx)

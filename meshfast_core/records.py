@@ -7,7 +7,9 @@ writer's ``Frame`` that ``settle_hold`` writes its change to: the compiled ``_re
 ``RECEIPT_FIELDS`` order), ``RECORDS_C`` the compiled module (``None`` when it is not
 available), ``COMPILED`` whether it is used. ``new_id`` makes the records' ids (each twin
 keeps its own sequence, drawn afresh in a forked child); ``priced_receipt`` prices a call
-that ends now into its receipt.
+that ends now into its receipt. ``Gate`` and ``KeyEntry`` admit a call on the embedded store
+in two calls (``Gate.enter``: key check, account, privacy class; ``Gate.hold``: the hold
+amount, ``hold_amount``, and the hold); ``asked_privacy`` is the class a call asks for.
 """
 
 from types import ModuleType
