@@ -382,13 +382,11 @@ cdef object _bearer_digest = bearer_digest
 
 
 cdef inline object _amount(Account account, candidates, prompt_tokens, asked, n, max_output, margin_ppm, fee_nano):
-    own = account.margin_ppm
-    if own is not None:
-        margin_ppm = own
-    own = account.fee_nano
-    if own is not None:
-        fee_nano = own
-    return hold_worst_c(candidates, prompt_tokens, asked, n, max_output, margin_ppm, fee_nano)
+    # the account's own margin and fee, else the configured ones
+    return hold_worst_c(
+        candidates, prompt_tokens, asked, n, max_output, margin_ppm if account.margin_ppm is None else account.margin_ppm,
+        fee_nano if account.fee_nano is None else account.fee_nano,
+    )
 
 
 def hold_amount(account, candidates, prompt_tokens, asked, n, max_output, margin_ppm, fee_nano):
