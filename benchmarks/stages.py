@@ -2,7 +2,7 @@
 "money on" (benchmarks/instructions.py: pinned - dataplane) goes.
 
     python -m benchmarks.stages                       # every stage, 4000 calls each
-    python -m benchmarks.stages --stages key_check,settle --calls 2000
+    python -m benchmarks.stages --stages enter,hold --calls 2000
 
 Each stage of the W1 pipeline that the data plane does not run is called alone, in a
 loop, on meshfast's own objects (App, Pipeline, the embedded store with the bench key),
@@ -11,8 +11,10 @@ more calls; the difference divided by ``--calls``, less the same figure for an e
 stage (the loop and a call), is the count per call. A coroutine stage is awaited in a
 loop inside one coroutine, as the pipeline awaits it (nothing here suspends, so no event
 loop runs and none is counted). The stages overlap where
-one contains another (``route`` contains ``plan``; ``hold_settle`` contains the hold
-that ``hold_release`` also places), as the table notes.
+one contains another (``begin`` contains ``enter``, ``prompt_estimate``, a plan and
+``hold``, which contains ``hold_amount``; ``hold_settle`` contains the hold that
+``hold_release`` also places), as the table notes. ``key_check`` and ``hold_release``
+are the slow path's (a key the gate does not know yet, a key or project with limits).
 
 No server, upstream or loader runs: the inputs are the bench request, the static
 upstream's W1 answer and a receipt built once. valgrind is installed with apt-get when
@@ -34,13 +36,14 @@ from benchmarks.load import Stack, log
 
 # name -> what it measures
 STAGES = {
-    "key_check": "the request's headers, the key's digest and record (store.key_now)",
-    "context": "store.context_now: the key's account and project",
+    "begin": "Pipeline.begin, all of the admission (the stages below to hold), then release_hold",
+    "enter": "the request's headers, then Gate.enter: key check, account, privacy class",
     "prompt_estimate": "the compiled prompt-token estimate and the request's needs (scan_chat)",
-    "route": "Pipeline.route: privacy class and the router's plan (router.plan_chat)",
-    "plan": "  of which router.plan_chat alone, as the data plane calls it",
-    "hold_amount": "Billing.hold_amount: the worst case over the candidates",
-    "hold_release": "store.hold_now then store.release",
+    "plan": "router.plan_chat, as the data plane calls it",
+    "hold": "Gate.hold: the hold amount and the plain hold, then release_hold",
+    "hold_amount": "  of which the hold amount alone (Billing.hold_amount)",
+    "key_check": "the slow path's key check: headers, digest, record (store.key_now)",
+    "hold_release": "store.hold_now then store.release (the slow path's hold)",
     "hold_settle": "store.hold_now then store.settle_now (balance, spend, the writer's row)",
     "receipt": "priced_receipt: costs, margin, the Receipt record",
     "receipt_id": "new_id('rcpt_')",
@@ -85,7 +88,7 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
     from meshfast.server import App
     from meshfast.store.base import new_id
     from meshfast_core.keys import call_headers
-    from meshfast_core.records import priced_receipt
+    from meshfast_core.records import priced_receipt, release_hold
     from meshfast_core.sse import body_usage
     from meshfast_core.tokens import scan_chat
     from meshfast_core.usd import cost_headers
@@ -102,13 +105,16 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
     }  # fmt: skip
     req = decode_json(load.request_bodies()["mesh_chat"])
     answer = w1_body()
-    key = store.key_now(digest_of(call_headers(scope["headers"])[0]))
+    key = store.key_now(digest_of(call_headers(scope["headers"])[0]))  # the gate knows the key from here on
     account, project = store.context_now(key)
+    gate = store.gate
+    asked, entry = gate.enter(*call_headers(scope["headers"]), req)[3:]
     call = Call("chat", req["model"], False)
     call.key, call.account = key, account
     call.prompt_estimate, call.needs = scan_chat(req)
     p.route(call, req, project, "", 0)
     amount, tokens = p.billing.hold_amount(account, call.candidates, call.prompt_estimate, req, None)
+    margin, fee = p.billing.margin_ppm, p.billing.fee_nano
     counts = body_usage(answer)
 
     def receipt() -> Any:  # as Pipeline.close makes it
@@ -123,6 +129,13 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
     async def hold_release() -> None:
         await store.release(store.hold_now(key, amount, tokens))
 
+    async def begin() -> None:
+        c = await p.begin("chat", call.requested_model, False, scope, None, req)
+        release_hold(account, c.hold, None)
+
+    def hold() -> None:
+        release_hold(account, gate.hold(call, entry, call.candidates, call.prompt_estimate, asked, req, None, margin, fee), None)
+
     def hold_settle() -> None:
         store.settle_now(store.hold_now(key, amount, tokens), r)
         if frame.count > 1000:  # no event loop: nothing sends them, so drop them
@@ -130,12 +143,13 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
 
     return {
         "noop": (lambda: None, False),
-        "key_check": (lambda: store.key_now(digest_of(call_headers(scope["headers"])[0])), False),
-        "context": (lambda: store.context_now(key), False),
+        "begin": (begin, True),
+        "enter": (lambda: gate.enter(*call_headers(scope["headers"]), req), False),
         "prompt_estimate": (lambda: scan_chat(req), False),
-        "route": (lambda: p.route(call, req, project, "", 0), False),
         "plan": (lambda: p.router.plan_chat(call.requested_model, 0, 0, 0, "standard"), False),
+        "hold": (hold, False),
         "hold_amount": (lambda: p.billing.hold_amount(account, call.candidates, call.prompt_estimate, req, None), False),
+        "key_check": (lambda: store.key_now(digest_of(call_headers(scope["headers"])[0])), False),
         "hold_release": (hold_release, True),
         "hold_settle": (hold_settle, False),
         "receipt": (receipt, False),

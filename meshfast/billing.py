@@ -16,7 +16,7 @@ import orjson
 from meshfast.config import BillingConfig
 from meshfast.providers.base import Endpoint
 from meshfast.store.base import Account
-from meshfast_core.pricing import hold_worst
+from meshfast_core.records import hold_amount
 from meshfast_core.tokens import count_text
 
 # Completion tokens of a stream without upstream usage, from the characters delivered.
@@ -65,16 +65,11 @@ class Billing:
 
     def hold_amount(self, account: Account, candidates: list[Endpoint], prompt_tokens: int, req: dict[str, Any], max_output: int | None) -> tuple[int, int]:
         """``(nano-USD, tokens)``: the worst case over the candidates a failover may use
-        (``meshfast_core.pricing.hold_worst``, which says how). The output cap is
+        (``meshfast_core.records.hold_amount``: ``pricing.hold_worst``, which says how,
+        with the account's own margin and fee, else the configured ones). The output cap is
         ``max_output`` when given, else the request's ``max_completion_tokens`` /
         ``max_tokens`` (at most the model's limit, else that limit) times ``n``."""
-        return hold_worst(
-            candidates,
-            prompt_tokens,
-            req.get("max_completion_tokens") or req.get("max_tokens") or 0,
-            req.get("n") or 1,
-            max_output,
-            # the account's own margin, else the configured one (inline: every call pays it)
-            self.margin_ppm if account.margin_ppm is None else account.margin_ppm,
-            self.fee_nano if account.fee_nano is None else account.fee_nano,
-        )
+        return hold_amount(
+            account, candidates, prompt_tokens, req.get("max_completion_tokens") or req.get("max_tokens") or 0,
+            req.get("n") or 1, max_output, self.margin_ppm, self.fee_nano,
+        )  # fmt: skip

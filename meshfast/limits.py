@@ -12,8 +12,11 @@ atomic operation.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from meshfast import errors
+from meshfast.catalogue import privacy_rank
+from meshfast.config import PRIVACY_CLASSES
 from meshfast.money import nano_to_usd
 from meshfast.store.base import Limits
 from meshfast_core.limits import (
@@ -35,6 +38,8 @@ __all__ = (
     "rate_headers",
     "refusal",
     "reset_value",
+    "privacy_table",
+    "served_privacy",
 )
 
 
@@ -64,6 +69,29 @@ class LimitState(Limiter):
             and self.daily_nano is None
             and self.monthly_nano is None
         )
+
+
+def served_privacy(asked: Any, key_limits: Limits, project_limits: Limits) -> Any:
+    """The privacy class a call is served under: what it asked for (``""``: nothing), else
+    the key's or project's default, raised to the higher of the key's and project's minimum
+    (never lowered). An unknown class is returned as asked: the router answers 400."""
+    privacy = asked or key_limits.privacy_default or project_limits.privacy_default or "standard"
+    if privacy not in PRIVACY_CLASSES:
+        return privacy
+    if not (key_limits.privacy_min or project_limits.privacy_min):
+        return privacy  # the common case: no minimum to raise it to
+    for floor in (key_limits.privacy_min, project_limits.privacy_min):
+        if floor and privacy_rank(floor) > privacy_rank(privacy):
+            privacy = floor
+    return privacy
+
+
+def privacy_table(key_limits: Limits, project_limits: Limits) -> tuple[Any, dict[str, Any]]:
+    """:func:`served_privacy` for one key as a table (what the embedded store's gate keeps
+    of a key): the class served when none is asked, and each known class asked -> the
+    class served. Raises as :func:`served_privacy` does (an unknown minimum)."""
+    served = {c: served_privacy(c, key_limits, project_limits) for c in PRIVACY_CLASSES}
+    return served_privacy("", key_limits, project_limits), served
 
 
 def _refuse(cls: type[errors.MeshError], message: str, retry_after: float) -> errors.MeshError:

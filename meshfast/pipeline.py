@@ -29,8 +29,8 @@ from meshfast.billing import (
     estimate_completion_tokens,
     estimate_input_tokens,
 )
-from meshfast.catalogue import privacy_rank
-from meshfast.config import PRIVACY_CLASSES, BillingConfig
+from meshfast.config import BillingConfig
+from meshfast.limits import served_privacy
 from meshfast.providers.base import Endpoint, Reply
 from meshfast.providers.openai import map_upstream_error
 from meshfast.router import Needs, Router
@@ -45,7 +45,7 @@ from meshfast.store.base import (
 )
 from meshfast_core.exceptions import UpstreamError
 from meshfast_core.keys import bearer_digest, call_headers
-from meshfast_core.records import priced_receipt
+from meshfast_core.records import asked_privacy, priced_receipt
 from meshfast_core.sse import SSEScanner, body_usage, usage_counts, usage_with_costs
 from meshfast_core.tokens import scan_chat
 from meshfast_core.usd import cost_headers
@@ -288,6 +288,7 @@ class Pipeline:
         self.store = store
         self.billing = Billing(billing)
         self.immediate = store.immediate  # the store's plain *_now methods may be called
+        self.gate = store.gate  # admits a call of a key it knows in two compiled calls (begin)
         self.streams: set[Call] = set()  # the streams in flight (revocation ends a key's)
         store.add_revoke_listener(self.end_streams_of, lambda: {call.key.id for call in self.streams})
 
@@ -304,19 +305,11 @@ class Pipeline:
         otherwise, with no hint whether a key exists; revoked and expired keys say so)."""
         return await self.store.authenticate_digest(digest_of(raw))
 
-    def asked_privacy(self, req: dict[str, Any], raw: bytes | None) -> str:
-        """The privacy class the call asks for (the X-Mesh-Privacy header ``raw``, else the
-        body's ``mesh`` object, which is taken out of the request here: it is never forwarded)."""
-        if raw is None and "mesh" not in req:
-            return ""  # the common case: nothing asked
-        privacy = (raw or b"").decode("latin-1")
-        mesh = req.pop("mesh", None)
-        if not privacy and isinstance(mesh, dict):
-            privacy = mesh.get("privacy") or ""
-        return privacy
-
     def route(self, call: Call, req: dict[str, Any], project: Project, asked: str, max_output: int) -> Endpoint:
-        privacy = self.privacy_for(call, project, asked)
+        """The router's plan under the privacy class the call is served under
+        (``limits.served_privacy``: what it asked for, else the key's or project's default,
+        raised to the higher minimum)."""
+        privacy = served_privacy(asked, call.key.limits, project.limits)
         if call.kind == "chat":
             planned = self.router.plan_chat(call.requested_model, call.needs, call.prompt_estimate, max_output, privacy)
         else:
@@ -325,21 +318,6 @@ class Pipeline:
         call.endpoint = call.candidates[0]
         call.privacy = privacy
         return call.endpoint
-
-    def privacy_for(self, call: Call, project: Project, asked: str) -> str:
-        """The class a call is served under: what it asked for, else the key's or project's
-        default, raised to the higher of the key's and project's minimum (never lowered)."""
-        key_limits = call.key.limits
-        project_limits = project.limits
-        privacy = asked or key_limits.privacy_default or project_limits.privacy_default or "standard"
-        if privacy not in PRIVACY_CLASSES:
-            return privacy  # the router answers 400 invalid_privacy_class
-        if not (key_limits.privacy_min or project_limits.privacy_min):
-            return privacy  # the common case: no minimum to raise it to
-        for floor in (key_limits.privacy_min, project_limits.privacy_min):
-            if floor and privacy_rank(floor) > privacy_rank(privacy):
-                privacy = floor
-        return privacy
 
     def route_headers(self, call: Call) -> list[tuple[bytes, bytes]]:
         """Who served the call and under which rules: provider, model, mode, enforced privacy."""
@@ -414,10 +392,30 @@ class Pipeline:
             call.hold = None
 
     async def begin(self, kind: str, model: str, stream: bool, scope: dict[str, Any], max_output: int | None, req: dict[str, Any]) -> Call:
-        """auth -> route -> limits -> hold: everything before the upstream call. Should the
-        store find the account or project changed under it (``StaleContext``), the whole
-        start runs once more on fresh state."""
+        """auth -> route -> limits -> hold: everything before the upstream call.
+
+        On a store with a gate (``Store.gate``: the embedded one), a key the gate knows is
+        admitted by two compiled calls around the router: ``gate.enter`` (key check,
+        account, privacy class) and ``gate.hold`` (hold amount and hold). Any other key
+        (first use, revoked, expiring, unknown, malformed) and any other store take the
+        stages one by one. Should the store find the account or project changed under it
+        (``StaleContext``), the whole start runs once more on fresh state."""
         auth, privacy_header = call_headers(scope["headers"])
+        gate = self.gate
+        if gate is not None and (found := gate.enter(auth, privacy_header, req)) is not None:
+            call = Call(kind, model, stream)
+            call.key, call.account, privacy, asked, entry = found
+            if kind == "chat":
+                call.prompt_estimate, call.needs = scan_chat(req)
+                call.mode, call.candidates = self.router.plan_chat(model, call.needs, call.prompt_estimate, asked, privacy)
+            else:
+                call.prompt_estimate = estimate_input_tokens(req)
+                call.mode, call.candidates = self.router.plan(model, Needs("embedding", prompt_tokens=call.prompt_estimate, privacy=privacy))
+            call.endpoint = call.candidates[0]
+            call.privacy = privacy
+            billing = self.billing
+            call.hold = gate.hold(call, entry, call.candidates, call.prompt_estimate, asked, req, max_output, billing.margin_ppm, billing.fee_nano)
+            return call
         digest = digest_of(auth)
         key = self.store.key_now(digest) if self.immediate else await self.store.authenticate_digest(digest)
         call = Call(kind, model, stream)
@@ -427,7 +425,7 @@ class Pipeline:
             call.prompt_estimate = estimate_input_tokens(req)
         asked = req.get("max_completion_tokens") or req.get("max_tokens") or 0
         route_output = asked if kind == "chat" else 0
-        privacy = self.asked_privacy(req, privacy_header)
+        privacy = asked_privacy(req, privacy_header)
         if self.immediate:
             self.admit_now(call, key, req, privacy, route_output, max_output)
             return call

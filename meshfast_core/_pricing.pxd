@@ -1,5 +1,5 @@
-# Declarations other compiled modules cimport (``_records`` prices a receipt with them
-# without a Python-level call).
+# Declarations other compiled modules cimport (``_records`` prices a receipt and a hold
+# with them without a Python-level call).
 
 cdef class Tariff:
     # what hold_worst and priced_receipt read of an endpoint (see _pricing.pyx)
@@ -8,6 +8,8 @@ cdef class Tariff:
     cdef long long ip, kp, op, cap
     cdef bint prices_ok, cached_ok, cap_ok
 
+cdef object hold_worst_c(object candidates, object prompt_tokens, object asked, object n, object max_output,
+                         object margin_ppm, object fee_nano)
 cdef object call_cost_c(object prompt, object completion, object cached, object input_price,
                         object cached_price, object output_price, object margin_ppm, object fee_nano)
 

@@ -113,6 +113,12 @@ cdef int call_cost_ll(long long p, long long c, long long k, long long ip, long 
 
 
 def hold_worst(candidates, prompt_tokens, asked, n, max_output, margin_ppm, fee_nano):
+    """``(nano-USD, tokens)`` a hold reserves (see ``pricing_py.hold_worst``)."""
+    return hold_worst_c(candidates, prompt_tokens, asked, n, max_output, margin_ppm, fee_nano)
+
+
+cdef object hold_worst_c(object candidates, object prompt_tokens, object asked, object n, object max_output,
+                         object margin_ppm, object fee_nano):
     cdef long long prompt, a, nn, fixed_out = 0, ppm, fee, ip, op, cap = 0, out, x, y, cost
     cdef long long upstream = 0, out_max = 0, margin, amount, tokens
     cdef bint fixed = max_output is not None

@@ -16,17 +16,21 @@ import marshal
 import os
 
 from meshfast_core._limits cimport Limiter, spend_add
-from meshfast_core._pricing cimport Tariff, call_cost_c, call_cost_ll, get_ll
+from meshfast_core._pricing cimport Tariff, call_cost_c, call_cost_ll, get_ll, hold_worst_c
 
+from .keys import bearer_digest
 from .limits import finish
 from .records_py import (
     ID_COUNTER_START, RECEIPT_FIELDS, account_public, day_of, id_seed, month_of, receipt_as_dict,
     receipt_public, spend_buckets,
 )
+from .records_py import hold_amount as _hold_amount_py
+from .records_py import take_hold as _take_hold_py
 
 __all__ = (
-    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Frame", "Hold", "Receipt", "day_of", "month_of", "new_id",
-    "priced_receipt", "release_hold", "reseed_ids", "settle_hold", "spend_buckets", "take_hold",
+    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Frame", "Gate", "Hold", "KeyEntry", "Receipt", "asked_privacy",
+    "day_of", "hold_amount", "month_of", "new_id", "priced_receipt", "release_hold", "reseed_ids", "settle_hold",
+    "spend_buckets", "take_hold",
 )
 
 cdef extern from "<time.h>" nogil:
@@ -356,6 +360,10 @@ def priced_receipt(
 
 def take_hold(Account account not None, key_id, amount_nano, admission):
     """Reserve ``amount_nano`` of the account's available balance (see ``records_py.take_hold``)."""
+    return _take(account, key_id, amount_nano, admission)
+
+
+cdef Hold _take(Account account, key_id, amount_nano, admission):
     if amount_nano > account.balance_nano - account.held_nano:
         return None
     account.held_nano = account.held_nano + amount_nano
@@ -367,6 +375,129 @@ def take_hold(Account account not None, key_id, amount_nano, admission):
     h.admission = admission
     h.closed = False
     return h
+
+
+# -- a call's admission on the embedded store (see records_py.Gate) ----------------------
+cdef object _bearer_digest = bearer_digest
+
+
+cdef inline object _amount(Account account, candidates, prompt_tokens, asked, n, max_output, margin_ppm, fee_nano):
+    # the account's own margin and fee, else the configured ones
+    return hold_worst_c(
+        candidates, prompt_tokens, asked, n, max_output, margin_ppm if account.margin_ppm is None else account.margin_ppm,
+        fee_nano if account.fee_nano is None else account.fee_nano,
+    )
+
+
+def hold_amount(account, candidates, prompt_tokens, asked, n, max_output, margin_ppm, fee_nano):
+    """``(nano-USD, tokens)`` a call's hold reserves (see ``records_py.hold_amount``)."""
+    if type(account) is Account:
+        return _amount(<Account>account, candidates, prompt_tokens, asked, n, max_output, margin_ppm, fee_nano)
+    return _hold_amount_py(account, candidates, prompt_tokens, asked, n, max_output, margin_ppm, fee_nano)
+
+
+cdef object _asked(dict req, raw):
+    if raw is None and "mesh" not in req:
+        return ""
+    privacy = (raw or b"").decode("latin-1")
+    mesh = req.pop("mesh", None)
+    if not privacy and isinstance(mesh, dict):
+        privacy = mesh.get("privacy") or ""
+    return privacy
+
+
+def asked_privacy(dict req not None, raw):
+    """The privacy class a call asks for (see ``records_py.asked_privacy``)."""
+    return _asked(req, raw)
+
+
+@cython.auto_pickle(False)
+@cython.final
+cdef class KeyEntry:
+    """What the embedded store's ``Gate`` knows of one live key (see ``records_py.KeyEntry``)."""
+
+    cdef readonly object key, key_id, account, privacy
+    cdef readonly tuple states
+    cdef readonly dict served
+    cdef readonly bint plain
+
+    def __init__(self, key, account, key_state, project_state, plain, privacy, dict served not None):
+        self.key = key
+        self.key_id = key.id
+        self.account = account
+        self.states = (key_state, project_state)
+        self.plain = bool(plain)
+        self.privacy = privacy
+        self.served = served
+
+    def __repr__(self):
+        return f"KeyEntry({self.key_id!r}, privacy={self.privacy!r})"
+
+
+@cython.auto_pickle(False)
+@cython.final
+cdef class Gate:
+    """A call's admission on the embedded store in two C calls around the router (see
+    ``records_py.Gate``)."""
+
+    cdef readonly dict entries
+    cdef public object failed
+    cdef object _hold, _rate_headers, _refuse, _unavailable
+
+    def __init__(self, dict entries not None, hold, rate_headers, refuse, unavailable):
+        self.entries = entries
+        self.failed = None
+        self._hold = hold
+        self._rate_headers = rate_headers
+        self._refuse = refuse
+        self._unavailable = unavailable
+
+    def enter(self, auth, privacy, dict req not None):
+        """``(key, account, privacy served, max output asked, entry)``, or ``None`` (see
+        ``records_py.Gate.enter``)."""
+        if type(auth) is not bytes:
+            return None
+        digest = _bearer_digest(auth)
+        if digest is None:
+            return None
+        found = self.entries.get(digest)
+        if found is None:
+            return None
+        cdef KeyEntry entry = <KeyEntry?>found
+        if privacy is None and "mesh" not in req:
+            served = entry.privacy  # the common case: nothing asked
+        else:
+            asked = _asked(req, privacy)
+            if not asked:
+                served = entry.privacy
+            elif type(asked) is str:
+                served = entry.served.get(asked, asked)
+            else:
+                served = asked
+        return entry.key, entry.account, served, req.get("max_completion_tokens") or req.get("max_tokens") or 0, entry
+
+    def hold(self, call, KeyEntry entry not None, candidates, prompt_tokens, asked, dict req not None, max_output,
+             margin_ppm, fee_nano):
+        """The call's hold (see ``records_py.Gate.hold``)."""
+        account = entry.account
+        n = req.get("n") or 1
+        if type(account) is Account:
+            amount, tokens = _amount(<Account>account, candidates, prompt_tokens, asked, n, max_output, margin_ppm, fee_nano)
+        else:
+            amount, tokens = _hold_amount_py(account, candidates, prompt_tokens, asked, n, max_output, margin_ppm, fee_nano)
+        if not entry.plain:
+            hold = self._hold(entry.key, amount, tokens)
+            call.rate_headers = self._rate_headers(hold)
+            return hold
+        if self.failed is not None:
+            raise self._unavailable()
+        if type(account) is Account:
+            hold = _take(<Account>account, entry.key_id, amount, entry.states)
+        else:
+            hold = _take_hold_py(account, entry.key_id, amount, entry.states)
+        if hold is None:
+            raise self._refuse(amount, account.balance_nano, account.held_nano)
+        return hold
 
 
 # the UTC day of the last settlement, [start, end) in epoch seconds, and its (month, day)

@@ -7,7 +7,9 @@ writer's ``Frame`` that ``settle_hold`` writes its change to: the compiled ``_re
 ``RECEIPT_FIELDS`` order), ``RECORDS_C`` the compiled module (``None`` when it is not
 available), ``COMPILED`` whether it is used. ``new_id`` makes the records' ids (each twin
 keeps its own sequence, drawn afresh in a forked child); ``priced_receipt`` prices a call
-that ends now into its receipt.
+that ends now into its receipt. ``Gate`` and ``KeyEntry`` admit a call on the embedded store
+in two calls (``Gate.enter``: key check, account, privacy class; ``Gate.hold``: the hold
+amount, ``hold_amount``, and the hold); ``asked_privacy`` is the class a call asks for.
 """
 
 from types import ModuleType
@@ -17,8 +19,9 @@ from ._ext import compiled
 from .records_py import RECEIPT_FIELDS, day_of, month_of, spend_buckets
 
 __all__ = (
-    "COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Account", "Frame", "Hold", "Receipt", "day_of", "month_of", "new_id",
-    "priced_receipt", "release_hold", "settle_hold", "spend_buckets", "take_hold",
+    "COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Account", "Frame", "Gate", "Hold", "KeyEntry", "Receipt", "asked_privacy",
+    "day_of", "hold_amount", "month_of", "new_id", "priced_receipt", "release_hold", "settle_hold", "spend_buckets",
+    "take_hold",
 )  # fmt: skip
 
 RECORDS_C: ModuleType | None = compiled("_records")
@@ -32,3 +35,8 @@ priced_receipt = records_py.priced_receipt if RECORDS_C is None else RECORDS_C.p
 take_hold = records_py.take_hold if RECORDS_C is None else RECORDS_C.take_hold
 release_hold = records_py.release_hold if RECORDS_C is None else RECORDS_C.release_hold
 settle_hold = records_py.settle_hold if RECORDS_C is None else RECORDS_C.settle_hold
+# a call's admission on the embedded store: the key check and the hold, one call each
+Gate = records_py.Gate if RECORDS_C is None else RECORDS_C.Gate
+KeyEntry = records_py.KeyEntry if RECORDS_C is None else RECORDS_C.KeyEntry
+hold_amount = records_py.hold_amount if RECORDS_C is None else RECORDS_C.hold_amount
+asked_privacy = records_py.asked_privacy if RECORDS_C is None else RECORDS_C.asked_privacy

@@ -17,14 +17,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .keys import bearer_digest
 from .limits import finish
-from .pricing import call_cost
+from .pricing import call_cost, hold_worst
 from .usd import usd_bytes
 
 __all__ = (
-    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Frame", "Hold", "Receipt", "account_public", "day_of", "id_seed",
-    "month_of", "new_id", "priced_receipt", "receipt_as_dict", "receipt_public", "release_hold", "reseed_ids",
-    "settle_hold", "spend_buckets", "take_hold",
+    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Frame", "Gate", "Hold", "KeyEntry", "Receipt", "account_public",
+    "asked_privacy", "day_of", "hold_amount", "id_seed", "month_of", "new_id", "priced_receipt", "receipt_as_dict",
+    "receipt_public", "release_hold", "reseed_ids", "settle_hold", "spend_buckets", "take_hold",
 )  # fmt: skip
 
 # the receipt's fields in order: its row, the receipts table's columns
@@ -218,6 +219,130 @@ def take_hold(account: Account, key_id: str, amount_nano: int, admission: Any) -
         return None
     account.held_nano += amount_nano
     return Hold("", account.id, key_id, amount_nano, admission)
+
+
+def hold_amount(
+    account: Any, candidates: Any, prompt_tokens: int, asked: Any, n: Any, max_output: int | None, margin_ppm: int,
+    fee_nano: int,
+) -> tuple[int, int]:
+    """``(nano-USD, tokens)`` a call's hold reserves: ``pricing.hold_worst`` over the
+    candidates (``asked``: the request's ``max_completion_tokens`` / ``max_tokens``, 0 if
+    none; ``n``: its ``n``, 1 if none) with the account's own margin and fee, else
+    ``margin_ppm`` / ``fee_nano``."""
+    return hold_worst(
+        candidates, prompt_tokens, asked, n, max_output, margin_ppm if account.margin_ppm is None else account.margin_ppm,
+        fee_nano if account.fee_nano is None else account.fee_nano,
+    )  # fmt: skip
+
+
+def _check(value: Any, cls: type, name: str) -> None:
+    # the compiled twin's typed arguments: exactly this type (None refused too)
+    if type(value) is not cls:
+        raise TypeError(f"Argument '{name}' has incorrect type (expected {cls.__name__}, got {type(value).__name__})")
+
+
+def asked_privacy(req: dict[str, Any], raw: bytes | None) -> Any:
+    """The privacy class a call asks for (``""``: none): the ``X-Mesh-Privacy`` header's
+    value ``raw``, else the body's ``mesh`` object's ``privacy``; the ``mesh`` object is
+    taken out of the request (it is never forwarded)."""
+    _check(req, dict, "req")
+    if raw is None and "mesh" not in req:
+        return ""  # the common case: nothing asked
+    privacy = (raw or b"").decode("latin-1")
+    mesh = req.pop("mesh", None)
+    if not privacy and isinstance(mesh, dict):
+        privacy = mesh.get("privacy") or ""
+    return privacy
+
+
+class KeyEntry:
+    """What the embedded store's :class:`Gate` knows of one live key without an expiry,
+    built on the key's first use and dropped on any control-plane change: the key record,
+    its id, its account, the key's and its project's limit states (``states``, the pair a
+    plain hold keeps), whether neither has a limit (``plain``), the privacy class a call
+    that asks for none is served under (``privacy``), and ``served``: each known class
+    asked -> the class served (raised to the key's or project's minimum)."""
+
+    __slots__ = ("account", "key", "key_id", "plain", "privacy", "served", "states")
+
+    def __init__(
+        self, key: Any, account: Account, key_state: Any, project_state: Any, plain: bool, privacy: Any, served: dict[str, Any]
+    ) -> None:
+        _check(served, dict, "served")
+        self.key, self.key_id, self.account = key, key.id, account
+        self.states = (key_state, project_state)
+        self.plain, self.privacy, self.served = bool(plain), privacy, served
+
+    def __repr__(self) -> str:
+        return f"KeyEntry({self.key_id!r}, privacy={self.privacy!r})"
+
+
+class Gate:
+    """A call's admission on the embedded store in two calls around the router: ``enter``
+    (the key check, its account and the privacy class served) and ``hold`` (the hold's
+    amount and the hold). ``entries`` maps a key's digest to its :class:`KeyEntry`; a key
+    that is not there (unknown, malformed, revoked, expiring, not used yet) is left to the
+    store's own checks. ``failed``: the store's writer failed (no call is taken).
+
+    The store supplies what is not the gate's: ``hold(key, amount, tokens)`` and
+    ``rate_headers(hold)`` for a key or project with limits, ``refuse(amount, balance,
+    held)`` (the 402) and ``unavailable()`` (the 503)."""
+
+    __slots__ = ("_hold", "_rate_headers", "_refuse", "_unavailable", "entries", "failed")
+
+    def __init__(self, entries: dict[str, KeyEntry], hold: Any, rate_headers: Any, refuse: Any, unavailable: Any) -> None:
+        _check(entries, dict, "entries")
+        self.entries = entries
+        self.failed: BaseException | None = None
+        self._hold, self._rate_headers, self._refuse, self._unavailable = hold, rate_headers, refuse, unavailable
+
+    def enter(self, auth: Any, privacy: Any, req: dict[str, Any]) -> tuple[Any, Account, Any, Any, KeyEntry] | None:
+        """``(key, account, privacy served, max output asked, entry)`` of a call whose
+        ``Authorization`` value ``auth`` is a key in ``entries``, ``privacy`` its
+        ``X-Mesh-Privacy`` value (:func:`asked_privacy`, which takes ``mesh`` out of
+        ``req``); the max output asked is ``max_completion_tokens`` / ``max_tokens`` (0 if
+        none). ``None`` (``req`` untouched) for any other ``auth``."""
+        _check(req, dict, "req")
+        if type(auth) is not bytes:
+            return None
+        digest = bearer_digest(auth)
+        if digest is None:
+            return None
+        entry = self.entries.get(digest)
+        if entry is None:
+            return None
+        _check(entry, KeyEntry, "entry")
+        asked = asked_privacy(req, privacy)
+        if not asked:
+            served = entry.privacy
+        elif type(asked) is str:
+            served = entry.served.get(asked, asked)  # an unknown class as asked: the router's 400
+        else:
+            served = asked
+        return entry.key, entry.account, served, req.get("max_completion_tokens") or req.get("max_tokens") or 0, entry
+
+    def hold(
+        self, call: Any, entry: KeyEntry, candidates: Any, prompt_tokens: int, asked: Any, req: dict[str, Any],
+        max_output: int | None, margin_ppm: int, fee_nano: int,
+    ) -> Hold:
+        """The call's hold: :func:`hold_amount` (``asked``: what ``enter`` returned), then,
+        when neither the key nor its project has a limit, :func:`take_hold` of it with the
+        two limit states (503 when the writer failed, 402 when the balance does not cover
+        it); else the store's ``hold`` and ``call.rate_headers`` its ``rate_headers``."""
+        _check(entry, KeyEntry, "entry")
+        _check(req, dict, "req")
+        account = entry.account
+        amount, tokens = hold_amount(account, candidates, prompt_tokens, asked, req.get("n") or 1, max_output, margin_ppm, fee_nano)
+        if not entry.plain:
+            hold = self._hold(entry.key, amount, tokens)
+            call.rate_headers = self._rate_headers(hold)
+            return hold
+        if self.failed is not None:
+            raise self._unavailable()
+        hold = take_hold(account, entry.key_id, amount, entry.states)
+        if hold is None:
+            raise self._refuse(amount, account.balance_nano, account.held_nano)
+        return hold
 
 
 def release_hold(account: Account, hold: Hold, used_tokens: int | None) -> None:

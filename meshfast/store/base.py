@@ -204,6 +204,11 @@ class Store:
     #: calls instead, one coroutine fewer per stage.
     immediate = False
 
+    #: A ``meshfast_core.records.Gate`` that admits a call of a key it knows in two
+    #: compiled calls (the key check, account and privacy class; then the hold), or
+    #: ``None``. Only a store whose hot path never suspends offers one (the embedded store).
+    gate: Any = None
+
     # -- hot path -------------------------------------------------------------
     async def authenticate(self, secret: str | bytes) -> KeyRecord:
         """The record of the key ``secret`` if it may be used now (else 401)."""

@@ -28,7 +28,7 @@ from collections import deque
 from typing import Any
 
 from meshfast import errors
-from meshfast.limits import LimitState, admit, insufficient_balance, rate_headers
+from meshfast.limits import LimitState, admit, insufficient_balance, privacy_table, rate_headers
 from meshfast.money import nano_to_usd, usd_bytes
 from meshfast.store.base import (
     RECEIPT_FIELDS,
@@ -51,7 +51,7 @@ from meshfast.store.base import (
     spend_buckets,
     usable_key,
 )
-from meshfast_core.records import Frame, release_hold, settle_hold, take_hold
+from meshfast_core.records import Frame, Gate, KeyEntry, release_hold, settle_hold, take_hold
 
 log = logging.getLogger("meshfast.store")
 
@@ -97,6 +97,10 @@ def receipt_from_row(row: tuple) -> Receipt:
     return r
 
 
+def _unavailable() -> errors.StoreUnavailable:
+    return errors.StoreUnavailable("The gateway cannot save receipts right now; no call is taken until it can.")
+
+
 class StoreLocked(Exception):
     """Another process (a running server) holds the embedded store."""
 
@@ -113,7 +117,8 @@ class _Writer:
     are written and answered synchronously.
     """
 
-    def __init__(self, path: str, synchronous: str) -> None:
+    def __init__(self, path: str, synchronous: str, gate: Gate) -> None:
+        self.gate = gate  # its ``failed`` follows this one's: the gate takes no call once set
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "meshfast.store.sqlite_writer", path, synchronous],
             stdin=subprocess.PIPE,
@@ -121,13 +126,22 @@ class _Writer:
         )
         self.frame = Frame()  # changes not yet sent, already encoded
         self.inflight: deque[list[Any]] = deque()  # per frame sent: callbacks for its commit
-        self.failed: BaseException | None = None
+        self.failed = None
         self.commits = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._transport: Any = None
         self._reader_transport: Any = None
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the writer cannot commit (``None``: it can); once set, no call is taken."""
+        return self.gate.failed
+
+    @failed.setter
+    def failed(self, exc: BaseException | None) -> None:
+        self.gate.failed = exc
 
     def put(self, change: tuple) -> None:
         self.frame.put(change)
@@ -268,7 +282,12 @@ class EmbeddedStore(Store):
         self._load(conn)
         conn.close()
         self._reader_local = threading.local()
-        self._writer = _Writer(self.path, synchronous)
+        # key digest -> KeyEntry of a live key without an expiry, filled by key_now and
+        # emptied by every control-plane change (revocation included): what the pipeline's
+        # gate admits a call by (records.Gate)
+        self._entries: dict[str, KeyEntry] = {}
+        self.gate = Gate(self._entries, self.hold_now, self.rate_headers, insufficient_balance, _unavailable)
+        self._writer = _Writer(self.path, synchronous, self.gate)
 
     # -- loading ----------------------------------------------------------------
     def _load(self, conn: sqlite3.Connection) -> None:
@@ -329,8 +348,30 @@ class EmbeddedStore(Store):
         if key is not None and key.revoked_at is None and key.expires_at is None:
             # the common case, checked inline: the table's hit already compared the
             # digest (usable_key's compare_digest would compare two equal digests)
+            if digest not in self._entries:
+                self._enter(digest, key)
             return key
         return usable_key(key, digest)
+
+    def _enter(self, digest: str, key: KeyRecord) -> None:
+        # the gate's entry for a live key without an expiry; none when its account, project
+        # or states are missing or its privacy classes do not resolve (the slow path then
+        # answers as it always did)
+        account, project = self._accounts.get(key.account_id), self._projects.get(key.project_id)
+        key_state, project_state = self._states.get(key.id), self._states.get(key.project_id)
+        if account is None or project is None or key_state is None or project_state is None:
+            return
+        try:
+            default, served = privacy_table(key.limits, project.limits)
+            entry = KeyEntry(key, account, key_state, project_state, key_state.plain and project_state.plain, default, served)
+        except (TypeError, ValueError):
+            return
+        self._entries[digest] = entry
+
+    def _changed(self) -> None:
+        # a control-plane change: every gate entry may be stale (a revocation must take
+        # effect on the next call), so all are dropped and rebuilt on their next use
+        self._entries.clear()
 
     def context_now(self, key: KeyRecord) -> tuple[Account, Project]:
         return self._accounts[key.account_id], self._projects[key.project_id]
@@ -351,8 +392,8 @@ class EmbeddedStore(Store):
         self.settle_now(hold, receipt)
 
     def hold_now(self, key: KeyRecord, amount_nano: int, tokens: int = 0) -> Hold:
-        if self._writer.failed is not None:
-            raise errors.StoreUnavailable("The gateway cannot save receipts right now; no call is taken until it can.")
+        if self.gate.failed is not None:
+            raise _unavailable()
         account = self._accounts[key.account_id]
         key_state, project_state = self._states[key.id], self._states[key.project_id]
         if key_state.plain and project_state.plain:
@@ -396,6 +437,7 @@ class EmbeddedStore(Store):
         if name in self._account_names:
             raise errors.Conflict(f"An account named {name!r} already exists.", param="name")
         a = Account(new_id("acct_"), name, 0, 0, margin_ppm, fee_nano, time.time())
+        self._changed()
         self._accounts[a.id] = a
         self._account_names[name] = a
         self._write("INSERT INTO accounts VALUES (?,?,?,?,?,?)", (a.id, a.name, 0, margin_ppm, fee_nano, a.created))
@@ -419,6 +461,7 @@ class EmbeddedStore(Store):
         if any(p.account_id == a.id and p.name == name for p in self._projects.values()):
             raise errors.Conflict(f"Account {a.name!r} already has a project named {name!r}.", param="name")
         p = Project(new_id("proj_"), a.id, name, time.time())
+        self._changed()
         self._projects[p.id] = p
         self._write(
             "INSERT INTO projects (id, account_id, name, created, limits) VALUES (?,?,?,?,?)",
@@ -429,6 +472,7 @@ class EmbeddedStore(Store):
 
     async def update_project(self, project_id: str, limits: Limits) -> Project:
         p = self._project(project_id)
+        self._changed()
         p.limits = limits
         self._states[p.id].update(limits, self.window_seconds)
         self._write("UPDATE projects SET limits = ? WHERE id = ?", (limits_json(limits), p.id))
@@ -454,6 +498,7 @@ class EmbeddedStore(Store):
 
     async def create_key(self, project: Project, name: str = "", limits: Limits | None = None, expires_at: float | None = None) -> tuple[KeyRecord, str]:
         k, secret = new_key(project, name, limits, expires_at)
+        self._changed()
         self._keys[k.id] = k
         self._key_hashes[k.hash] = k
         self._states[k.id] = LimitState(k.label, k.limits, self.window_seconds)
@@ -484,6 +529,7 @@ class EmbeddedStore(Store):
 
     async def revoke_key(self, key_id: str) -> KeyRecord:
         k = self._key(key_id)
+        self._changed()
         if k.revoked_at is None:
             k.revoked_at = time.time()
             self._write("UPDATE keys SET revoked_at = ? WHERE id = ?", (k.revoked_at, k.id))
@@ -496,6 +542,7 @@ class EmbeddedStore(Store):
 
     async def update_key(self, key_id: str, limits: Limits | None = None, expires_at: float | None = None) -> KeyRecord:
         k = self._key(key_id)
+        self._changed()
         if limits is not None:
             k.limits = limits
             self._states[k.id].update(limits, self.window_seconds)
@@ -515,6 +562,7 @@ class EmbeddedStore(Store):
                 )
             return existing, False
         t = Topup(new_id("top_"), a.id, amount_nano, chain, tx_id, time.time())
+        self._changed()
         self._topups[(chain, tx_id)] = t
         a.balance_nano += amount_nano
         self._write("INSERT INTO topups VALUES (?,?,?,?,?,?)", (t.id, t.account_id, t.amount_nano, t.chain, t.tx_id, t.created))
