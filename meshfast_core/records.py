@@ -7,7 +7,8 @@ writer's ``Frame`` that ``settle_hold`` writes its change to: the compiled ``_re
 ``RECEIPT_FIELDS`` order), ``RECORDS_C`` the compiled module (``None`` when it is not
 available), ``COMPILED`` whether it is used. ``new_id`` makes the records' ids (each twin
 keeps its own sequence, drawn afresh in a forked child); ``priced_receipt`` prices a call
-that ends now into its receipt.
+that ends now into its receipt; ``Settler`` settles a call on an immediate store and
+makes its answer's headers, one call each.
 """
 
 from types import ModuleType
@@ -18,7 +19,7 @@ from .records_py import RECEIPT_FIELDS, day_of, month_of, spend_buckets
 
 __all__ = (
     "COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Account", "Frame", "Hold", "Receipt", "day_of", "month_of", "new_id",
-    "priced_receipt", "release_hold", "settle_hold", "spend_buckets", "take_hold",
+    "priced_receipt", "release_hold", "settle_hold", "Settler", "spend_buckets", "take_hold",
 )  # fmt: skip
 
 RECORDS_C: ModuleType | None = compiled("_records")
@@ -32,3 +33,4 @@ priced_receipt = records_py.priced_receipt if RECORDS_C is None else RECORDS_C.p
 take_hold = records_py.take_hold if RECORDS_C is None else RECORDS_C.take_hold
 release_hold = records_py.release_hold if RECORDS_C is None else RECORDS_C.release_hold
 settle_hold = records_py.settle_hold if RECORDS_C is None else RECORDS_C.settle_hold
+Settler = records_py.Settler if RECORDS_C is None else RECORDS_C.Settler
