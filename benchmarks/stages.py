@@ -52,7 +52,7 @@ STAGES = {
     "receipt_headers": "  of which the four receipt headers (usd.cost_headers)",
     "body_usage": "the answer's token counts (meshfast_core.sse.body_usage)",
     "stream_head": "Settler.stream_head: a stream's receipt id and headers",
-    "settle_stream": "store.hold_now then Settler.settle_stream: W2's settlement and usage line",
+    "settle_stream": "store.hold_now then Settler.settle_stream: a stream's settlement and its usage line (asked for)",
 }
 
 
