@@ -12,9 +12,14 @@ stage (the loop and a call), is the count per call. A coroutine stage is awaited
 loop inside one coroutine, as the pipeline awaits it (nothing here suspends, so no event
 loop runs and none is counted). The stages overlap where
 one contains another (``begin`` contains ``enter``, ``prompt_estimate``, a plan and
-``hold``, which contains ``hold_amount``; ``hold_settle`` contains the hold that
-``hold_release`` also places), as the table notes. ``key_check`` and ``hold_release``
-are the slow path's (a key the gate does not know yet, a key or project with limits).
+``hold``, which contains ``hold_amount``; ``hold_settle``, ``settle_body`` and
+``settle_stream`` contain the hold that ``hold_release`` also places; ``settle_body``
+contains ``receipt``, ``receipt_id``, ``receipt_headers`` and ``hold_settle``'s
+settlement), as the table notes. ``begin``, ``enter``, ``hold``, ``settle_body``,
+``stream_head`` and ``settle_stream`` are what the pipeline calls on the embedded store;
+``key_check`` and ``hold_release`` are the slow path's (a key the gate does not know yet,
+a key or project with limits), and ``hold_settle``, ``receipt``, ``receipt_id`` and
+``receipt_headers`` measure the settlement's parts as the Python path calls them.
 
 No server, upstream or loader runs: the inputs are the bench request, the static
 upstream's W1 answer and a receipt built once. valgrind is installed with apt-get when
@@ -45,10 +50,13 @@ STAGES = {
     "key_check": "the slow path's key check: headers, digest, record (store.key_now)",
     "hold_release": "store.hold_now then store.release (the slow path's hold)",
     "hold_settle": "store.hold_now then store.settle_now (balance, spend, the writer's row)",
-    "receipt": "priced_receipt: costs, margin, the Receipt record",
-    "receipt_id": "new_id('rcpt_')",
+    "settle_body": "store.hold_now then Settler.settle_body: W1's whole settlement and headers",
+    "receipt": "  of which priced_receipt: costs, margin, the Receipt record",
+    "receipt_id": "  of which new_id('rcpt_')",
+    "receipt_headers": "  of which the four receipt headers (usd.cost_headers)",
     "body_usage": "the answer's token counts (meshfast_core.sse.body_usage)",
-    "receipt_headers": "the four receipt headers",
+    "stream_head": "Settler.stream_head: a stream's receipt id and headers",
+    "settle_stream": "store.hold_now then Settler.settle_stream: a stream's settlement and its usage line (asked for)",
 }
 
 
@@ -82,14 +90,14 @@ def _drive(coro: Any) -> Any:
 def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
     """Each stage as a no-argument callable, on objects prepared once, and whether it
     returns a coroutine (to be awaited)."""
-    from benchmarks.static_upstream import w1_body
+    from benchmarks.static_upstream import w1_body, w2_body
     from meshfast import config
-    from meshfast.pipeline import Call, decode_json, digest_of
+    from meshfast.pipeline import SSE_HEADERS, Call, decode_json, digest_of
     from meshfast.server import App
     from meshfast.store.base import new_id
     from meshfast_core.keys import call_headers
     from meshfast_core.records import priced_receipt, release_hold
-    from meshfast_core.sse import body_usage
+    from meshfast_core.sse import SSEScanner, body_usage
     from meshfast_core.tokens import scan_chat
     from meshfast_core.usd import cost_headers
 
@@ -141,6 +149,31 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
         if frame.count > 1000:  # no event loop: nothing sends them, so drop them
             frame.clear()
 
+    settler = p.settler
+    call.tried = [call.endpoint.key]
+    call.rate_headers = []  # the bench key has no limits: no rate headers
+    call.started, call.first_byte = 1.0, 2.0
+
+    def settle_body() -> None:
+        call.hold = store.hold_now(key, amount, tokens)
+        settler.settle_body(call, counts, 0, b"application/json", len(answer))
+        if frame.count > 1000:
+            frame.clear()
+
+    scanner = SSEScanner()  # the W2 answer, scanned once: settle_stream only reads it
+    scanner.feed(w2_body())
+    scanner.finish()
+    streamed = Call("chat", req["model"], True)
+    for name in ("key", "account", "prompt_estimate", "needs", "mode", "candidates", "endpoint", "privacy", "tried", "rate_headers", "started", "first_byte"):
+        setattr(streamed, name, getattr(call, name))
+    streamed.include_usage = True
+
+    def settle_stream() -> None:
+        streamed.hold = store.hold_now(key, amount, tokens)
+        settler.settle_stream(streamed, scanner, "ok")
+        if frame.count > 1000:
+            frame.clear()
+
     return {
         "noop": (lambda: None, False),
         "begin": (begin, True),
@@ -156,6 +189,9 @@ def _stages(store_dir: Path) -> dict[str, tuple[Any, bool]]:
         "receipt_id": (lambda: new_id("rcpt_"), False),
         "body_usage": (lambda: body_usage(answer), False),
         "receipt_headers": (lambda: cost_headers(r.id, r.upstream_cost_nano, r.margin_nano, r.total_nano), False),
+        "settle_body": (settle_body, False),
+        "stream_head": (lambda: settler.stream_head(streamed, SSE_HEADERS), False),
+        "settle_stream": (settle_stream, False),
     }
 
 

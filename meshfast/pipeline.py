@@ -3,13 +3,15 @@
 One file a reader can follow top to bottom. Each stage is a method with one job:
 ``begin`` runs authenticate, context (the key's account and project), route and the hold
 (limits and the balance check are one store call); ``open_reply`` tries the router's
-candidates in order; ``relay_body`` and ``relay_stream`` forward the answer and settle it;
+candidates in order; ``relay_body`` and ``call_stream`` forward the answer and settle it;
 ``release`` gives back any hold a failed call leaves open.
 
 A store whose hot-path calls never suspend (``Store.immediate``: the embedded one) is
-called through its plain ``*_now`` methods (``admit_now``, ``settle_now`` here): an await
-of a coroutine that returns at once still costs about 700 instructions, and a call went
-through eight of them.
+called through its plain ``*_now`` methods (``admit_now`` here): an await of a coroutine
+that returns at once still costs about 700 instructions, and a call went through eight of
+them. Its settlement is one call of the store's ``records.Settler`` (price, settle, and
+the answer's headers or a stream's usage line), which also makes the headers for a store
+that settles by its coroutines (``close`` and ``settle`` then).
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ from meshfast_core.keys import bearer_digest, call_headers
 from meshfast_core.records import asked_privacy, priced_receipt
 from meshfast_core.sse import SSEScanner, body_usage, usage_counts, usage_with_costs
 from meshfast_core.tokens import scan_chat
-from meshfast_core.usd import cost_headers
 
 Send = Any
 log = logging.getLogger("meshfast")
@@ -290,6 +291,8 @@ class Pipeline:
         self.immediate = store.immediate  # the store's plain *_now methods may be called
         self.gate = store.gate  # admits a call of a key it knows in two compiled calls (begin)
         self.streams: set[Call] = set()  # the streams in flight (revocation ends a key's)
+        # settles a call in one call on an immediate store; makes the answers' headers
+        self.settler = store.settler(Call, self.billing.margin_ppm, self.billing.fee_nano, CONTENT_CHARS_PER_TOKEN)
         store.add_revoke_listener(self.end_streams_of, lambda: {call.key.id for call in self.streams})
 
     def end_streams_of(self, key_id: str) -> None:
@@ -377,12 +380,6 @@ class Pipeline:
         """:meth:`close`, then the store's settlement; the receipt."""
         hold, receipt = self.close(call, counts, completion_estimate, status)
         await self.store.settle(hold, receipt)
-        return receipt
-
-    def settle_now(self, call: Call, counts: tuple[int, int, int] | None, completion_estimate: int, status: str) -> Receipt:
-        """:meth:`settle` on a store whose hot path never suspends (``Store.immediate``)."""
-        hold, receipt = self.close(call, counts, completion_estimate, status)
-        self.store.settle_now(hold, receipt)
         return receipt
 
     async def release(self, call: Call) -> None:
@@ -511,25 +508,74 @@ class Pipeline:
         self.router.record(call.endpoint, True, call.first_byte - call.attempt_t0, call.head_at - call.attempt_t0)
         counts = body_usage(data)
         completion = 0 if counts is not None else estimate_completion_tokens(data)
-        if self.immediate:
-            receipt = self.settle_now(call, counts, completion, "ok")
+        if self.immediate:  # settlement and headers in one call
+            headers = self.settler.settle_body(call, counts, completion, reply.header(b"content-type"), len(data))
         else:
             receipt = await self.settle(call, counts, completion, "ok")
-        headers = self.route_headers(call)  # a new list per call: extended in place
-        headers += cost_headers(receipt.id, receipt.upstream_cost_nano, receipt.margin_nano, receipt.total_nano)
-        headers += call.rate_headers
-        headers.append((b"content-type", reply.header(b"content-type") or b"application/json"))
-        headers.append((b"content-length", str(len(data)).encode()))
+            headers = self.settler.body_headers(call, receipt, reply.header(b"content-type"), len(data))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def call_stream(self, call: Call, req: dict[str, Any], scope: dict[str, Any], send: Send) -> None:
+        """Open the stream and forward upstream SSE bytes as they come; end with usage (if
+        asked) and [DONE], or with an error event when the upstream broke off: never a
+        silent clean end. Settles in every case, a client that went away included (status
+        ``cancelled``); a revoked key's stream ends with its error event. (One coroutine:
+        every chunk's resume passes through each level of awaits.)"""
         call.task = asyncio.current_task()
         self.streams.add(call)
+        settler = self.settler
         try:
             reply = await self.open_reply(call, req, scope)
             try:
-                await self.relay_stream(call, reply, send)
+                await send({"type": "http.response.start", "status": 200, "headers": settler.stream_head(call, SSE_HEADERS)})
+                scanner = SSEScanner()
+                tail = b""
+                status = "ok"
+                try:
+                    while chunk := await reply.next_chunk():
+                        if not call.first_byte:
+                            call.first_byte = time.monotonic()
+                        out = scanner.feed(chunk)
+                        if out:
+                            await send({"type": "http.response.body", "body": out, "more_body": True})
+                    scanner.finish()
+                    if scanner.error is not None:
+                        status = "error"  # the upstream's own error event was forwarded as is
+                    elif not (scanner.done or scanner.finish_reason is not None):
+                        status = "error"
+                        tail = errors.UpstreamStreamFailed("The upstream ended the stream before it was complete.").sse_event()
+                except UpstreamError as exc:
+                    status = "error"
+                    err = map_upstream_error(exc, call.endpoint.provider.name)
+                    tail = errors.UpstreamStreamFailed(f"The stream broke off: {err.message}.").sse_event()
+                except errors.MeshError as exc:
+                    status = "error"
+                    tail = exc.sse_event()
+                except asyncio.CancelledError:
+                    # settled before re-raising: it must complete
+                    if self.immediate:
+                        settler.settle_stream(call, scanner, "cancelled")
+                    else:
+                        await self.settle_stream(call, scanner, "cancelled")
+                    if not call.revoked:
+                        raise  # the client went away: nobody to tell
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    status = "cancelled"
+                    tail = errors.KeyRevoked("This API key was revoked; the stream was ended.").sse_event()
+                except Exception:
+                    status = "error"
+                    log.exception("stream relay failed")
+                    tail = errors.InternalError("The gateway failed while relaying the stream.").sse_event()
+                # the usage line (b"" if none) settles the call (or releases its hold)
+                usage = settler.settle_stream(call, scanner, status) if self.immediate else await self.settle_stream(call, scanner, status)
+                if status != "cancelled":  # a revoked key says nothing about the endpoint's health
+                    ttft = call.first_byte - call.attempt_t0 if call.first_byte else None
+                    error = None if status == "ok" else "stream broke off"
+                    self.router.record(call.endpoint, status == "ok", time.monotonic() - call.attempt_t0, ttft, error, None)
+                if status == "ok":
+                    tail = usage + DONE
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
             finally:
                 reply.close()
         except asyncio.CancelledError:
@@ -540,66 +586,18 @@ class Pipeline:
         finally:
             self.streams.discard(call)
 
-    async def relay_stream(self, call: Call, reply: Reply, send: Send) -> None:
-        """Forward upstream SSE bytes as they come; end with usage (if asked) and [DONE],
-        or with an error event when the upstream broke off: never a silent clean end.
-        Settles in every case, a client that went away included (status ``cancelled``)."""
-        call.receipt_id = new_id("rcpt_")
-        headers = [*self.route_headers(call), (b"x-mesh-receipt-id", call.receipt_id.encode()), *call.rate_headers, *SSE_HEADERS]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        scanner = SSEScanner()
-        tail = b""
-        status = "ok"
-        try:
-            while chunk := await reply.next_chunk():
-                if not call.first_byte:
-                    call.first_byte = time.monotonic()
-                out = scanner.feed(chunk)
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-            scanner.finish()
-            if scanner.error is not None:
-                status = "error"  # the upstream's own error event was forwarded as is
-            elif not (scanner.done or scanner.finish_reason is not None):
-                status = "error"
-                tail = errors.UpstreamStreamFailed("The upstream ended the stream before it was complete.").sse_event()
-        except UpstreamError as exc:
-            status = "error"
-            err = map_upstream_error(exc, call.endpoint.provider.name)
-            tail = errors.UpstreamStreamFailed(f"The stream broke off: {err.message}.").sse_event()
-        except errors.MeshError as exc:
-            status = "error"
-            tail = exc.sse_event()
-        except asyncio.CancelledError:
-            await self.settle_stream(call, scanner, "cancelled")  # before re-raising: it must complete
-            if not call.revoked:
-                raise  # the client went away: nobody to tell
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            status = "cancelled"
-            tail = errors.KeyRevoked("This API key was revoked; the stream was ended.").sse_event()
-        except Exception:
-            status = "error"
-            log.exception("stream relay failed")
-            tail = errors.InternalError("The gateway failed while relaying the stream.").sse_event()
-        receipt = await self.settle_stream(call, scanner, status) if call.hold is not None else None
-        if status != "cancelled":  # a revoked key says nothing about the endpoint's health
-            ttft = call.first_byte - call.attempt_t0 if call.first_byte else None
-            error = None if status == "ok" else "stream broke off"
-            self.router.record(call.endpoint, status == "ok", time.monotonic() - call.attempt_t0, ttft, error, None)
-        if status == "ok":
-            if call.include_usage and scanner.usage_chunk is not None and receipt is not None:
-                chunk = usage_with_costs(scanner.usage_chunk, receipt.id, receipt.upstream_cost_nano, receipt.margin_nano, receipt.total_nano)
-                tail = b"data: " + chunk + b"\n\n"
-            tail += DONE
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
-
-    async def settle_stream(self, call: Call, scanner: Any, status: str) -> Receipt | None:
+    async def settle_stream(self, call: Call, scanner: Any, status: str) -> bytes:
+        """``Settler.settle_stream`` on a store that settles by its coroutines: settle the
+        stream (or release its hold); its usage line (``b""`` if none)."""
+        if call.hold is None:
+            return b""
         counts = usage_counts(scanner.usage)
         delivered = scanner.content_length
         if status == "error" and counts is None and not delivered:
             await self.release(call)  # the upstream failed before producing anything: no charge
-            return None
-        completion = -(-delivered // CONTENT_CHARS_PER_TOKEN)
-        if self.immediate:
-            return self.settle_now(call, counts, completion, status)
-        return await self.settle(call, counts, completion, status)
+            return b""
+        receipt = await self.settle(call, counts, -(-delivered // CONTENT_CHARS_PER_TOKEN), status)
+        if status == "ok" and call.include_usage and scanner.usage_chunk is not None:
+            r = receipt
+            return b"data: " + usage_with_costs(scanner.usage_chunk, r.id, r.upstream_cost_nano, r.margin_nano, r.total_nano) + b"\n\n"
+        return b""

@@ -4,7 +4,7 @@ from typing import Any
 
 __all__ = (
     "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Hold", "Receipt", "day_of", "month_of", "new_id",
-    "priced_receipt", "release_hold", "reseed_ids", "settle_hold", "spend_buckets", "take_hold",
+    "priced_receipt", "release_hold", "reseed_ids", "settle_hold", "Settler", "spend_buckets", "take_hold",
 )
 
 ID_COUNTER_START: int
@@ -86,3 +86,23 @@ def priced_receipt(
 def take_hold(account: Account, key_id: str, amount_nano: int, admission: Any) -> Hold | None: ...
 def release_hold(account: Account, hold: Hold, used_tokens: int | None) -> None: ...
 def settle_hold(account: Account, hold: Hold, receipt: Receipt) -> tuple[str, tuple[Any, ...], str, int]: ...
+
+class Settler:
+    call_type: type
+    accounts: dict[str, Account] | None
+    frame: Any
+    wake: Any
+    margin_ppm: int
+    fee_nano: int
+    def __init__(
+        self, call_type: type, accounts: dict[str, Account] | None, frame: Any, wake: Any, margin_ppm: int,
+        fee_nano: int, chars_per_token: int,
+    ) -> None: ...
+    def settle(self, call: Any, counts: tuple[int, int, int] | None, completion_estimate: int, status: str) -> Receipt: ...
+    def body_headers(self, call: Any, receipt: Any, content_type: bytes | None, length: int) -> list[tuple[bytes, bytes]]: ...
+    def settle_body(
+        self, call: Any, counts: tuple[int, int, int] | None, completion_estimate: int, content_type: bytes | None,
+        length: int,
+    ) -> list[tuple[bytes, bytes]]: ...
+    def stream_head(self, call: Any, tail: Any) -> list[tuple[bytes, bytes]]: ...
+    def settle_stream(self, call: Any, scanner: Any, status: str) -> bytes: ...

@@ -10,16 +10,21 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_GET_LENGTH
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.string cimport memcpy, memmove, memset
 
 import marshal
 import os
+from types import MemberDescriptorType as _MemberDescriptor
 
 from meshfast_core._limits cimport Limiter, spend_add
 from meshfast_core._pricing cimport Tariff, call_cost_c, call_cost_ll, get_ll, hold_worst_c
+from meshfast_core._usd cimport usd_of
 
 from .keys import bearer_digest
 from .limits import finish
+from .sse import usage_counts as _usage_counts
+from .sse import usage_with_costs as _usage_with_costs
 from .records_py import (
     ID_COUNTER_START, RECEIPT_FIELDS, account_public, day_of, id_seed, month_of, receipt_as_dict,
     receipt_public, spend_buckets,
@@ -28,9 +33,9 @@ from .records_py import hold_amount as _hold_amount_py
 from .records_py import take_hold as _take_hold_py
 
 __all__ = (
-    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Frame", "Gate", "Hold", "KeyEntry", "Receipt", "asked_privacy",
-    "day_of", "hold_amount", "month_of", "new_id", "priced_receipt", "release_hold", "reseed_ids", "settle_hold",
-    "spend_buckets", "take_hold",
+    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Frame", "Gate", "Hold", "KeyEntry", "Receipt", "Settler",
+    "asked_privacy", "day_of", "hold_amount", "month_of", "new_id", "priced_receipt", "release_hold", "reseed_ids",
+    "settle_hold", "spend_buckets", "take_hold",
 )
 
 cdef extern from "<time.h>" nogil:
@@ -287,6 +292,17 @@ def priced_receipt(
     attempts, margin_ppm, fee_nano,
 ):
     """The receipt of a call that ends now (see ``records_py.priced_receipt``)."""
+    return _priced(
+        receipt_id, account, key, endpoint, kind, requested_model, counts, estimated_prompt, estimated_completion,
+        started, first_byte, stream, status, route_mode, attempts, margin_ppm, fee_nano,
+    )
+
+
+cdef Receipt _priced(
+    receipt_id, Account account, key, endpoint, kind, requested_model, counts, estimated_prompt,
+    estimated_completion, double started, double first_byte, bint stream, status, route_mode,
+    attempts, margin_ppm, fee_nano,
+):
     cdef Receipt r = Receipt.__new__(Receipt)
     cdef double now = _clock(CLOCK_MONOTONIC)
     if counts is not None:
@@ -565,6 +581,10 @@ def release_hold(Account account not None, Hold hold not None, used_tokens):
 def settle_hold(Account account not None, Hold hold not None, Receipt receipt not None, Frame frame not None):
     """Settle a call in memory and append the store writer's change to ``frame`` (see
     ``records_py.settle_hold``)."""
+    _settle_hold(account, hold, receipt, frame)
+
+
+cdef int _settle_hold(Account account, Hold hold, Receipt receipt, Frame frame) except -1:
     global _day_start, _day_end, _month, _day
     _release(account, hold, receipt.prompt_tokens + receipt.completion_tokens)
     available = account.balance_nano - account.held_nano
@@ -592,6 +612,7 @@ def settle_hold(Account account not None, Hold hold not None, Receipt receipt no
     _count(key_state, total, t, c_total)
     _count(project_state, total, t, c_total)
     frame._settle(receipt, account.id, total)
+    return 0
 
 
 # -- the store writer's frame ------------------------------------------------------------
@@ -883,3 +904,202 @@ cdef class Frame:
         if self.cap > KEEP:
             PyMem_Free(self.buf)
             self.buf, self.cap = NULL, 0
+
+
+# -- a call's settlement in one call (see records_py.Settler) ----------------------------
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        Py_ssize_t offset
+        int type
+        int flags
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    object PyBytes_FromFormat(const char* fmt, ...)
+    object PyUnicode_AsUTF8String(object s)
+
+cdef extern from "structmember.h":
+    int T_OBJECT_EX
+    int READONLY
+
+# the fields of the pipeline's Call a Settler reads, by their index below
+cdef tuple _CALL_FIELDS = (
+    "hold", "receipt_id", "account", "key", "endpoint", "kind", "requested_model", "prompt_estimate",
+    "started", "first_byte", "stream", "mode", "tried", "privacy", "rate_headers", "include_usage",
+)
+cdef enum:
+    C_HOLD, C_RECEIPT_ID, C_ACCOUNT, C_KEY, C_ENDPOINT, C_KIND, C_MODEL, C_PROMPT, C_STARTED, C_FIRST_BYTE
+    C_STREAM, C_MODE, C_TRIED, C_PRIVACY, C_RATE, C_INCLUDE_USAGE, C_FIELDS
+
+cdef bytes _RID = b"x-mesh-receipt-id"
+
+
+cdef inline bytes _encode(s):
+    # s.encode(), as the twin calls it
+    if type(s) is str:
+        return PyUnicode_AsUTF8String(s)
+    return s.encode()
+
+
+@cython.auto_pickle(False)
+@cython.final
+cdef class Settler:
+    """A call's settlement on a store whose hot path never suspends, one call each, and
+    the headers of its answer (see ``records_py.Settler``). Reads the call's fields from
+    their slots (``call_type``'s ``__slots__``, at the offsets its member descriptors give)
+    when the call is exactly of that type, else by name."""
+
+    cdef readonly object call_type, wake, margin_ppm, fee_nano
+    cdef readonly dict accounts
+    cdef readonly Frame frame
+    cdef long long per_token
+    cdef bint slots
+    cdef Py_ssize_t offsets[C_FIELDS]
+
+    def __init__(self, type call_type not None, dict accounts, Frame frame, wake, margin_ppm, fee_nano, long long chars_per_token):
+        if chars_per_token < 1:
+            raise ValueError("chars_per_token must be positive")
+        self.call_type, self.accounts, self.frame, self.wake = call_type, accounts, frame, wake
+        self.margin_ppm, self.fee_nano, self.per_token = margin_ppm, fee_nano, chars_per_token
+        # slot reads only for a plain slotted class: every field a writable object slot
+        self.slots = call_type.__getattribute__ is object.__getattribute__ and call_type.__setattr__ is object.__setattr__
+        cdef PyMemberDef* m
+        for i, name in enumerate(_CALL_FIELDS):
+            d = None
+            for klass in call_type.__mro__:
+                if name in klass.__dict__:
+                    d = klass.__dict__[name]
+                    break
+            if type(d) is not _MemberDescriptor:
+                self.slots = False
+                break
+            m = (<PyMemberDescrObject*><PyObject*>d).d_member
+            if m.type != T_OBJECT_EX or m.flags & READONLY:
+                self.slots = False
+                break
+            self.offsets[i] = m.offset
+
+    cdef inline object _get(self, call, int f, bint slots):
+        cdef PyObject* v
+        if slots:
+            v = (<PyObject**>((<char*><PyObject*>call) + self.offsets[f]))[0]
+            if v != NULL:
+                return <object>v
+        return getattr(call, _CALL_FIELDS[f])  # the AttributeError of an unset slot, too
+
+    cdef inline int _set(self, call, int f, value, bint slots) except -1:
+        cdef PyObject** at
+        cdef PyObject* old
+        if slots:
+            at = <PyObject**>((<char*><PyObject*>call) + self.offsets[f])
+            old = at[0]
+            Py_INCREF(value)
+            at[0] = <PyObject*>value
+            Py_XDECREF(old)
+            return 0
+        setattr(call, _CALL_FIELDS[f], value)
+        return 0
+
+    cdef list _route(self, call, bint slots):
+        # Pipeline.route_headers: the endpoint's, the route mode, the enforced privacy
+        cdef list out = list(self._get(call, C_ENDPOINT, slots).headers)
+        out.append((b"x-mesh-route-mode", _encode(self._get(call, C_MODE, slots))))
+        out.append((b"x-mesh-privacy", _encode(self._get(call, C_PRIVACY, slots))))
+        return out
+
+    cdef Receipt _settle(self, call, bint slots, counts, completion, status):
+        hold = self._get(call, C_HOLD, slots)
+        if hold is None:
+            raise AssertionError("the call holds nothing to settle")
+        if self.frame is None:
+            raise RuntimeError("this Settler settles no call (its store is not immediate)")
+        rid = self._get(call, C_RECEIPT_ID, slots)
+        if not rid:
+            rid = new_id("rcpt_")
+        account = self._get(call, C_ACCOUNT, slots)
+        if account is None:
+            raise TypeError("Argument 'account' must not be None")
+        cdef Receipt r = _priced(
+            rid, <Account?>account, self._get(call, C_KEY, slots), self._get(call, C_ENDPOINT, slots),
+            self._get(call, C_KIND, slots), self._get(call, C_MODEL, slots), counts,
+            self._get(call, C_PROMPT, slots), completion, self._get(call, C_STARTED, slots),
+            self._get(call, C_FIRST_BYTE, slots), self._get(call, C_STREAM, slots), status,
+            self._get(call, C_MODE, slots), ",".join(self._get(call, C_TRIED, slots)), self.margin_ppm, self.fee_nano,
+        )
+        self._set(call, C_HOLD, None, slots)  # settled now, whatever follows
+        _settle_hold(<Account?>self.accounts[(<Hold?>hold).account_id], <Hold>hold, r, self.frame)
+        if self.frame.count == 1 and self.wake is not None:
+            self.wake()  # the first change of a frame: the writer times its sending
+        return r
+
+    def settle(self, call, counts, completion_estimate, status):
+        """Price the call, settle it on the store and return its receipt."""
+        return self._settle(call, type(call) is self.call_type and self.slots, counts, completion_estimate, status)
+
+    def body_headers(self, call, receipt, content_type, Py_ssize_t length):
+        """The headers of a JSON answer of ``length`` bytes settled by ``receipt``."""
+        cdef bint slots = type(call) is self.call_type and self.slots
+        return self._body(
+            call, slots, receipt.id, receipt.upstream_cost_nano, receipt.margin_nano, receipt.total_nano,
+            content_type, length,
+        )
+
+    cdef list _body(self, call, bint slots, rid, upstream, margin, total, content_type, Py_ssize_t length):
+        # Pipeline.route_headers, usd.cost_headers, the rate headers, the body's type and length
+        cdef list out = self._route(call, slots)
+        out.append((_RID, _encode(rid)))
+        out.append((b"x-mesh-upstream-cost-usd", usd_of(upstream)))
+        out.append((b"x-mesh-margin-usd", usd_of(margin)))
+        out.append((b"x-mesh-total-usd", usd_of(total)))
+        out.extend(self._get(call, C_RATE, slots))
+        out.append((b"content-type", content_type or b"application/json"))
+        out.append((b"content-length", PyBytes_FromFormat("%zd", length)))
+        return out
+
+    def settle_body(self, call, counts, completion_estimate, content_type, Py_ssize_t length):
+        """A JSON answer's settlement (status ``ok``): its headers (``body_headers``)."""
+        cdef bint slots = type(call) is self.call_type and self.slots
+        cdef Receipt r = self._settle(call, slots, counts, completion_estimate, "ok")
+        return self._body(call, slots, r.id, r.upstream_cost_nano, r.margin_nano, r.total_nano, content_type, length)
+
+    def stream_head(self, call, tail):
+        """A stream's headers: route, its new receipt id (set on the call), the rate
+        headers, then ``tail``."""
+        cdef bint slots = type(call) is self.call_type and self.slots
+        rid = new_id("rcpt_")
+        self._set(call, C_RECEIPT_ID, rid, slots)
+        cdef list out = self._route(call, slots)
+        out.append((_RID, _encode(rid)))
+        out.extend(self._get(call, C_RATE, slots))
+        out.extend(tail)
+        return out
+
+    def settle_stream(self, call, scanner, status):
+        """A stream's end: settle it from what ``scanner`` saw, or release its hold when the
+        upstream failed with no usage and nothing delivered; the usage line to send before
+        ``[DONE]`` (``b""`` if none). Nothing when the call holds nothing."""
+        cdef bint slots = type(call) is self.call_type and self.slots
+        cdef long long n
+        cdef int overflow = 0
+        hold = self._get(call, C_HOLD, slots)
+        if hold is None:
+            return b""
+        counts = _usage_counts(scanner.usage)
+        delivered = scanner.content_length
+        if status == "error" and counts is None and not delivered:
+            if self.frame is None:
+                raise RuntimeError("this Settler settles no call (its store is not immediate)")
+            _release(<Account?>self.accounts[(<Hold?>hold).account_id], <Hold>hold, None)
+            self._set(call, C_HOLD, None, slots)
+            return b""
+        if type(delivered) is int:
+            n = PyLong_AsLongLongAndOverflow(delivered, &overflow)
+        if type(delivered) is int and not overflow and n >= 0:
+            completion = n // self.per_token + (1 if n % self.per_token else 0)
+        else:
+            completion = -(-delivered // self.per_token)
+        cdef Receipt r = self._settle(call, slots, counts, completion, status)
+        if status == "ok" and self._get(call, C_INCLUDE_USAGE, slots):
+            chunk = scanner.usage_chunk
+            if chunk is not None:
+                return b"data: " + _usage_with_costs(chunk, r.id, r.upstream_cost_nano, r.margin_nano, r.total_nano) + b"\n\n"
+        return b""

@@ -62,7 +62,7 @@ cdef bytes _format(long long v):
     return PyBytes_FromStringAndSize(p, end - p)
 
 
-cdef inline bytes _usd(object nano):
+cdef bytes usd_of(object nano):
     cdef int overflow
     cdef long long v
     if type(nano) is not int:
@@ -74,7 +74,7 @@ cdef inline bytes _usd(object nano):
 
 
 cpdef bytes usd_bytes(object nano):
-    return _usd(nano)
+    return usd_of(nano)
 
 
 def cost_headers(str receipt_id, object upstream_nano, object margin_nano, object total_nano):
@@ -86,7 +86,7 @@ def cost_headers(str receipt_id, object upstream_nano, object margin_nano, objec
     cdef const char* rid = PyUnicode_AsUTF8AndSize(receipt_id, &size)
     return [
         (b"x-mesh-receipt-id", PyBytes_FromStringAndSize(rid, size)),
-        (b"x-mesh-upstream-cost-usd", _usd(upstream_nano)),
-        (b"x-mesh-margin-usd", _usd(margin_nano)),
-        (b"x-mesh-total-usd", _usd(total_nano)),
+        (b"x-mesh-upstream-cost-usd", usd_of(upstream_nano)),
+        (b"x-mesh-margin-usd", usd_of(margin_nano)),
+        (b"x-mesh-total-usd", usd_of(total_nano)),
     ]

@@ -10,6 +10,8 @@ keeps its own sequence, drawn afresh in a forked child); ``priced_receipt`` pric
 that ends now into its receipt. ``Gate`` and ``KeyEntry`` admit a call on the embedded store
 in two calls (``Gate.enter``: key check, account, privacy class; ``Gate.hold``: the hold
 amount, ``hold_amount``, and the hold); ``asked_privacy`` is the class a call asks for.
+``Settler`` settles a call on an immediate store and makes its answer's headers, one call
+each.
 """
 
 from types import ModuleType
@@ -19,9 +21,9 @@ from ._ext import compiled
 from .records_py import RECEIPT_FIELDS, day_of, month_of, spend_buckets
 
 __all__ = (
-    "COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Account", "Frame", "Gate", "Hold", "KeyEntry", "Receipt", "asked_privacy",
-    "day_of", "hold_amount", "month_of", "new_id", "priced_receipt", "release_hold", "settle_hold", "spend_buckets",
-    "take_hold",
+    "COMPILED", "RECEIPT_FIELDS", "RECORDS_C", "Account", "Frame", "Gate", "Hold", "KeyEntry", "Receipt", "Settler",
+    "asked_privacy", "day_of", "hold_amount", "month_of", "new_id", "priced_receipt", "release_hold", "settle_hold",
+    "spend_buckets", "take_hold",
 )  # fmt: skip
 
 RECORDS_C: ModuleType | None = compiled("_records")
@@ -40,3 +42,4 @@ Gate = records_py.Gate if RECORDS_C is None else RECORDS_C.Gate
 KeyEntry = records_py.KeyEntry if RECORDS_C is None else RECORDS_C.KeyEntry
 hold_amount = records_py.hold_amount if RECORDS_C is None else RECORDS_C.hold_amount
 asked_privacy = records_py.asked_privacy if RECORDS_C is None else RECORDS_C.asked_privacy
+Settler = records_py.Settler if RECORDS_C is None else RECORDS_C.Settler

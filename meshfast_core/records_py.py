@@ -20,12 +20,13 @@ from typing import Any
 from .keys import bearer_digest
 from .limits import finish
 from .pricing import call_cost, hold_worst
-from .usd import usd_bytes
+from .sse import usage_counts, usage_with_costs
+from .usd import cost_headers, usd_bytes
 
 __all__ = (
-    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Frame", "Gate", "Hold", "KeyEntry", "Receipt", "account_public",
-    "asked_privacy", "day_of", "hold_amount", "id_seed", "month_of", "new_id", "priced_receipt", "receipt_as_dict",
-    "receipt_public", "release_hold", "reseed_ids", "settle_hold", "spend_buckets", "take_hold",
+    "ID_COUNTER_START", "RECEIPT_FIELDS", "Account", "Frame", "Gate", "Hold", "KeyEntry", "Receipt", "Settler",
+    "account_public", "asked_privacy", "day_of", "hold_amount", "id_seed", "month_of", "new_id", "priced_receipt",
+    "receipt_as_dict", "receipt_public", "release_hold", "reseed_ids", "settle_hold", "spend_buckets", "take_hold",
 )  # fmt: skip
 
 # the receipt's fields in order: its row, the receipts table's columns
@@ -425,6 +426,102 @@ class Frame:
     def clear(self) -> None:
         """Drop every change not yet taken."""
         self.changes = []
+
+
+class Settler:
+    """A call's settlement on a store whose hot path never suspends (the embedded one), one
+    call each, and the headers of its answer. ``accounts`` (id -> Account), ``frame`` (the
+    writer's) and ``wake`` (called when a settlement is the first change of a frame: the
+    writer times its sending) are the store's; ``None`` for a store that settles by its
+    own coroutines, whose calls only take the headers here. ``margin_ppm`` and
+    ``fee_nano`` are the configured defaults, ``chars_per_token`` what a stream's delivered
+    content is billed by when the upstream reports no usage. ``call_type`` is the
+    pipeline's ``Call``: the compiled twin reads its ``__slots__`` directly (any other
+    object by name, as here).
+
+    ``settle_body`` and ``settle_stream`` are what ``Pipeline.close`` and the store's
+    ``settle_now`` do, with ``Pipeline.route_headers`` and ``usd.cost_headers`` (a JSON
+    answer) or ``sse.usage_with_costs`` (a stream's usage chunk), in one call."""
+
+    __slots__ = ("call_type", "accounts", "frame", "wake", "margin_ppm", "fee_nano", "per_token")
+
+    def __init__(
+        self, call_type: type, accounts: dict[str, Any] | None, frame: Any, wake: Any, margin_ppm: int,
+        fee_nano: int, chars_per_token: int,
+    ) -> None:  # fmt: skip
+        if chars_per_token < 1:
+            raise ValueError("chars_per_token must be positive")
+        self.call_type, self.accounts, self.frame, self.wake = call_type, accounts, frame, wake
+        self.margin_ppm, self.fee_nano, self.per_token = margin_ppm, fee_nano, chars_per_token
+
+    def settle(self, call: Any, counts: tuple[int, int, int] | None, completion_estimate: int, status: str) -> Any:
+        """Price the call, settle it on the store and return its receipt."""
+        hold = call.hold
+        if hold is None:
+            raise AssertionError("the call holds nothing to settle")
+        if self.frame is None:
+            raise RuntimeError("this Settler settles no call (its store is not immediate)")
+        receipt = priced_receipt(
+            call.receipt_id or new_id("rcpt_"), call.account, call.key, call.endpoint, call.kind,
+            call.requested_model, counts, call.prompt_estimate, completion_estimate, call.started,
+            call.first_byte, call.stream, status, call.mode, ",".join(call.tried), self.margin_ppm, self.fee_nano,
+        )  # fmt: skip
+        call.hold = None  # settled now, whatever follows
+        settle_hold(self.accounts[hold.account_id], hold, receipt, self.frame)  # type: ignore[index]
+        if self.frame.count == 1 and self.wake is not None:
+            self.wake()
+        return receipt
+
+    def _route(self, call: Any) -> list[tuple[bytes, bytes]]:
+        return [*call.endpoint.headers, (b"x-mesh-route-mode", call.mode.encode()), (b"x-mesh-privacy", call.privacy.encode())]
+
+    def body_headers(self, call: Any, receipt: Any, content_type: bytes | None, length: int) -> list[tuple[bytes, bytes]]:
+        """The headers of a JSON answer of ``length`` bytes settled by ``receipt``: route,
+        receipt and costs, rate, content type (JSON unless given) and length."""
+        headers = self._route(call)
+        headers += cost_headers(receipt.id, receipt.upstream_cost_nano, receipt.margin_nano, receipt.total_nano)
+        headers += call.rate_headers
+        headers.append((b"content-type", content_type or b"application/json"))
+        headers.append((b"content-length", str(length).encode()))
+        return headers
+
+    def settle_body(
+        self, call: Any, counts: tuple[int, int, int] | None, completion_estimate: int, content_type: bytes | None,
+        length: int,
+    ) -> list[tuple[bytes, bytes]]:  # fmt: skip
+        """A JSON answer's settlement (status ``ok``): its headers (``body_headers``)."""
+        return self.body_headers(call, self.settle(call, counts, completion_estimate, "ok"), content_type, length)
+
+    def stream_head(self, call: Any, tail: Any) -> list[tuple[bytes, bytes]]:
+        """A stream's headers: route, its new receipt id (set on the call), the rate
+        headers, then ``tail``."""
+        call.receipt_id = new_id("rcpt_")
+        return [*self._route(call), (b"x-mesh-receipt-id", call.receipt_id.encode()), *call.rate_headers, *tail]
+
+    def settle_stream(self, call: Any, scanner: Any, status: str) -> bytes:
+        """A stream's end: settle it from what ``scanner`` saw (its usage, else the content
+        it delivered), or release its hold when the upstream failed (``status`` ``error``)
+        with no usage and nothing delivered; the usage line to send before ``[DONE]``
+        (``b""`` if none: not asked for, none came, or not ``ok``). Nothing when the call
+        holds nothing (settled already)."""
+        hold = call.hold
+        if hold is None:
+            return b""
+        counts = usage_counts(scanner.usage)
+        delivered = scanner.content_length
+        if status == "error" and counts is None and not delivered:
+            if self.frame is None:
+                raise RuntimeError("this Settler settles no call (its store is not immediate)")
+            release_hold(self.accounts[hold.account_id], hold, None)  # type: ignore[index]
+            call.hold = None
+            return b""
+        receipt = self.settle(call, counts, -(-delivered // self.per_token), status)
+        if status == "ok" and call.include_usage:
+            chunk = scanner.usage_chunk
+            if chunk is not None:
+                r = receipt
+                return b"data: " + usage_with_costs(chunk, r.id, r.upstream_cost_nano, r.margin_nano, r.total_nano) + b"\n\n"
+        return b""
 
 
 # shared by both twins' methods: none is on the hot path

@@ -27,6 +27,7 @@ from meshfast_core.records import (  # noqa: F401  (compiled records, re-exporte
     Account,
     Hold,
     Receipt,
+    Settler,
     day_of,
     month_of,
     new_id,
@@ -201,7 +202,7 @@ class Store:
     #: True when the hot-path coroutines never suspend (the embedded store): the backend
     #: then also offers them as plain methods, ``key_now`` (``authenticate_digest``),
     #: ``context_now``, ``hold_now`` (``place_hold``) and ``settle_now``, which the pipeline
-    #: calls instead, one coroutine fewer per stage.
+    #: calls instead, one coroutine fewer per stage, and settles through its ``settler``.
     immediate = False
 
     #: A ``meshfast_core.records.Gate`` that admits a call of a key it knows in two
@@ -246,6 +247,12 @@ class Store:
 
     async def release(self, hold: Hold) -> None:
         raise NotImplementedError
+
+    def settler(self, call_type: type, margin_ppm: int, fee_nano: int, chars_per_token: int) -> Any:
+        """The ``records.Settler`` the pipeline settles its calls with (``call_type``: its
+        ``Call``; the billing defaults): on an ``immediate`` store one that settles on it,
+        else one that only makes the answers' headers (the store's ``settle`` settles)."""
+        return Settler(call_type, None, None, None, margin_ppm, fee_nano, chars_per_token)
 
     # -- control plane --------------------------------------------------------
     async def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:

@@ -51,7 +51,7 @@ from meshfast.store.base import (
     spend_buckets,
     usable_key,
 )
-from meshfast_core.records import Frame, Gate, KeyEntry, release_hold, settle_hold, take_hold
+from meshfast_core.records import Frame, Gate, KeyEntry, Settler, release_hold, settle_hold, take_hold
 
 log = logging.getLogger("meshfast.store")
 
@@ -145,6 +145,12 @@ class _Writer:
 
     def put(self, change: tuple) -> None:
         self.frame.put(change)
+        if self._timer is None and self.loop is not None:
+            self.schedule()
+
+    def wake(self) -> None:
+        """A change went into an empty frame: time its sending, as ``put`` does (the
+        ``Settler``'s settlements call this)."""
         if self._timer is None and self.loop is not None:
             self.schedule()
 
@@ -430,6 +436,10 @@ class EmbeddedStore(Store):
         settle_hold(self._accounts[hold.account_id], hold, receipt, w.frame)
         if w._timer is None and w.loop is not None:
             w.schedule()
+
+    def settler(self, call_type: type, margin_ppm: int, fee_nano: int, chars_per_token: int) -> Any:
+        w = self._writer
+        return Settler(call_type, self._accounts, w.frame, w.wake, margin_ppm, fee_nano, chars_per_token)
 
     # -- control plane ------------------------------------------------------------
     async def create_account(self, name: str, margin_ppm: int | None = None, fee_nano: int | None = None) -> Account:
