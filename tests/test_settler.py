@@ -102,6 +102,8 @@ def test_settle_caps_and_agrees_with_the_receipt(mod) -> None:
     assert receipt.tokens_source == "estimated" and receipt.capped and receipt.total_nano == 100_000
     assert _changes(frame) == [("settle", receipt.row(), "acct_1", 100_000)]
     headers = settler.body_headers(call, receipt, b"text/plain", 5)
+    for length in (9, 10, 1_000_000_007, 2**63 - 1):
+        assert settler.body_headers(call, receipt, None, length)[-1] == (b"content-length", str(length).encode())
     assert headers[4:8] == [
         (b"x-mesh-receipt-id", receipt.id.encode()), (b"x-mesh-upstream-cost-usd", b"0.0065"),
         (b"x-mesh-margin-usd", b"-0.0064"), (b"x-mesh-total-usd", b"0.0001"),
