@@ -9,9 +9,11 @@ candidates in order; ``relay_body`` and ``call_stream`` forward the answer and s
 A store whose hot-path calls never suspend (``Store.immediate``: the embedded one) is
 called through its plain ``*_now`` methods (``admit_now`` here): an await of a coroutine
 that returns at once still costs about 700 instructions, and a call went through eight of
-them. Its settlement is one call of the store's ``records.Settler`` (price, settle, and
-the answer's headers or a stream's usage line), which also makes the headers for a store
-that settles by its coroutines (``close`` and ``settle`` then).
+them. There, a key the store's gate knows is admitted in two compiled calls around the
+router (``begin``: ``Gate.enter`` and ``Gate.hold``), and every settlement is one call of
+the store's ``records.Settler`` (price, settle, and the answer's headers or a stream's
+usage line), which also makes the headers for a store that settles by its coroutines
+(``close`` and ``settle`` then).
 """
 
 from __future__ import annotations
