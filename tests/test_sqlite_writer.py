@@ -613,3 +613,22 @@ def test_ascii_strings_of_every_length_and_a_byte_beyond_ascii_anywhere(tmp_path
                 data[at] = 0xE9
                 assert core.commit_frame(_m_statement(_NAME_SQL, _m_str(code, bytes(data)))) is False, (code, n, at)
     core.close()
+
+
+def test_the_writer_process_holds_the_store_lock_until_it_exits(tmp_path) -> None:
+    """A server killed with -9 leaves its writer committing the frames already sent: the
+    store stays locked until the writer is done, so no new server loads balances that
+    those commits then change under it."""
+    from meshfast.store.embedded import StoreLocked
+
+    path = str(tmp_path / "meshfast.db")
+    store = EmbeddedStore(path)
+    writer = store._writer.proc
+    store._lockfh.close()  # as if the server were gone: only the writer holds the lock now
+    store._lockfh = None
+    with pytest.raises(StoreLocked):
+        EmbeddedStore(path)
+    writer.stdin.close()  # what the writer sees when the server dies: the end of its frames
+    assert writer.wait(10) == 0
+    writer.stdout.close()
+    EmbeddedStore(path).close_sync()  # the writer is done: the store opens

@@ -51,7 +51,15 @@ from meshfast.store.base import (
     spend_buckets,
     usable_key,
 )
-from meshfast_core.records import Frame, Gate, KeyEntry, Settler, release_hold, settle_hold, take_hold
+from meshfast_core.records import (
+    Frame,
+    Gate,
+    KeyEntry,
+    Settler,
+    release_hold,
+    settle_hold,
+    take_hold,
+)
 
 log = logging.getLogger("meshfast.store")
 
@@ -117,12 +125,16 @@ class _Writer:
     are written and answered synchronously.
     """
 
-    def __init__(self, path: str, synchronous: str, gate: Gate) -> None:
+    def __init__(self, path: str, synchronous: str, gate: Gate, lock_fds: tuple[int, ...] = ()) -> None:
         self.gate = gate  # its ``failed`` follows this one's: the gate takes no call once set
+        # the writer shares the store's lock (the flock's open file): a server killed with -9
+        # leaves its writer committing the frames already sent, and the store stays locked
+        # until that is done, so no new server loads balances those commits then change
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "meshfast.store.sqlite_writer", path, synchronous],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            pass_fds=lock_fds,
         )
         self.frame = Frame()  # changes not yet sent, already encoded
         self.inflight: deque[list[Any]] = deque()  # per frame sent: callbacks for its commit
@@ -293,7 +305,8 @@ class EmbeddedStore(Store):
         # gate admits a call by (records.Gate)
         self._entries: dict[str, KeyEntry] = {}
         self.gate = Gate(self._entries, self.hold_now, self.rate_headers, insufficient_balance, _unavailable)
-        self._writer = _Writer(self.path, synchronous, self.gate)
+        lock_fds = () if self._lockfh is None else (self._lockfh.fileno(),)
+        self._writer = _Writer(self.path, synchronous, self.gate, lock_fds)
 
     # -- loading ----------------------------------------------------------------
     def _load(self, conn: sqlite3.Connection) -> None:
