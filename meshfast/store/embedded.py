@@ -157,12 +157,11 @@ class _Writer:
 
     def put(self, change: tuple) -> None:
         self.frame.put(change)
-        if self._timer is None and self.loop is not None:
-            self.schedule()
+        self.wake()
 
     def wake(self) -> None:
-        """A change went into an empty frame: time its sending, as ``put`` does (the
-        ``Settler``'s settlements call this)."""
+        """A change went into the frame: time its sending unless a window is timed already
+        (``put`` and the ``Settler``'s settlements call this)."""
         if self._timer is None and self.loop is not None:
             self.schedule()
 
@@ -444,11 +443,10 @@ class EmbeddedStore(Store):
 
     def settle_now(self, hold: Hold, receipt: Receipt) -> None:
         # balance, hold and spend in memory and the change into the writer's frame, by one
-        # compiled call; the window's timer as _Writer.put does (inline: a call fewer)
+        # compiled call (the pipeline settles through the store's Settler instead)
         w = self._writer
         settle_hold(self._accounts[hold.account_id], hold, receipt, w.frame)
-        if w._timer is None and w.loop is not None:
-            w.schedule()
+        w.wake()
 
     def settler(self, call_type: type, margin_ppm: int, fee_nano: int, chars_per_token: int) -> Any:
         w = self._writer
